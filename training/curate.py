@@ -1,0 +1,300 @@
+"""Curate an ImageFolder tree into the general (pretraining) dataset and the held-out domain datasets.
+
+    python -m training.curate --data-dir DIR --min-images 500 --domain-classes 5 --val-fraction 0.1 --out OUT
+
+It walks the tree one class at a time (memory stays bounded by the largest class, not the tree), decides
+validity by content (see ``training.imageio``), drops classes with fewer than ``--min-images`` valid images,
+picks the domain classes from the dropped ones, and splits every kept and every domain class into train and
+validation deterministically (by a hash of the file's path, so adding files never reshuffles the others).
+
+Output, beside each other in OUT:
+  manifest.json         metadata only (schema in the README)
+  train.tsv.gz          kept classes, training split      lines: <path relative to the data root>\\t<class>
+  val.tsv.gz            kept classes, validation split
+  domain_train.tsv.gz   domain classes, training split
+  domain_val.tsv.gz     domain classes, validation split
+  skipped.tsv.gz        every skipped file                 lines: <path>\\t<reason>
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.imageio import check_image
+
+SCHEMA_VERSION = 1
+MANIFEST_SKIPPED_LIMIT = 10_000  # the full list is always in skipped.tsv.gz
+LIST_FILES = {
+    "train": "train.tsv.gz",
+    "val": "val.tsv.gz",
+    "domain_train": "domain_train.tsv.gz",
+    "domain_val": "domain_val.tsv.gz",
+    "skipped": "skipped.tsv.gz",
+}
+
+
+class CurationError(RuntimeError):
+    """The tree cannot yield a dataset (empty, nothing reaches the threshold, bad domain classes)."""
+
+
+@dataclass
+class ClassScan:
+    name: str
+    files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, size) of valid images
+    formats: Counter = field(default_factory=Counter)
+
+
+def _split_key(rel: str) -> str:
+    return hashlib.sha1(rel.encode("utf-8")).hexdigest()
+
+
+def split_files(rels: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+    """Deterministic train/val split: the files with the smallest path hashes go to validation.
+
+    Every class with two or more images gets at least one validation and one training image.
+    """
+    ordered = sorted(rels, key=_split_key)
+    n_val = round(len(ordered) * val_fraction)
+    if len(ordered) >= 2:
+        n_val = min(max(n_val, 1), len(ordered) - 1)
+    else:
+        n_val = 0
+    return sorted(ordered[n_val:]), sorted(ordered[:n_val])
+
+
+def _iter_files(root: str):
+    """(relative path, size) of every regular file below ``root``, depth first, in name order."""
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir(follow_symlinks=True):
+                subdirs.append(e.path)
+            elif e.is_file(follow_symlinks=True):
+                yield e.path, e.stat().st_size
+        stack.extend(reversed(subdirs))
+
+
+def scan_class(data_dir: Path, name: str, skipped_writer, skipped_sample: list, reasons: Counter) -> ClassScan:
+    scan = ClassScan(name)
+    root = str(data_dir)
+    for path, size in _iter_files(os.path.join(root, name)):
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        fmt, reason = check_image(path, size)
+        if fmt is None:
+            skipped_writer.write(f"{rel}\t{reason}\n")
+            reasons[reason.split(":")[0]] += 1
+            if len(skipped_sample) < MANIFEST_SKIPPED_LIMIT:
+                skipped_sample.append({"path": rel, "reason": reason})
+            continue
+        scan.files.append((rel, size))
+        scan.formats[fmt] += 1
+    return scan
+
+
+def parse_domain_classes(value: str) -> int | list[str]:
+    value = value.strip()
+    if value.isdigit():
+        return int(value)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--domain-classes takes a count or comma-separated class names")
+    return names
+
+
+def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_classes: int | list[str] = 0,
+           val_fraction: float = 0.1, min_domain_images: int = 10, progress: bool = True) -> dict:
+    data_dir = Path(data_dir)
+    out = Path(out)
+    if not data_dir.is_dir():
+        raise CurationError(f"data directory not found: {data_dir}")
+    if not 0 < val_fraction < 1:
+        raise CurationError("--val-fraction must be between 0 and 1")
+    class_names = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+    if not class_names:
+        raise CurationError(f"no class folders in {data_dir}: expected an ImageFolder tree (one folder per class)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".curate-"))
+    writers = {k: gzip.open(tmp / v, "wt", encoding="utf-8", compresslevel=5) for k, v in LIST_FILES.items()
+               if k not in ("domain_train", "domain_val")}
+    # Dropped classes are spooled to disk until the domain classes are chosen, so memory stays bounded.
+    spool = gzip.open(tmp / "dropped.spool.gz", "wt", encoding="utf-8", compresslevel=1)
+    fingerprint = hashlib.sha256()
+    kept, dropped = [], []
+    skipped_sample: list[dict] = []
+    reasons: Counter = Counter()
+    formats: Counter = Counter()
+    total_files = 0
+
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(class_names), unit="class", desc="curate")
+    try:
+        for name in class_names:
+            scan = scan_class(data_dir, name, writers["skipped"], skipped_sample, reasons)
+            total_files += len(scan.files)
+            formats.update(scan.formats)
+            rels = [r for r, _ in scan.files]
+            for rel, size in scan.files:
+                fingerprint.update(f"{rel}\0{size}\n".encode())
+            train, val = split_files(rels, val_fraction)
+            entry = {"name": name, "count": len(rels), "train": len(train), "val": len(val)}
+            if len(rels) >= min_images:
+                kept.append(entry)
+                for r in train:
+                    writers["train"].write(f"{r}\t{name}\n")
+                for r in val:
+                    writers["val"].write(f"{r}\t{name}\n")
+            else:
+                dropped.append(entry)
+                for r in train:
+                    spool.write(f"train\t{r}\t{name}\n")
+                for r in val:
+                    spool.write(f"val\t{r}\t{name}\n")
+            if bar:
+                bar.update(1)
+                bar.set_postfix(kept=len(kept), dropped=len(dropped))
+    finally:
+        if bar:
+            bar.close()
+        for w in writers.values():
+            w.close()
+        spool.close()
+
+    try:
+        if total_files == 0:
+            raise CurationError(f"no valid images under {data_dir} ({sum(reasons.values())} files skipped)")
+        if not kept:
+            largest = max(dropped, key=lambda c: c["count"])
+            raise CurationError(
+                f"no class reaches --min-images {min_images}: the largest is {largest['name']!r} "
+                f"with {largest['count']} valid images"
+            )
+        domain = choose_domain_classes(dropped, kept, domain_classes, min_domain_images)
+        domain_names = {c["name"] for c in domain}
+        with gzip.open(tmp / "dropped.spool.gz", "rt", encoding="utf-8") as src, \
+                gzip.open(tmp / LIST_FILES["domain_train"], "wt", encoding="utf-8") as dtrain, \
+                gzip.open(tmp / LIST_FILES["domain_val"], "wt", encoding="utf-8") as dval:
+            for line in src:
+                split, rel, name = line.rstrip("\n").split("\t")
+                if name in domain_names:
+                    (dtrain if split == "train" else dval).write(f"{rel}\t{name}\n")
+        (tmp / "dropped.spool.gz").unlink()
+
+        params = {
+            "min_images": min_images,
+            "domain_classes": domain_classes,
+            "val_fraction": val_fraction,
+            "min_domain_images": min_domain_images,
+        }
+        fingerprint.update(json.dumps(params, sort_keys=True).encode())
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "data_root": str(data_dir.resolve()),
+            "parameters": params,
+            "fingerprint": fingerprint.hexdigest(),
+            "classes": kept,
+            "domain_classes": domain,
+            "excluded_classes": [{"name": c["name"], "count": c["count"]} for c in dropped],
+            "totals": {
+                "valid_images": total_files,
+                "kept_images": sum(c["count"] for c in kept),
+                "domain_images": sum(c["count"] for c in domain),
+                "skipped_files": sum(reasons.values()),
+                "formats": dict(sorted(formats.items())),
+                "skipped_by_reason": dict(sorted(reasons.items())),
+            },
+            "skipped_files": skipped_sample,
+            "skipped_files_truncated": sum(reasons.values()) > len(skipped_sample),
+            "files": LIST_FILES,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        # Publish: list files first, the manifest last, so a reader never sees a manifest without its lists.
+        for name in [*LIST_FILES.values(), "manifest.json"]:
+            os.replace(tmp / name, out / name)
+    finally:
+        for p in tmp.glob("*"):
+            p.unlink()
+        tmp.rmdir()
+    return manifest
+
+
+def choose_domain_classes(dropped: list[dict], kept: list[dict], wanted: int | list[str], min_images: int) -> list[dict]:
+    """The domain classes: named ones must be among the dropped; a count takes the largest dropped classes."""
+    by_name = {c["name"]: c for c in dropped}
+    if isinstance(wanted, list):
+        kept_names = {c["name"] for c in kept}
+        chosen = []
+        for name in wanted:
+            if name in kept_names:
+                raise CurationError(f"domain class {name!r} has enough images to be pretrained on; "
+                                    f"a domain class must be one of the dropped classes")
+            if name not in by_name:
+                raise CurationError(f"domain class {name!r} not found in the tree")
+            chosen.append(by_name[name])
+        return chosen
+    if wanted == 0:
+        return []
+    eligible = sorted((c for c in dropped if c["count"] >= min_images), key=lambda c: (-c["count"], c["name"]))
+    if len(eligible) < wanted:
+        raise CurationError(f"asked for {wanted} domain classes but only {len(eligible)} dropped classes have "
+                            f"at least {min_images} images")
+    return sorted(eligible[:wanted], key=lambda c: c["name"])
+
+
+def read_list(path: str | Path) -> list[tuple[str, str]]:
+    """(relative path, class) pairs of one of the gzipped file lists."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [tuple(line.rstrip("\n").split("\t", 1)) for line in fh if line.strip()]
+
+
+def manifest_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Curate an ImageFolder tree into general and domain datasets.")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--min-images", type=int, default=500, help="drop classes with fewer valid images (default 500)")
+    p.add_argument("--domain-classes", type=parse_domain_classes, default=0,
+                   help="how many dropped classes to hold out as domain classes, or their names, comma-separated")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--min-domain-images", type=int, default=10,
+                   help="a dropped class needs this many images to be picked as a domain class by count")
+    args = p.parse_args(argv)
+    try:
+        m = curate(args.data_dir, args.out, args.min_images, args.domain_classes, args.val_fraction, args.min_domain_images)
+    except CurationError as err:
+        print(f"curate: error: {err}", file=sys.stderr)
+        return 2
+    t = m["totals"]
+    print(f"curate: {len(m['classes'])} classes kept ({t['kept_images']} images), "
+          f"{len(m['excluded_classes'])} dropped, {len(m['domain_classes'])} domain classes "
+          f"({t['domain_images']} images), {t['skipped_files']} files skipped")
+    for s in m["skipped_files"][:20]:
+        print(f"curate: skipped {s['path']}: {s['reason']}")
+    print(f"curate: fingerprint {m['fingerprint']}; manifest {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

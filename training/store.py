@@ -1,0 +1,194 @@
+"""A small object-store abstraction over local paths and ``s3://`` URIs.
+
+Checkpoints, manifests and models are written through this module so the same code runs against a local
+directory (the embedded profile) and an S3-compatible store (on-prem object storage or AWS S3). It imports
+no TensorFlow, so the Airflow side (the best-checkpoint sensor) can use it at task time.
+
+S3 endpoint and credentials come from the usual boto3 sources; ``TLPIPE_S3_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL``) points it at a non-AWS endpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(base, *parts))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def s3_client(endpoint_url: str | None = None):
+    import boto3
+    from botocore.config import Config
+
+    endpoint_url = endpoint_url or os.environ.get("TLPIPE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
+    )
+
+
+@dataclass
+class Store:
+    """Read and write small objects and whole directories under local paths or S3 URIs."""
+
+    endpoint_url: str | None = None
+    _client: object | None = None
+
+    @property
+    def s3(self):
+        if self._client is None:
+            self._client = s3_client(self.endpoint_url)
+        return self._client
+
+    # -- single objects ------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            try:
+                self.s3.head_object(Bucket=bucket, Key=key)
+                return True
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return Path(uri).exists()
+
+    def read_bytes(self, uri: str) -> bytes:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return Path(uri).read_bytes()
+
+    def read_text(self, uri: str) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def read_json(self, uri: str):
+        return json.loads(self.read_text(uri))
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write atomically: a reader sees the old object or the whole new one, never a part."""
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.put_object(Bucket=bucket, Key=key, Body=data)  # a single PUT is atomic
+            return
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))
+
+    def write_json(self, uri: str, obj) -> None:
+        self.write_text(uri, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def delete(self, uri: str) -> None:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.delete_object(Bucket=bucket, Key=key)
+        else:
+            Path(uri).unlink(missing_ok=True)
+
+    # -- directories ---------------------------------------------------------------------------------
+    def list_dirs(self, uri: str) -> list[str]:
+        """Names of the immediate sub-"directories" of ``uri``."""
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            prefix = prefix.rstrip("/") + "/"
+            names = []
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                for cp in page.get("CommonPrefixes", []):
+                    names.append(cp["Prefix"][len(prefix):].rstrip("/"))
+            return sorted(names)
+        path = Path(uri)
+        if not path.is_dir():
+            return []
+        return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def walk_files(self, uri: str) -> Iterator[tuple[str, int]]:
+        """(relative path, size) of every object below ``uri``."""
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            prefix = prefix.rstrip("/") + "/"
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(prefix):], obj["Size"]
+            return
+        root = Path(uri)
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                yield path.relative_to(root).as_posix(), path.stat().st_size
+
+    def upload_dir(self, local_dir: str | Path, uri: str) -> None:
+        """Copy a local directory to ``uri``. Local targets appear at once (rename of a sibling temp dir)."""
+        local_dir = Path(local_dir)
+        if is_s3(uri):
+            from boto3.s3.transfer import TransferConfig
+
+            bucket, prefix = split_s3(uri)
+            cfg = TransferConfig(multipart_threshold=64 * 2**20, max_concurrency=8)
+            for path in sorted(local_dir.rglob("*")):
+                if path.is_file():
+                    key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+                    self.s3.upload_file(str(path), bucket, key, Config=cfg)
+            return
+        target = Path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def download_dir(self, uri: str, local_dir: str | Path) -> Path:
+        local_dir = Path(local_dir)
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            for rel, _size in self.walk_files(uri):
+                dest = local_dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.s3.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", str(dest))
+            return local_dir
+        shutil.copytree(uri, local_dir, dirs_exist_ok=True)
+        return local_dir
+
+    def copy_dir(self, src: str, dst: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.download_dir(src, tmp)
+            self.upload_dir(tmp, dst)
