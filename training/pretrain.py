@@ -251,6 +251,11 @@ def train(args: argparse.Namespace) -> int:
                 skipped_total += 1
                 print(f"[pretrain] rank {rank}: skipped undecodable file {path}", flush=True)
         train_time = time.perf_counter() - t0
+        # BatchNorm moving statistics are per rank (each sees its own shard); average them so every rank
+        # holds the same model and evaluates the same network.
+        if size > 1:
+            for v in model.non_trainable_variables:
+                v.assign(hvd.allreduce(v.value, op=hvd.Average, name=f"sync_{v.path}"))
 
         val_skips = tdata.SkipTracker(val_split)
         v_loss = v_correct = v_n = 0.0
@@ -293,6 +298,11 @@ def train(args: argparse.Namespace) -> int:
                 f"{metrics['epoch_seconds']:.1f}s skipped {metrics['skipped_files']} "
                 f"best {best['epoch']}:{best['val_accuracy']:.4f}")
 
+    # Every rank prints a digest of its variables: equal digests prove the ranks stayed in sync.
+    digest = hashlib.sha256()
+    for v in model.variables:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
+    print(f"[pretrain] rank {rank} weights sha256 {digest.hexdigest()}", flush=True)
     if is_chief:
         store.write_json(st.join(ckpt, "COMPLETE"), {"epochs": args.epochs, "best_epoch": best and best["epoch"],
                                                      "finished_at": utcnow()})

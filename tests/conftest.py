@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny generated image tree and its curated manifest, built once per session."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory) -> Path:
+    """8 classes, 40 -> 16 images, with the odd and broken files real collections have."""
+    from training.synth_data import generate
+
+    out = tmp_path_factory.mktemp("tiny") / "raw"
+    generate(out, classes=8, seed=0, largest=40, smallest=16)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_tree, tmp_path_factory) -> Path:
+    """The tiny tree curated with a threshold of 25: 5 kept classes, 2 domain classes."""
+    from training.curate import curate
+
+    out = tmp_path_factory.mktemp("tiny-curated")
+    curate(tiny_tree, out, min_images=25, domain_classes=2, val_fraction=0.25, progress=False)
+    return out / "manifest.json"

@@ -1,0 +1,114 @@
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training.curate import CurationError, curate, read_list, split_files
+
+
+def _lists(out):
+    return {k: read_list(out / f"{k}.tsv.gz") for k in ("train", "val", "domain_train", "domain_val")}
+
+
+def test_kept_dropped_and_domain_classes(tiny_tree, tiny_manifest):
+    m = json.loads(tiny_manifest.read_text())
+    kept = {c["name"]: c["count"] for c in m["classes"]}
+    excluded = {c["name"]: c["count"] for c in m["excluded_classes"]}
+    assert kept and excluded
+    assert all(n >= 25 for n in kept.values())
+    assert all(n < 25 for n in excluded.values())
+    # The two largest dropped classes become the domain classes.
+    largest_dropped = sorted(excluded, key=lambda n: (-excluded[n], n))[:2]
+    assert sorted(c["name"] for c in m["domain_classes"]) == sorted(largest_dropped)
+    assert m["parameters"]["min_images"] == 25
+
+
+def test_odd_but_valid_files_are_used_and_broken_ones_reported(tiny_tree, tiny_manifest):
+    m = json.loads(tiny_manifest.read_text())
+    synth = json.loads((tiny_tree.parent / "raw.synth.json").read_text())
+    out = tiny_manifest.parent
+    listed = {p for pairs in _lists(out).values() for p, _ in pairs}
+    # CMYK, grayscale, RGBA, PNG named .jpg and .JPEG all count as images of their class.
+    for rel in synth["defects"]["valid_odd"]:
+        cls = rel.split("/")[0]
+        if cls in {c["name"] for c in m["classes"] + m["domain_classes"]}:
+            assert rel in listed, rel
+    skipped = {s["path"]: s["reason"] for s in m["skipped_files"]}
+    assert set(skipped) == set(synth["defects"]["broken"])
+    reasons = sorted(skipped.values())
+    assert reasons == ["empty file", "not an image (unknown signature)", "truncated jpeg"]
+    with gzip.open(out / "skipped.tsv.gz", "rt") as fh:
+        assert len(fh.readlines()) == 3
+    assert m["totals"]["skipped_files"] == 3
+
+
+def test_splits_are_disjoint_complete_and_deterministic(tiny_tree, tiny_manifest, tmp_path):
+    m = json.loads(tiny_manifest.read_text())
+    lists = _lists(tiny_manifest.parent)
+    for c in m["classes"]:
+        train = {p for p, n in lists["train"] if n == c["name"]}
+        val = {p for p, n in lists["val"] if n == c["name"]}
+        assert not train & val
+        assert len(train) == c["train"] and len(val) == c["val"] and len(train) + len(val) == c["count"]
+        assert val, "every class gets validation images"
+    again = tmp_path / "again"
+    curate(tiny_tree, again, min_images=25, domain_classes=2, val_fraction=0.25, progress=False)
+    assert (again / "manifest.json").read_bytes() == tiny_manifest.read_bytes()
+
+
+def test_hash_split_is_stable_when_files_are_added():
+    files = [f"c/{i:04d}.jpg" for i in range(200)]
+    _, val = split_files(files, 0.1)
+    _, val_more = split_files(files + [f"c/x{i}.jpg" for i in range(20)], 0.1)
+    # New files can push some out of validation, but never move a training file into it.
+    assert set(val_more) - set(val) <= {f"c/x{i}.jpg" for i in range(20)}
+
+
+def test_domain_classes_by_name(tiny_tree, tiny_manifest, tmp_path):
+    m = json.loads(tiny_manifest.read_text())
+    name = m["excluded_classes"][-1]["name"]
+    out = curate(tiny_tree, tmp_path, min_images=25, domain_classes=[name], val_fraction=0.25, progress=False)
+    assert [c["name"] for c in out["domain_classes"]] == [name]
+    with pytest.raises(CurationError, match="dropped classes"):
+        curate(tiny_tree, tmp_path / "x", min_images=25, domain_classes=[m["classes"][0]["name"]], progress=False)
+    with pytest.raises(CurationError, match="not found"):
+        curate(tiny_tree, tmp_path / "y", min_images=25, domain_classes=["no-such-class"], progress=False)
+
+
+def test_fingerprint_changes_with_data_and_parameters(tiny_tree, tiny_manifest, tmp_path):
+    base = json.loads(tiny_manifest.read_text())["fingerprint"]
+    other = curate(tiny_tree, tmp_path, min_images=20, domain_classes=2, val_fraction=0.25, progress=False)
+    assert other["fingerprint"] != base
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "training.curate", *args], capture_output=True, text=True)
+
+
+def test_empty_tree_is_an_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    r = _run_cli("--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
+    assert r.returncode != 0
+    assert "no class folders" in r.stderr
+    (tmp_path / "data" / "cats").mkdir()
+    (tmp_path / "data" / "cats" / "x.jpg").write_bytes(b"")
+    r = _run_cli("--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"))
+    assert r.returncode != 0 and "no valid images" in r.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_no_class_reaching_threshold_is_an_error(tiny_tree, tmp_path):
+    r = _run_cli("--data-dir", str(tiny_tree), "--out", str(tmp_path / "out"), "--min-images", "500")
+    assert r.returncode != 0
+    assert "no class reaches --min-images 500" in r.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_cli_reports_skipped_files(tiny_tree, tmp_path):
+    r = _run_cli("--data-dir", str(tiny_tree), "--out", str(tmp_path / "out"), "--min-images", "25",
+                 "--domain-classes", "2")
+    assert r.returncode == 0, r.stderr
+    assert "3 files skipped" in r.stdout
+    assert "truncated jpeg" in r.stdout

@@ -1,0 +1,176 @@
+"""Real Horovod runs of the pretraining script on a tiny dataset (2 CPU workers over Gloo)."""
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def _cmd(manifest, ckpt, epochs, *extra, np=2):
+    train = [sys.executable, "-m", "training.pretrain", "--manifest", str(manifest), "--checkpoint-dir", str(ckpt),
+             "--epochs", str(epochs), "--image-size", "32", "--batch-size", "8", "--threads", "1", *extra]
+    return [str(BIN / "horovodrun"), "-np", str(np), *train] if np else train
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tiny_manifest, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt-2ranks")
+    r = subprocess.run(_cmd(tiny_manifest, ckpt, 3), capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return ckpt, r.stdout
+
+
+def test_ranks_end_with_identical_weights(two_rank_run):
+    _, out = two_rank_run
+    digests = dict(re.findall(r"rank (\d) weights sha256 ([0-9a-f]{64})", out))
+    assert set(digests) == {"0", "1"}
+    assert digests["0"] == digests["1"]
+
+
+def test_best_json_names_the_most_accurate_epoch(two_rank_run, tiny_manifest):
+    ckpt, out = two_rank_run
+    epochs = sorted((ckpt / "epochs").iterdir())
+    assert [p.name for p in epochs] == ["0001", "0002", "0003"]
+    assert all((p / "COMMITTED").exists() for p in epochs)
+    accs = [json.loads((p / "metrics.json").read_text())["val_accuracy"] for p in epochs]
+    best = json.loads((ckpt / "best.json").read_text())
+    assert best["epoch"] == accs.index(max(accs)) + 1
+    assert best["val_accuracy"] == max(accs)
+    assert Path(best["path"]) == epochs[best["epoch"] - 1]
+    assert best["manifest_sha256"] == hashlib.sha256(tiny_manifest.read_bytes()).hexdigest()
+    assert _sha(ckpt / "best" / "model.keras") == _sha(epochs[best["epoch"] - 1] / "model.keras")
+    meta = json.loads((ckpt / "best" / "meta.json").read_text())
+    manifest = json.loads(tiny_manifest.read_text())
+    assert meta["class_names"] == [c["name"] for c in manifest["classes"]]
+    assert meta["image_size"] == [32, 32] and meta["feature_layer"] == "features"
+    assert (ckpt / "COMPLETE").exists() and not (ckpt / "FAILED").exists()
+    # One progress line per epoch, from rank 0 only.
+    assert len(re.findall(r"\[0\]<stdout>:\[pretrain\] epoch \d/3", out)) == 3
+    assert not re.findall(r"\[1\]<stdout>:\[pretrain\] epoch", out)
+
+
+def test_best_model_takes_raw_uint8_images(two_rank_run):
+    import keras
+    import numpy as np
+
+    import training.model  # noqa: F401  (registers the learning-rate schedule)
+
+    ckpt, _ = two_rank_run
+    model = keras.models.load_model(ckpt / "best" / "model.keras", compile=False)
+    probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), verbose=0)
+    assert probs.shape == (3, len(json.loads((ckpt / "best" / "meta.json").read_text())["class_names"]))
+    assert np.allclose(probs.sum(-1), 1, atol=1e-4)
+    assert model.get_layer("features") is not None
+
+
+def test_resume_after_kill(tiny_manifest, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    cmd = _cmd(tiny_manifest, ckpt, 5, "--steps-per-epoch", "25")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (ckpt / "epochs" / "0002" / "COMMITTED").exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no second epoch within 300 s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_leftovers(str(ckpt))
+    committed = sorted(p.name for p in (ckpt / "epochs").iterdir() if (p / "COMMITTED").exists())
+    last = int(committed[-1])
+    assert last < 5, "the run finished before it could be killed"
+    assert not (ckpt / "COMPLETE").exists()
+    before = {name: _sha(ckpt / "epochs" / name / "model.keras") for name in committed}
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resuming after epoch {last} " in r.stdout
+    trained = [int(e) for e in re.findall(r"\[0\]<stdout>:\[pretrain\] epoch (\d)/5", r.stdout)]
+    assert trained == list(range(last + 1, 6))
+    # Nothing committed before the kill was lost or rewritten.
+    assert {name: _sha(ckpt / "epochs" / name / "model.keras") for name in committed} == before
+    assert sorted(p.name for p in (ckpt / "epochs").iterdir()) == [f"{i:04d}" for i in range(1, 6)]
+    assert (ckpt / "COMPLETE").exists()
+    best = json.loads((ckpt / "best.json").read_text())
+    accs = [json.loads((ckpt / "epochs" / f"{i:04d}" / "metrics.json").read_text())["val_accuracy"] for i in range(1, 6)]
+    assert best["val_accuracy"] == max(accs)
+
+
+def _kill_leftovers(marker: str) -> None:
+    """Workers orphaned by the SIGKILL of their launcher (as after a node loss) must not outlive the test."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+        if not left:
+            return
+        for p in left:
+            p.kill()
+        time.sleep(0.2)
+
+
+def test_failure_writes_reason_and_exits_nonzero(tiny_manifest, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    r = subprocess.run(_cmd(tiny_manifest, ckpt, 2, "--fail-at-epoch", "1", np=0), capture_output=True, text=True,
+                       env=ENV, timeout=600)
+    assert r.returncode != 0
+    failed = json.loads((ckpt / "FAILED").read_text())
+    assert "injected failure at epoch 1" in failed["reason"]
+    assert not (ckpt / "COMPLETE").exists()
+    # A rerun clears FAILED and trains.
+    r = subprocess.run(_cmd(tiny_manifest, ckpt, 1, np=0), capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (ckpt / "FAILED").exists() and (ckpt / "COMPLETE").exists()
+
+
+def test_missing_manifest_is_a_clear_failure(tmp_path):
+    r = subprocess.run(_cmd(tmp_path / "nope.json", tmp_path / "ckpt", 1, np=0), capture_output=True, text=True,
+                       env=ENV, timeout=600)
+    assert r.returncode != 0
+    assert "FileNotFoundError" in json.loads((tmp_path / "ckpt" / "FAILED").read_text())["reason"]
+
+
+def test_checkpoints_to_s3(tiny_manifest, tmp_path):
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        env = {**ENV, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+        url = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                          aws_secret_access_key="test")
+        s3.create_bucket(Bucket="ckpt")
+        cmd = _cmd(tiny_manifest, "s3://ckpt/run-1", 1, "--s3-endpoint-url", url, np=0)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="run-1/")["Contents"]}
+        assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json",
+                "run-1/epochs/0001/COMMITTED"} <= keys
+        assert any(k.startswith("run-1/logs/") for k in keys)
+        best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
+        assert best["path"] == "s3://ckpt/run-1/epochs/0001"
+    finally:
+        server.stop()
