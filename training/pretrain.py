@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads per worker (0: TF decides)")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training list")
+    p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests
     return p.parse_args(argv)
@@ -150,9 +151,20 @@ def train(args: argparse.Namespace) -> int:
     global_batch = args.batch_size * size
     steps_per_epoch = args.steps_per_epoch or max(1, len(train_all) // global_batch)
     cache = args.cache == "on" or (args.cache == "auto" and len(train_split) * args.image_size**2 * 3 < 2 * 2**30)
-    train_ds = tdata.make_dataset(train_split, image_size, args.batch_size, training=True,
-                                  seed=args.seed * 1000 + rank, cache=cache, drop_remainder=True)
-    val_ds = tdata.make_dataset(val_split, image_size, args.batch_size, training=False, cache=cache)
+    if args.tfrecords:
+        from training.tfrecords import make_tfrecord_dataset, tfrecord_split
+
+        train_shards, names, _ = tfrecord_split(args.tfrecords, "train")
+        val_shards, _, _ = tfrecord_split(args.tfrecords, "val")
+        if names != class_names:
+            raise ValueError(f"{args.tfrecords} was converted from another manifest (class names differ)")
+        train_ds = make_tfrecord_dataset(train_shards, image_size, args.batch_size, True, rank, size,
+                                         seed=args.seed * 1000 + rank, drop_remainder=True, cache=cache)
+        val_ds = make_tfrecord_dataset(val_shards, image_size, args.batch_size, False, rank, size, cache=cache)
+    else:
+        train_ds = tdata.make_dataset(train_split, image_size, args.batch_size, training=True,
+                                      seed=args.seed * 1000 + rank, cache=cache, drop_remainder=True)
+        val_ds = tdata.make_dataset(val_split, image_size, args.batch_size, training=False, cache=cache)
 
     # -- model, optimizer, resume --------------------------------------------------------------------------
     state = {"resume_from": 0, "best": None}
@@ -236,6 +248,8 @@ def train(args: argparse.Namespace) -> int:
         store.delete(st.join(ckpt, "COMPLETE"))
 
     train_iter = iter(train_ds)
+    # Skipped files are named from the file lists; TFRecord readers only count them (val images seen).
+    track = not args.tfrecords
     train_skips = tdata.SkipTracker(train_split)
     skipped_total = 0
     for epoch in range(start + 1, args.epochs + 1):
@@ -247,7 +261,7 @@ def train(args: argparse.Namespace) -> int:
             loss_sum += float(loss)
             correct_sum += float(correct)
             seen += int(labels.shape[0])
-            for path in train_skips.update(idx.numpy()):
+            for path in (train_skips.update(idx.numpy()) if track else []):
                 skipped_total += 1
                 print(f"[pretrain] rank {rank}: skipped undecodable file {path}", flush=True)
         train_time = time.perf_counter() - t0
@@ -264,8 +278,9 @@ def train(args: argparse.Namespace) -> int:
             v_loss += float(l)
             v_correct += float(c)
             v_n += int(labels.shape[0])
-            val_skips.update(idx.numpy())
-        val_skipped = val_skips.finish()
+            if track:
+                val_skips.update(idx.numpy())
+        val_skipped = val_skips.finish() if track else []
         totals = hvd.allreduce(tf.constant([loss_sum / steps_per_epoch, correct_sum, seen, v_loss, v_correct, v_n,
                                             float(len(val_skipped) + skipped_total)], tf.float64),
                                op=hvd.Sum, name=f"epoch_metrics_{epoch}").numpy()
