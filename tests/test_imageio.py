@@ -25,7 +25,7 @@ def _img(fmt, mode="RGB"):
 def test_valid_by_content(tmp_path, name, data, fmt):
     p = tmp_path / name
     p.write_bytes(data())
-    assert check_image(p) == (fmt, None)
+    assert check_image(p)[:2] == (fmt, None)
 
 
 @pytest.mark.parametrize("data,reason", [
@@ -38,10 +38,10 @@ def test_valid_by_content(tmp_path, name, data, fmt):
 def test_invalid_with_reason(tmp_path, data, reason):
     p = tmp_path / "x.jpg"
     p.write_bytes(data() if callable(data) else data)
-    fmt, why = check_image(p)
+    fmt, why, _ = check_image(p)
     assert fmt is None and why.startswith(reason)
 
 
 def test_missing_file(tmp_path):
-    fmt, why = check_image(tmp_path / "nope.jpg")
+    fmt, why, _ = check_image(tmp_path / "nope.jpg")
     assert fmt is None and why.startswith("unreadable")

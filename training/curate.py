@@ -50,6 +50,7 @@ class ClassScan:
     name: str
     files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, size) of valid images
     formats: Counter = field(default_factory=Counter)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
 
 
 def _split_key(rel: str) -> str:
@@ -71,7 +72,7 @@ def split_files(rels: list[str], val_fraction: float) -> tuple[list[str], list[s
 
 
 def _iter_files(root: str):
-    """(relative path, size) of every regular file below ``root``, depth first, in name order."""
+    """Path of every regular file below ``root``, depth first, in name order (no stat: d_type suffices)."""
     stack = [root]
     while stack:
         d = stack.pop()
@@ -86,25 +87,37 @@ def _iter_files(root: str):
             if e.is_dir(follow_symlinks=True):
                 subdirs.append(e.path)
             elif e.is_file(follow_symlinks=True):
-                yield e.path, e.stat().st_size
+                yield e.path
         stack.extend(reversed(subdirs))
 
 
-def scan_class(data_dir: Path, name: str, skipped_writer, skipped_sample: list, reasons: Counter) -> ClassScan:
+def scan_class(task: tuple[str, str]) -> ClassScan:
+    """Check every file of one class folder (runs in a worker process)."""
+    root, name = task
     scan = ClassScan(name)
-    root = str(data_dir)
-    for path, size in _iter_files(os.path.join(root, name)):
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        fmt, reason = check_image(path, size)
+    prefix = len(root) + 1
+    for path in _iter_files(os.path.join(root, name)):
+        rel = path[prefix:].replace(os.sep, "/")
+        fmt, reason, size = check_image(path)
         if fmt is None:
-            skipped_writer.write(f"{rel}\t{reason}\n")
-            reasons[reason.split(":")[0]] += 1
-            if len(skipped_sample) < MANIFEST_SKIPPED_LIMIT:
-                skipped_sample.append({"path": rel, "reason": reason})
-            continue
-        scan.files.append((rel, size))
-        scan.formats[fmt] += 1
+            scan.skipped.append((rel, reason))
+        else:
+            scan.files.append((rel, size))
+            scan.formats[fmt] += 1
     return scan
+
+
+def _scans(root: str, names: list[str], workers: int):
+    """ClassScans in class order; several processes check files when ``workers`` > 1."""
+    tasks = [(root, n) for n in names]
+    if workers <= 1 or len(names) < 2:
+        yield from map(scan_class, tasks)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        # Ordered and lazy: results stream back one class at a time, so memory stays bounded.
+        yield from pool.imap(scan_class, tasks, chunksize=1)
 
 
 def parse_domain_classes(value: str) -> int | list[str]:
@@ -118,7 +131,8 @@ def parse_domain_classes(value: str) -> int | list[str]:
 
 
 def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_classes: int | list[str] = 0,
-           val_fraction: float = 0.1, min_domain_images: int = 10, progress: bool = True) -> dict:
+           val_fraction: float = 0.1, min_domain_images: int = 10, progress: bool = True,
+           workers: int = 0) -> dict:
     data_dir = Path(data_dir)
     out = Path(out)
     if not data_dir.is_dir():
@@ -148,8 +162,15 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
 
         bar = tqdm(total=len(class_names), unit="class", desc="curate")
     try:
-        for name in class_names:
-            scan = scan_class(data_dir, name, writers["skipped"], skipped_sample, reasons)
+        # One checking process per core beyond the one that writes the lists.
+        workers = workers or max(1, (os.cpu_count() or 1) - 1)
+        for scan in _scans(str(data_dir), class_names, workers):
+            name = scan.name
+            for rel, reason in scan.skipped:
+                writers["skipped"].write(f"{rel}\t{reason}\n")
+                reasons[reason.split(":")[0]] += 1
+                if len(skipped_sample) < MANIFEST_SKIPPED_LIMIT:
+                    skipped_sample.append({"path": rel, "reason": reason})
             total_files += len(scan.files)
             formats.update(scan.formats)
             rels = [r for r, _ in scan.files]
@@ -280,9 +301,11 @@ def main(argv=None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--min-domain-images", type=int, default=10,
                    help="a dropped class needs this many images to be picked as a domain class by count")
+    p.add_argument("--workers", type=int, default=0, help="processes checking files (default: cores - 1)")
     args = p.parse_args(argv)
     try:
-        m = curate(args.data_dir, args.out, args.min_images, args.domain_classes, args.val_fraction, args.min_domain_images)
+        m = curate(args.data_dir, args.out, args.min_images, args.domain_classes, args.val_fraction,
+                   args.min_domain_images, workers=args.workers)
     except CurationError as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2

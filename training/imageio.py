@@ -45,28 +45,33 @@ def _complete(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
     return True
 
 
-def check_image(path: str | os.PathLike, size: int | None = None) -> tuple[str | None, str | None]:
-    """Return ``(format, None)`` for a usable image, or ``(None, reason)`` for one to skip."""
+CHUNK = 65536  # small images are read whole in one call: head and tail without a stat
+
+
+def check_image(path: str | os.PathLike) -> tuple[str | None, str | None, int]:
+    """Return ``(format, None, size)`` for a usable image, or ``(None, reason, size)`` for one to skip."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as err:
-        return None, f"unreadable: {err.strerror}"
+        return None, f"unreadable: {err.strerror}", 0
     try:
-        if size is None:
+        data = os.pread(fd, CHUNK, 0)
+        if len(data) < CHUNK:
+            size, head, tail = len(data), data[:HEAD], data[-TAIL:]
+        else:
             size = os.fstat(fd).st_size
-        if size == 0:
-            return None, "empty file"
-        head = os.pread(fd, HEAD, 0)
-        fmt = sniff_format(head)
-        if fmt is None:
-            return None, "not an image (unknown signature)"
-        if fmt not in SUPPORTED:
-            return None, f"unsupported format: {fmt}"
-        tail = os.pread(fd, min(TAIL, size), max(0, size - TAIL))
-        if not _complete(fmt, head, tail, size):
-            return None, f"truncated {fmt}"
-        return fmt, None
+            head, tail = data[:HEAD], os.pread(fd, TAIL, size - TAIL)
     except OSError as err:
-        return None, f"unreadable: {err.strerror}"
+        return None, f"unreadable: {err.strerror}", 0
     finally:
         os.close(fd)
+    if size == 0:
+        return None, "empty file", 0
+    fmt = sniff_format(head)
+    if fmt is None:
+        return None, "not an image (unknown signature)", size
+    if fmt not in SUPPORTED:
+        return None, f"unsupported format: {fmt}", size
+    if not _complete(fmt, head, tail, size):
+        return None, f"truncated {fmt}", size
+    return fmt, None, size
