@@ -107,6 +107,66 @@ def scan_class(task: tuple[str, str]) -> ClassScan:
     return scan
 
 
+def _s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None = None):
+    """ClassScans of an ``s3://`` tree: listing pages of several classes and the object checks run concurrently.
+
+    Small objects are fetched whole in one GET; larger ones with two ranged GETs (head and tail).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.imageio import HEAD, TAIL, classify
+    from training.store import Store, split_s3
+
+    store = Store(endpoint_url)
+    s3 = store.s3
+    bucket, prefix = split_s3(uri.rstrip("/") + "/")
+
+    def list_class(name):
+        keys = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}{name}/"):
+            keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])
+                     if not o["Key"].endswith("/") and not o["Key"].rsplit("/", 1)[-1].startswith(".")]
+        return name, sorted(keys)
+
+    def check(item):
+        key, size = item
+        try:
+            if size <= 65536:
+                data = s3.get_object(Bucket=bucket, Key=key)["Body"].read() if size else b""
+                head, tail = data[:HEAD], data[-TAIL:]
+            else:
+                head = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{HEAD - 1}")["Body"].read()
+                tail = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{TAIL}")["Body"].read()
+        except Exception as err:  # noqa: BLE001 - reported per object, never fatal
+            return key, size, None, f"unreadable: {err}"
+        return (key, size, *classify(head, tail, size))
+
+    lookahead = 8  # classes listed ahead of the one being checked: bounded memory
+    with ThreadPoolExecutor(max(4, workers)) as listers, ThreadPoolExecutor(max(16, workers * 8)) as checkers:
+        pending = [listers.submit(list_class, n) for n in names[:lookahead]]
+        nxt = lookahead
+        while pending:
+            name, keys = pending.pop(0).result()
+            if nxt < len(names):
+                pending.append(listers.submit(list_class, names[nxt]))
+                nxt += 1
+            scan = ClassScan(name)
+            for key, size, fmt, reason in checkers.map(check, keys):
+                rel = key[len(prefix):]
+                if fmt is None:
+                    scan.skipped.append((rel, reason))
+                else:
+                    scan.files.append((rel, size))
+                    scan.formats[fmt] += 1
+            yield scan
+
+
+def _s3_class_names(uri: str, endpoint_url: str | None = None) -> list[str]:
+    from training.store import Store
+
+    return [n for n in Store(endpoint_url).list_dirs(uri) if not n.startswith(".")]
+
+
 def _scans(root: str, names: list[str], workers: int):
     """ClassScans in class order; several processes check files when ``workers`` > 1."""
     tasks = [(root, n) for n in names]
@@ -132,14 +192,19 @@ def parse_domain_classes(value: str) -> int | list[str]:
 
 def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_classes: int | list[str] = 0,
            val_fraction: float = 0.1, min_domain_images: int = 10, progress: bool = True,
-           workers: int = 0) -> dict:
-    data_dir = Path(data_dir)
+           workers: int = 0, endpoint_url: str | None = None) -> dict:
     out = Path(out)
-    if not data_dir.is_dir():
-        raise CurationError(f"data directory not found: {data_dir}")
+    remote = str(data_dir).startswith("s3://")
     if not 0 < val_fraction < 1:
         raise CurationError("--val-fraction must be between 0 and 1")
-    class_names = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+    if remote:
+        data_dir = str(data_dir).rstrip("/")
+        class_names = _s3_class_names(data_dir, endpoint_url)
+    else:
+        data_dir = Path(data_dir)
+        if not data_dir.is_dir():
+            raise CurationError(f"data directory not found: {data_dir}")
+        class_names = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
     if not class_names:
         raise CurationError(f"no class folders in {data_dir}: expected an ImageFolder tree (one folder per class)")
 
@@ -164,7 +229,9 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
     try:
         # One checking process per core beyond the one that writes the lists.
         workers = workers or max(1, (os.cpu_count() or 1) - 1)
-        for scan in _scans(str(data_dir), class_names, workers):
+        scans = (_s3_scans(data_dir, class_names, workers, endpoint_url) if remote
+                 else _scans(str(data_dir), class_names, workers))
+        for scan in scans:
             name = scan.name
             for rel, reason in scan.skipped:
                 writers["skipped"].write(f"{rel}\t{reason}\n")
@@ -229,7 +296,7 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
         fingerprint.update(json.dumps(params, sort_keys=True).encode())
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "data_root": str(data_dir.resolve()),
+            "data_root": data_dir if remote else str(data_dir.resolve()),
             "parameters": params,
             "fingerprint": fingerprint.hexdigest(),
             "classes": kept,
@@ -293,7 +360,7 @@ def manifest_sha256(path: str | Path) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Curate an ImageFolder tree into general and domain datasets.")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--data-dir", required=True, help="an ImageFolder tree: local path or s3://bucket/prefix")
     p.add_argument("--out", required=True)
     p.add_argument("--min-images", type=int, default=500, help="drop classes with fewer valid images (default 500)")
     p.add_argument("--domain-classes", type=parse_domain_classes, default=0,
@@ -302,10 +369,11 @@ def main(argv=None) -> int:
     p.add_argument("--min-domain-images", type=int, default=10,
                    help="a dropped class needs this many images to be picked as a domain class by count")
     p.add_argument("--workers", type=int, default=0, help="processes checking files (default: cores - 1)")
+    p.add_argument("--s3-endpoint-url", default=None, help="for an s3:// --data-dir on an S3-compatible store")
     args = p.parse_args(argv)
     try:
         m = curate(args.data_dir, args.out, args.min_images, args.domain_classes, args.val_fraction,
-                   args.min_domain_images, workers=args.workers)
+                   args.min_domain_images, workers=args.workers, endpoint_url=args.s3_endpoint_url)
     except CurationError as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2

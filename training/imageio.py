@@ -65,13 +65,18 @@ def check_image(path: str | os.PathLike) -> tuple[str | None, str | None, int]:
         return None, f"unreadable: {err.strerror}", 0
     finally:
         os.close(fd)
+    return (*classify(head, tail, size), size)
+
+
+def classify(head: bytes, tail: bytes, size: int) -> tuple[str | None, str | None]:
+    """``(format, None)`` or ``(None, reason)`` from a file's first and last bytes and its size."""
     if size == 0:
-        return None, "empty file", 0
+        return None, "empty file"
     fmt = sniff_format(head)
     if fmt is None:
-        return None, "not an image (unknown signature)", size
+        return None, "not an image (unknown signature)"
     if fmt not in SUPPORTED:
-        return None, f"unsupported format: {fmt}", size
+        return None, f"unsupported format: {fmt}"
     if not _complete(fmt, head, tail, size):
-        return None, f"truncated {fmt}", size
-    return fmt, None, size
+        return None, f"truncated {fmt}"
+    return fmt, None

@@ -126,7 +126,7 @@ class Store:
         """Names of the immediate sub-"directories" of ``uri``."""
         if is_s3(uri):
             bucket, prefix = split_s3(uri)
-            prefix = prefix.rstrip("/") + "/"
+            prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
             names = []
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
                 for cp in page.get("CommonPrefixes", []):
@@ -141,7 +141,7 @@ class Store:
         """(relative path, size) of every object below ``uri``."""
         if is_s3(uri):
             bucket, prefix = split_s3(uri)
-            prefix = prefix.rstrip("/") + "/"
+            prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
                     yield obj["Key"][len(prefix):], obj["Size"]
