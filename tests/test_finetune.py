@@ -1,0 +1,255 @@
+"""training.finetune and training.sagemaker: the SageMaker training contract, the transfer recipe, the artifact."""
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+
+import numpy as np
+import pytest
+
+from _finetune_helpers import finetuned, make_job, world  # noqa: F401 - session fixtures
+from training import finetune
+from training.sagemaker import ContractError, TrainingEnv, decode_value, extract_tar, make_tar, user_hyperparameters
+
+
+# -- contract helpers ---------------------------------------------------------------------------------------
+def test_training_env_paths_follow_root_and_sm_variables(tmp_path, monkeypatch):
+    for var in ("SM_ROOT", "SM_MODEL_DIR", "SM_OUTPUT_DATA_DIR", "SM_CHANNEL_TRAIN"):
+        monkeypatch.delenv(var, raising=False)
+    assert TrainingEnv.from_env().root.as_posix() == "/opt/ml"
+    monkeypatch.setenv("SM_ROOT", str(tmp_path))
+    env = TrainingEnv.from_env()
+    assert env.model_dir == tmp_path / "model"
+    assert env.output_data_dir == tmp_path / "output" / "data"
+    assert env.channel("train") == tmp_path / "input" / "data" / "train"
+    assert env.failure_path == tmp_path / "output" / "failure"
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "m"))
+    assert env.channel("train") == tmp_path / "elsewhere"
+    assert env.model_dir == tmp_path / "m"
+    env.write_failure("x" * 5000)
+    assert len(env.failure_path.read_text()) == 1024
+
+
+def test_hyperparameters_decode_sdk_and_plain_strings():
+    raw = {"init": '"scratch"', "epochs_head": "3", "compare_scratch": "true", "learning_rate_head": "1e-2",
+           "image_size": "64", "sagemaker_program": '"train.py"', "_tuning_objective_metric": "x"}
+    assert user_hyperparameters(raw) == {"init": "scratch", "epochs_head": "3", "compare_scratch": "true",
+                                         "learning_rate_head": "1e-2", "image_size": "64"}
+    hp = finetune.parse_hyperparameters(raw)
+    assert (hp.init, hp.epochs_head, hp.compare_scratch, hp.learning_rate_head, hp.image_size) == \
+        ("scratch", 3, True, 0.01, (64, 64))
+    assert finetune.parse_hyperparameters({"image_size": '"48,40"'}).image_size == (48, 40)
+    assert decode_value('"not json') == '"not json'
+    with pytest.raises(finetune.FinetuneError, match="epoch_head"):
+        finetune.parse_hyperparameters({"epoch_head": "3"})  # a typo is refused, not ignored
+    with pytest.raises(finetune.FinetuneError, match="init"):
+        finetune.parse_hyperparameters({"init": "imagenet"})
+    with pytest.raises(finetune.FinetuneError, match="batch_size"):
+        finetune.parse_hyperparameters({"batch_size": "0"})
+
+
+def test_cli_overrides_become_hyperparameters():
+    args, overrides = finetune.parse_args(["train", "--sm-root", "/x", "--epochs-head", "2", "--init=scratch"])
+    assert args.sm_root == "/x"
+    assert overrides == {"epochs_head": "2", "init": "scratch"}
+
+
+def test_docstring_documents_every_hyperparameter_and_regex():
+    doc = finetune.__doc__
+    for name in finetune.Hyperparameters.model_fields:
+        assert re.search(rf"^  {name} ", doc, re.M), f"hyperparameter {name} is not documented"
+    for d in finetune.METRIC_DEFINITIONS:
+        assert f'{d["Name"]}' in doc and json.dumps(d["Regex"]) in doc, d
+
+
+def test_metric_regexes_read_only_their_own_keys():
+    line = ("[finetune] final: val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.010000 "
+            "scratch_val_accuracy=0.550000 transfer_gain=-0.362500")
+    found = {d["Name"]: re.findall(d["Regex"], line) for d in finetune.METRIC_DEFINITIONS}
+    assert found["validation:accuracy"] == ["0.912500"]
+    assert found["scratch:validation:accuracy"] == ["0.550000"]
+    assert found["validation:loss"] == ["0.301234"]
+    assert found["transfer:gain"] == ["-0.362500"]
+    assert found["train:loss"] == []
+
+
+def test_tar_round_trip_and_unsafe_members(tmp_path):
+    src = tmp_path / "src"
+    (src / "1" / "variables").mkdir(parents=True)
+    (src / "1" / "saved_model.pb").write_bytes(b"pb")
+    (src / "code").mkdir()
+    (src / "code" / "inference.py").write_text("x = 1\n")
+    archive = make_tar(src, tmp_path / "model.tar.gz")
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["1", "1/saved_model.pb", "1/variables", "code", "code/inference.py"]
+    out = extract_tar(archive, tmp_path / "out")
+    assert (out / "1" / "saved_model.pb").read_bytes() == b"pb"
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(src / "code" / "inference.py", arcname="../escape.py")
+    with pytest.raises(ContractError, match="unsafe"):
+        extract_tar(evil, tmp_path / "out2")
+
+
+def test_recalibrate_batchnorm_sets_population_statistics():
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((4,))
+    bn = keras.layers.BatchNormalization(name="bn", momentum=0.99)
+    model = keras.Model(inputs, bn(inputs))
+    bn.trainable = False
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(3.0 + i, 2.0, size=(16, 4)).astype("float32") for i in range(3)]
+    ds = tf.data.Dataset.from_tensor_slices(np.concatenate(batches)).batch(16).map(lambda x: (x,))
+    used = finetune.recalibrate_batchnorm(model, ds, 10)
+    assert used == 3
+    expected = np.mean([b.mean(0) for b in batches], axis=0)
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), expected, rtol=1e-5)
+    expected_var = np.mean([b.var(0) for b in batches], axis=0)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), expected_var, rtol=1e-4)
+    assert bn.trainable is False and bn.momentum == 0.99
+
+
+# -- the job --------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_job_writes_servable_artifact_and_metrics(finetuned, world):
+    model_dir, out = finetuned["model_dir"], finetuned["output"]
+    assert (model_dir / "1" / "saved_model.pb").is_file() and (model_dir / "1" / "variables").is_dir()
+    assert (model_dir / "code" / "inference.py").read_text().startswith('"""Request and response handlers')
+    assert json.loads((model_dir / "code" / "labels.json").read_text()) == world["classes"]
+    assert (model_dir / "model.keras").is_file()
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["class_names"] == world["classes"] and meta["image_size"] == [32, 32]
+    assert not (out / "failure").exists()
+
+    report = json.loads((out / "data" / "metrics.json").read_text())
+    assert report["primary"] == "transfer" and set(report["runs"]) == {"transfer", "scratch"}
+    assert report["hyperparameters"]["compare_scratch"] is True
+    t = report["runs"]["transfer"]
+    assert [e["phase"] for e in t["history"]] == ["head"] * 4 + ["finetune"] * 2
+    assert t["bn_recalibration_batches"] >= 1 and t["unfrozen_layers"] > 0
+    assert len(report["runs"]["scratch"]["history"]) == 6  # the same epoch budget
+    assert report["metrics"]["transfer:gain"] == pytest.approx(
+        report["metrics"]["validation:accuracy"] - report["metrics"]["scratch:validation:accuracy"])
+
+    # The exported signature takes raw bytes and agrees with the Keras model the job kept.
+    import keras
+    import tensorflow as tf
+
+    import training.model  # noqa: F401
+    from training.data import decode_and_resize
+
+    fn = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
+    assert list(fn.structured_input_signature[1]) == ["image_bytes"]
+    files = sorted(p for p in world["validation"].rglob("*") if p.is_file())[:6]
+    probs = fn(image_bytes=tf.constant([p.read_bytes() for p in files]))["probabilities"].numpy()
+    assert probs.shape == (6, len(world["classes"]))
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-4)
+    kmodel = keras.models.load_model(model_dir / "model.keras", compile=False)
+    direct = kmodel(tf.stack([decode_and_resize(tf.constant(p.read_bytes()), (32, 32)) for p in files]))
+    np.testing.assert_allclose(probs, np.asarray(direct), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_log_lines_feed_the_metric_definitions(finetuned):
+    """What SageMaker would put in FinalMetricDataList (the last match of each regex) equals metrics.json."""
+    report = json.loads((finetuned["output"] / "data" / "metrics.json").read_text())
+    final = {}
+    for d in finetune.METRIC_DEFINITIONS:
+        matches = re.findall(d["Regex"], finetuned["stdout"])
+        assert matches, f"no log line for {d['Name']}"
+        final[d["Name"]] = float(matches[-1])
+    for name in ("validation:accuracy", "validation:loss", "scratch:validation:accuracy", "transfer:gain"):
+        assert final[name] == pytest.approx(report["metrics"][name], abs=1e-6), name
+    assert len(re.findall(r"transfer head epoch \d+/6", finetuned["stdout"])) == 4
+
+
+@pytest.mark.slow
+def test_model_tar_round_trip_keeps_the_layout(finetuned, tmp_path):
+    archive = make_tar(finetuned["model_dir"], tmp_path / "model.tar.gz")
+    out = extract_tar(archive, tmp_path / "untarred")
+    want = sorted(str(p.relative_to(finetuned["model_dir"])) for p in finetuned["model_dir"].rglob("*"))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == want
+    with tarfile.open(archive) as tar:
+        assert "1/saved_model.pb" in tar.getnames() and "code/inference.py" in tar.getnames()
+
+
+@pytest.mark.slow
+def test_scratch_init_without_pretrained_channel(world, tmp_path):
+    root = make_job(tmp_path, world, {"init": "scratch", "width": "8", "image_size": "32", "epochs_head": "1",
+                                      "epochs_finetune": "1", "compare_scratch": "true"},
+                    channels=("train", "validation"))
+    assert finetune.main(["--sm-root", str(root)]) == 0
+    report = json.loads((root / "output" / "data" / "metrics.json").read_text())
+    assert report["primary"] == "scratch" and set(report["runs"]) == {"scratch"}  # compare_scratch is moot
+    assert len(report["runs"]["scratch"]["history"]) == 2
+    assert report["pretrained"] is None
+    assert (root / "model" / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_pretrained_channel_as_tarball_and_subsampling(world, tmp_path):
+    archive = make_tar(world["pretrained"], tmp_path / "pretrained.tar.gz")
+    root = make_job(tmp_path / "job", world, {"images_per_class": "3", "epochs_head": "1", "epochs_finetune": "0",
+                                              "augment": "false", "model_version": "7"}, pretrained=archive)
+    assert finetune.main(["--sm-root", str(root)]) == 0
+    report = json.loads((root / "output" / "data" / "metrics.json").read_text())
+    assert report["counts"]["train"] == {c: 3 for c in world["classes"]}
+    assert [e["phase"] for e in report["runs"]["transfer"]["history"]] == ["head"]
+    assert (root / "model" / "7" / "saved_model.pb").is_file()
+
+
+def test_subsets_are_nested(world, tmp_path):
+    env = TrainingEnv(make_job(tmp_path, world, channels=("train", "validation")))
+    small = finetune.load_domain(env, finetune.parse_hyperparameters({"images_per_class": "2"}))
+    large = finetune.load_domain(env, finetune.parse_hyperparameters({"images_per_class": "5"}))
+    assert len(small.train) == 2 * len(world["classes"])
+    assert set(small.train.paths) < set(large.train.paths)
+
+
+# -- failures: a clear reason in output/failure and a non-zero exit ------------------------------------------
+def _fails(root, match: str, capsys) -> str:
+    assert finetune.main(["--sm-root", str(root)]) == 1
+    reason = (root / "output" / "failure").read_text()
+    assert re.search(match, reason), reason
+    assert f"[finetune] error: {reason}" in capsys.readouterr().out
+    return reason
+
+
+def test_missing_channel_fails(world, tmp_path, capsys):
+    _fails(make_job(tmp_path, world, channels=("pretrained", "train")), r"missing channel 'validation'", capsys)
+
+
+def test_empty_class_fails(world, tmp_path, capsys):
+    root = make_job(tmp_path, world)
+    cls = world["classes"][0]
+    for p in (root / "input" / "data" / "train" / cls).iterdir():
+        p.unlink()
+    (root / "input" / "data" / "train" / cls / "broken.jpg").write_bytes(b"not an image")
+    _fails(root, rf"empty class in the train channel.*{cls}", capsys)
+
+
+def test_corrupt_pretrained_model_fails(world, tmp_path, capsys):
+    root = make_job(tmp_path, world)
+    (root / "input" / "data" / "pretrained" / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    _fails(root, r"corrupt pretrained artifact: model.keras does not load", capsys)
+
+
+def test_corrupt_pretrained_archive_fails(world, tmp_path, capsys):
+    bad = tmp_path / "best.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08 not really gzip")
+    _fails(make_job(tmp_path / "job", world, pretrained=bad), r"corrupt pretrained artifact best.tar.gz", capsys)
+
+
+def test_image_size_mismatch_fails(world, tmp_path, capsys):
+    _fails(make_job(tmp_path, world, {"image_size": "64"}), r"image size mismatch.*\[64, 64\].*\[32, 32\]", capsys)
+
+
+def test_bad_hyperparameter_fails_and_a_rerun_clears_the_failure(world, tmp_path, capsys):
+    root = make_job(tmp_path, world, {"learning_rate_head": "fast"}, channels=("train", "validation"))
+    _fails(root, r"invalid hyperparameters: learning_rate_head", capsys)
+    (root / "input" / "config" / "hyperparameters.json").write_text("[1, 2]")
+    _fails(root, r"must hold a JSON object", capsys)

@@ -1,0 +1,329 @@
+"""Transfer learning vs training from scratch on the domain classes, at a few images per class.
+
+    python -m training.report --out report/                      # builds the demo data and model first
+    python -m training.report --out report/ --manifest M --pretrained C/best [--data-root R]
+    python -m training.report --out report/ --sizes 5,20,50 --seeds 3 --hp epochs_head=20
+
+For every training-set size (images per class) and seed it runs one real fine-tuning job
+(``training.finetune`` with ``compare_scratch=true`` and ``images_per_class=N``) in a SageMaker-layout
+directory under ``OUT/runs/``, on the manifest's domain classes (``domain_train`` for training, all of
+``domain_val`` for validation). Then it writes, in ``OUT``:
+
+  report.md / report.html   the summary: accuracy table (mean and per seed), gain, quality bar verdict
+  accuracy.png              validation accuracy against images per class, transfer vs scratch
+  learning_curves.png       validation accuracy per epoch of every run (first seed)
+  results.json              every figure behind the above
+
+Without ``--manifest``/``--pretrained`` it first makes the demo inputs in ``OUT/demo`` (reused when present):
+``training.synth_data`` defaults, ``training.curate --min-images 120 --domain-classes 4 --val-fraction 0.2``,
+and ``horovodrun -np 2 python -m training.pretrain --epochs 10`` (one worker without horovodrun).
+
+Quality bar: transfer must beat scratch by at least ``--min-gain`` (0.15) mean accuracy at ``--gain-at``
+(20) images per class; the exit status is 1 when it does not.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEMO_CURATE = ["--min-images", "120", "--domain-classes", "4", "--val-fraction", "0.2"]
+DEMO_PRETRAIN_EPOCHS = 10
+
+
+def log(msg: str) -> None:
+    print(f"[report] {msg}", flush=True)
+
+
+# -- inputs -------------------------------------------------------------------------------------------------
+def _run(cmd: list[str]) -> None:
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def demo_inputs(workdir: Path, workers: int = 2) -> tuple[Path, Path]:
+    """The demo dataset, its curation and a pretrained model (each step skipped when its output exists)."""
+    py = sys.executable
+    raw, curated, ckpt = workdir / "raw", workdir / "curated", workdir / "pretrain"
+    if not (workdir / "raw.synth.json").is_file():
+        _run([py, "-m", "training.synth_data", "--out", str(raw)])
+    if not (curated / "manifest.json").is_file():
+        _run([py, "-m", "training.curate", "--data-dir", str(raw), "--out", str(curated), *DEMO_CURATE])
+    if not (ckpt / "COMPLETE").is_file():
+        pretrain = [py, "-m", "training.pretrain", "--manifest", str(curated / "manifest.json"),
+                    "--checkpoint-dir", str(ckpt), "--epochs", str(DEMO_PRETRAIN_EPOCHS), "--threads", "1"]
+        horovodrun = shutil.which("horovodrun") or str(Path(py).with_name("horovodrun"))
+        if workers > 1 and Path(horovodrun).exists():
+            _run([horovodrun, "-np", str(workers), *pretrain])
+        else:
+            _run(pretrain[:-2])
+    return curated / "manifest.json", ckpt / "best"
+
+
+def domain_channels(manifest_path: Path, out: Path, data_root: str | None = None) -> dict[str, Path]:
+    """ImageFolder trees of the manifest's domain lists (symbolic links to the images): train, validation."""
+    from training.curate import read_list
+
+    manifest = json.loads(Path(manifest_path).read_text())
+    root = Path(data_root or manifest["data_root"])
+    channels = {}
+    for split, channel in (("domain_train", "train"), ("domain_val", "validation")):
+        dest = out / channel
+        shutil.rmtree(dest, ignore_errors=True)
+        for rel, cls in read_list(Path(manifest_path).parent / manifest["files"][split]):
+            link = dest / cls / rel.replace("/", "__")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to((root / rel).resolve())
+        channels[channel] = dest
+    return channels
+
+
+def job_root(runs_dir: Path, name: str, channels: dict[str, Path], hyperparameters: dict[str, str]) -> Path:
+    root = runs_dir / name
+    shutil.rmtree(root, ignore_errors=True)
+    data = root / "input" / "data"
+    data.mkdir(parents=True)
+    for channel, target in channels.items():
+        (data / channel).symlink_to(Path(target).resolve(), target_is_directory=True)
+    config = root / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}, indent=1))
+    (config / "inputdataconfig.json").write_text(json.dumps({c: {"TrainingInputMode": "File"} for c in channels}))
+    return root
+
+
+# -- runs ---------------------------------------------------------------------------------------------------
+def run_jobs(channels: dict[str, Path], runs_dir: Path, sizes: list[int], seeds: list[int],
+             extra: dict[str, str]) -> list[dict]:
+    import keras
+
+    from training.finetune import run
+    from training.sagemaker import TrainingEnv
+
+    results = []
+    for size in sizes:
+        for seed in seeds:
+            name = f"n{size:03d}-seed{seed}"
+            hp = {"compare_scratch": "true", "images_per_class": str(size), "seed": str(seed), **extra}
+            root = job_root(runs_dir, name, channels, hp)
+            log(f"fine-tuning job {name}: {hp}")
+            t0 = time.perf_counter()
+            keras.backend.clear_session()
+            report = run(TrainingEnv(root), {})
+            t = report["runs"]
+            results.append({
+                "images_per_class": size, "seed": seed, "job": str(root),
+                "train_images": sum(report["counts"]["train"].values()),
+                "val_images": t["transfer"]["val_images"],
+                "transfer": _summary(t["transfer"]), "scratch": _summary(t["scratch"]),
+                "gain": t["transfer"]["val_accuracy"] - t["scratch"]["val_accuracy"],
+                "seconds": round(time.perf_counter() - t0, 1),
+            })
+            r = results[-1]
+            log(f"{name}: transfer {r['transfer']['val_accuracy']:.3f}  scratch {r['scratch']['val_accuracy']:.3f}  "
+                f"gain {r['gain']:+.3f}  ({r['seconds']:.0f}s)")
+    return results
+
+
+def _summary(run: dict) -> dict:
+    return {k: run[k] for k in ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "seconds", "history",
+                                "per_class_accuracy")}
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    rows = []
+    for size in sorted({r["images_per_class"] for r in results}):
+        rs = [r for r in results if r["images_per_class"] == size]
+        row = {"images_per_class": size, "seeds": len(rs)}
+        for kind in ("transfer", "scratch"):
+            accs = [r[kind]["val_accuracy"] for r in rs]
+            row[kind] = {"mean": statistics.fmean(accs), "min": min(accs), "max": max(accs), "all": accs}
+        gains = [r["gain"] for r in rs]
+        row["gain"] = {"mean": statistics.fmean(gains), "min": min(gains), "max": max(gains), "all": gains}
+        rows.append(row)
+    return rows
+
+
+# -- output -------------------------------------------------------------------------------------------------
+def plot_accuracy(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["images_per_class"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for kind, color in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+        mean = [r[kind]["mean"] for r in rows]
+        lo = [r[kind]["mean"] - r[kind]["min"] for r in rows]
+        hi = [r[kind]["max"] - r[kind]["mean"] for r in rows]
+        ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=color,
+                    label="transfer (pretrained base)" if kind == "transfer" else "from scratch")
+    ax.set_xscale("log")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(v) for v in x])
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("validation accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("Domain classes: transfer vs scratch (mean, min-max over seeds)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_curves(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first_seed = min(r["seed"] for r in results)
+    rs = [r for r in results if r["seed"] == first_seed]
+    fig, axes = plt.subplots(1, len(rs), figsize=(4.2 * len(rs), 3.6), dpi=110, sharey=True, squeeze=False)
+    for ax, r in zip(axes[0], rs):
+        for kind, color in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+            h = r[kind]["history"]
+            ax.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], color=color, label=f"{kind} val")
+            ax.plot([e["epoch"] for e in h], [e["train_accuracy"] for e in h], color=color, alpha=0.35,
+                    linestyle="--", label=f"{kind} train")
+        ft = [e["epoch"] for e in r["transfer"]["history"] if e["phase"] == "finetune"]
+        if ft:
+            ax.axvline(ft[0] - 0.5, color="gray", linestyle=":", linewidth=1)
+        ax.set_title(f"{r['images_per_class']} images/class (seed {r['seed']})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].set_ylim(0, 1.02)
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
+    lines = [
+        "# Transfer learning vs training from scratch",
+        "",
+        f"Domain classes: {', '.join(context['classes'])}; validation images: {context['val_images']}; "
+        f"seeds: {', '.join(str(s) for s in context['seeds'])}. Pretrained model: `{context['pretrained']}`.",
+        "Each cell is one fine-tuning job (`training.finetune`, `compare_scratch=true`); the scratch baseline trains "
+        "the same architecture from random weights for the same number of epochs.",
+        "",
+        "| images/class | transfer accuracy | scratch accuracy | gain (points) | per seed (transfer / scratch) |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        per_seed = ", ".join(f"{t:.3f} / {s:.3f}" for t, s in zip(r["transfer"]["all"], r["scratch"]["all"]))
+        lines.append(f"| {r['images_per_class']} | {r['transfer']['mean']:.3f} | {r['scratch']['mean']:.3f} | "
+                     f"{100 * r['gain']['mean']:+.1f} | {per_seed} |")
+    lines += [
+        "",
+        f"**Quality bar** (transfer ≥ scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']} "
+        f"images/class): measured {100 * verdict['gain']:+.1f} points: **{'met' if verdict['passed'] else 'NOT met'}**.",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "Learning curves: solid lines are validation accuracy, dashed lines training accuracy (augmented images); "
+        "the dotted line marks where the transfer run unfreezes its top block.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def html_page(md_rows: list[dict], verdict: dict, context: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{r['images_per_class']}</td><td>{r['transfer']['mean']:.3f}</td><td>{r['scratch']['mean']:.3f}</td>"
+        f"<td>{100 * r['gain']['mean']:+.1f}</td></tr>" for r in md_rows)
+    status = "met" if verdict["passed"] else "NOT met"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Transfer vs scratch</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style>
+</head><body><h1>Transfer learning vs training from scratch</h1>
+<p>Domain classes: {html.escape(', '.join(context['classes']))}; validation images: {context['val_images']};
+seeds: {len(context['seeds'])}. Pretrained model: <code>{html.escape(context['pretrained'])}</code>.</p>
+<table><tr><th>images/class</th><th>transfer</th><th>scratch</th><th>gain (points)</th></tr>{rows}</table>
+<p><b>Quality bar</b> (transfer &ge; scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']} images/class):
+measured {100 * verdict['gain']:+.1f} points: <b>{status}</b>.</p>
+<img src="accuracy.png" alt="accuracy"><br><img src="learning_curves.png" alt="learning curves">
+</body></html>
+"""
+
+
+def write_report(out: Path, results: list[dict], context: dict, min_gain: float, gain_at: int) -> dict:
+    rows = aggregate(results)
+    at = [r for r in rows if r["images_per_class"] == gain_at]
+    gain = at[0]["gain"]["mean"] if at else float("nan")
+    verdict = {"gain_at": gain_at, "min_gain": min_gain, "gain": gain, "passed": bool(at) and gain >= min_gain}
+    plot_accuracy(rows, out / "accuracy.png")
+    plot_curves(results, out / "learning_curves.png")
+    (out / "report.md").write_text(markdown(rows, verdict, context))
+    (out / "report.html").write_text(html_page(rows, verdict, context))
+    (out / "results.json").write_text(json.dumps({"summary": rows, "verdict": verdict, "context": context,
+                                                  "runs": results}, indent=2))
+    return verdict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Transfer vs scratch at a few images per class (see module docstring).")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, help="curation manifest with domain_train/domain_val lists")
+    p.add_argument("--pretrained", type=Path, help="pretraining best/ directory (or its checkpoint directory)")
+    p.add_argument("--data-root", default=None, help="where the images are, if not the manifest's data_root")
+    p.add_argument("--sizes", default="5,20,50", help="images per class, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="jobs per size, seeds 0..N-1")
+    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE", help="extra fine-tuning hyperparameter")
+    p.add_argument("--min-gain", type=float, default=0.15)
+    p.add_argument("--gain-at", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2, help="Horovod workers for the demo pretraining")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if bool(args.manifest) != bool(args.pretrained):
+        raise SystemExit("give both --manifest and --pretrained, or neither (then the demo inputs are built)")
+    if args.manifest:
+        manifest, pretrained = args.manifest.resolve(), args.pretrained.resolve()
+    else:
+        manifest, pretrained = demo_inputs(out / "demo", args.workers)
+    extra = {}
+    for item in args.hp:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--hp wants NAME=VALUE, got {item!r}")
+        extra[key.strip()] = value.strip()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    seeds = list(range(args.seeds))
+
+    channels = domain_channels(manifest, out / "channels", args.data_root)
+    channels["pretrained"] = pretrained
+    t0 = time.perf_counter()
+    results = run_jobs(channels, out / "runs", sizes, seeds, extra)
+    classes = sorted(p.name for p in channels["train"].iterdir() if p.is_dir())
+    context = {"classes": classes, "val_images": results[0]["val_images"], "seeds": seeds,
+               "pretrained": str(pretrained), "manifest": str(manifest), "hyperparameters": extra,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    verdict = write_report(out, results, context, args.min_gain, args.gain_at)
+    for r in aggregate(results):
+        log(f"{r['images_per_class']:>3} images/class: transfer {r['transfer']['mean']:.3f}  "
+            f"scratch {r['scratch']['mean']:.3f}  gain {100 * r['gain']['mean']:+.1f} points")
+    log(f"quality bar at {args.gain_at}/class (gain >= {100 * args.min_gain:.0f} points): "
+        f"{'met' if verdict['passed'] else 'NOT met'}; report in {out / 'report.md'}")
+    return 0 if verdict["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
