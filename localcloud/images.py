@@ -1,0 +1,117 @@
+"""Which local command stands in for which container image.
+
+On AWS a training job runs its ``TrainingImage`` and an endpoint runs its model's ``Image``. Locally, each
+image URI maps to the commands that image would run, as argv lists::
+
+    {
+      "images": [
+        {
+          "match": "tlpipe-sagemaker",
+          "train": ["{python}", "-m", "training.finetune"],
+          "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+          "env": {"EXTRA": "value"}
+        }
+      ]
+    }
+
+``match`` is a shell-style glob compared with the whole image URI and with its repository name (the last
+path component without tag or digest), so ``tlpipe-sagemaker`` matches
+``123456789012.dkr.ecr.us-east-1.amazonaws.com/tlpipe-sagemaker:1.4``. Entries are tried in order; the
+built-in entry for the project's image comes last. Placeholders: ``{python}`` (the interpreter running
+localcloud), ``{project}`` (the repository root), ``{root}`` (the job's ``/opt/ml`` stand-in), ``{model_dir}``
+and ``{port}`` (serve only).
+
+The map comes from ``--images FILE`` or the ``LOCALCLOUD_IMAGES`` environment variable (a file path or the
+JSON text itself).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_ENTRY = {
+    "match": "tlpipe-sagemaker",
+    "train": ["{python}", "-m", "training.finetune"],
+    "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+    "env": {},
+}
+
+
+@dataclass(frozen=True)
+class ImageCommands:
+    image: str
+    train: list[str] | None
+    serve: list[str] | None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def train_argv(self, root: str) -> list[str]:
+        return _render(self.train or [], root=root)
+
+    def serve_argv(self, root: str, model_dir: str, port: int) -> list[str]:
+        return _render(self.serve or [], root=root, model_dir=model_dir, port=str(port))
+
+    def render_env(self, **values: str) -> dict[str, str]:
+        return {k: _fill(v, values) for k, v in self.env.items()}
+
+
+def _fill(text: str, values: dict[str, str]) -> str:
+    base = {"python": sys.executable, "project": str(PROJECT_ROOT)}
+    base.update(values)
+    for key, value in base.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def _render(argv: list[str], **values: str) -> list[str]:
+    return [_fill(str(a), values) for a in argv]
+
+
+def repository_name(image: str) -> str:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0]
+
+
+class ImageMap:
+    def __init__(self, entries: list[dict]):
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("match"), str):
+                raise ValueError(f"image map entry needs a 'match' string: {entry!r}")
+            for key in ("train", "serve"):
+                if key in entry and not (
+                    isinstance(entry[key], list) and entry[key] and all(isinstance(a, str) for a in entry[key])
+                ):
+                    raise ValueError(f"image map entry {entry['match']!r}: {key!r} must be a non-empty argv list")
+        self.entries = [*entries, DEFAULT_ENTRY]
+
+    @classmethod
+    def load(cls, source: str | None = None) -> "ImageMap":
+        """From a file path or JSON text; ``None`` reads ``LOCALCLOUD_IMAGES`` (unset: built-in entry only)."""
+        source = source if source is not None else os.environ.get("LOCALCLOUD_IMAGES")
+        if not source:
+            return cls([])
+        text = source if source.lstrip().startswith("{") else Path(source).read_text()
+        data = json.loads(text)
+        entries = data.get("images", []) if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError("the image map must be a JSON object with an 'images' list")
+        return cls(entries)
+
+    def resolve(self, image: str) -> ImageCommands | None:
+        repo = repository_name(image)
+        for entry in self.entries:
+            pattern = entry["match"]
+            if fnmatch.fnmatchcase(image, pattern) or fnmatch.fnmatchcase(repo, pattern):
+                return ImageCommands(
+                    image=image,
+                    train=entry.get("train"),
+                    serve=entry.get("serve"),
+                    env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+                )
+        return None

@@ -1,0 +1,408 @@
+"""The SageMaker control plane (JSON protocol, ``X-Amz-Target: SageMaker.<Action>``) and runtime (rest-json,
+``POST /endpoints/<name>/invocations``).
+
+Requests are checked against botocore's service model and SageMaker's rules (:mod:`localcloud.validation`);
+answers are filtered through the operation's output shape, so clients only ever see members the real API
+has. Errors carry AWS's codes and messages, including the ones the Amazon provider for Airflow parses:
+``ValidationException`` "Requested resource not found." for an unknown training job, "Could not find model /
+endpoint configuration / endpoint ...", "Cannot create already existing endpoint ...", and the runtime's
+``ValidationError`` "Endpoint <name> of account <id> not found.".
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from werkzeug.wrappers import Request, Response
+
+from . import validation as checks
+from .endpoints import not_found_message
+from .errors import AwsError, arn, not_found, validation
+from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
+
+if TYPE_CHECKING:
+    from .server import LocalCloud
+
+log = logging.getLogger("localcloud.sagemaker")
+
+RUNTIME_PATH = re.compile(r"^/endpoints/([^/]+)/invocations/?$")
+DEFAULT_REGION = "us-east-1"
+MAX_TAGS = 50
+
+
+def request_region(environ: dict) -> str:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    match = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", auth)
+    if match:
+        return match.group(1)
+    host = environ.get("HTTP_HOST", "")
+    match = re.match(r"^(?:api|runtime)\.sagemaker\.([a-z0-9-]+)\.", host)
+    return match.group(1) if match else DEFAULT_REGION
+
+
+def render(shape, value):
+    """Keep only what the output shape declares; timestamps as epoch seconds."""
+    if value is None or shape is None:
+        return None
+    kind = shape.type_name
+    if kind == "structure":
+        if not isinstance(value, dict):
+            return None
+        out = {}
+        for member, member_shape in shape.members.items():
+            if member in value:
+                rendered = render(member_shape, value[member])
+                if rendered is not None:
+                    out[member] = rendered
+        return out
+    if kind == "list":
+        return [r for r in (render(shape.member, v) for v in value) if r is not None]
+    if kind == "map":
+        return {k: render(shape.value, v) for k, v in value.items()}
+    if kind == "timestamp":
+        return float(value)
+    return value
+
+
+def _json_response(status: int, payload: dict, extra_headers: dict | None = None) -> Response:
+    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
+    headers.update(extra_headers or {})
+    return Response(json.dumps(payload), status=status, headers=headers, content_type="application/x-amz-json-1.1")
+
+
+def error_response(err: AwsError, rest: bool = False) -> Response:
+    payload = {"__type": err.code, "message": err.message, **err.extra}
+    headers = {"x-amzn-ErrorType": f"{err.code}:"}
+    response = _json_response(err.status, payload, headers)
+    if rest:
+        response.content_type = "application/json"
+    return response
+
+
+class SageMaker:
+    def __init__(self, cloud: "LocalCloud"):
+        self.cloud = cloud
+        self.state = cloud.state
+        self.model = checks.service_model("sagemaker")
+        self.runtime_model = checks.service_model("sagemaker-runtime")
+        self.actions = {
+            "CreateTrainingJob": self.create_training_job,
+            "DescribeTrainingJob": self.describe_training_job,
+            "StopTrainingJob": self.stop_training_job,
+            "ListTrainingJobs": self.list_training_jobs,
+            "CreateModel": self.create_model,
+            "DescribeModel": self.describe_model,
+            "DeleteModel": self.delete_model,
+            "ListModels": self.list_models,
+            "CreateEndpointConfig": self.create_endpoint_config,
+            "DescribeEndpointConfig": self.describe_endpoint_config,
+            "DeleteEndpointConfig": self.delete_endpoint_config,
+            "ListEndpointConfigs": self.list_endpoint_configs,
+            "CreateEndpoint": self.create_endpoint,
+            "UpdateEndpoint": self.update_endpoint,
+            "DescribeEndpoint": self.describe_endpoint,
+            "DeleteEndpoint": self.delete_endpoint,
+            "ListEndpoints": self.list_endpoints,
+            "AddTags": self.add_tags,
+            "ListTags": self.list_tags,
+            "DeleteTags": self.delete_tags,
+        }
+
+    # -- WSGI entry points -------------------------------------------------------------------------------
+    def control(self, environ, start_response):
+        request = Request(environ)
+        target = request.headers.get("X-Amz-Target", "")
+        try:
+            prefix, _, action = target.partition(".")
+            if request.method != "POST" or prefix != "SageMaker":
+                raise AwsError("UnknownOperationException", f"Unknown operation {target or request.path}")
+            handler = self.actions.get(action)
+            if handler is None:
+                if action in self.model.operation_names:
+                    raise AwsError(
+                        "UnknownOperationException", f"localcloud does not implement the SageMaker action {action}."
+                    )
+                raise AwsError("UnknownOperationException", f"Unknown operation {target}")
+            body = checks.parse_body(request.get_data())
+            checks.validate_request("sagemaker", action, body)
+            result = handler(body, request_region(environ)) or {}
+            output_shape = self.model.operation_model(action).output_shape
+            response = _json_response(200, render(output_shape, result) or {})
+        except AwsError as err:
+            response = error_response(err)
+        except Exception:
+            log.exception("SageMaker %s failed", target)
+            response = error_response(AwsError("InternalFailure", "An internal error occurred.", 500))
+        return response(environ, start_response)
+
+    def runtime(self, environ, start_response):
+        request = Request(environ)
+        try:
+            match = RUNTIME_PATH.match(request.path)
+            if request.method != "POST" or match is None:
+                raise AwsError("UnknownOperationException", f"Unknown operation {request.method} {request.path}", 404)
+            name = unquote(match.group(1))
+            name_shape = self.runtime_model.operation_model("InvokeEndpoint").input_shape.members["EndpointName"]
+            errors = checks.collect(name_shape, name, "endpointName")
+            if errors:
+                raise AwsError("ValidationError", checks.summary(errors))
+            body, content_type, variant = self.cloud.endpoints.invoke(
+                name, request.get_data(), dict(request.headers), request_region(environ)
+            )
+            response = Response(
+                body,
+                status=200,
+                headers={"x-Amzn-Invoked-Production-Variant": variant, "x-amzn-RequestId": str(uuid.uuid4())},
+                content_type=content_type,
+            )
+        except AwsError as err:
+            response = error_response(err, rest=True)
+        except Exception:
+            log.exception("InvokeEndpoint failed")
+            response = error_response(AwsError("InternalFailure", "An internal error occurred.", 500), rest=True)
+        return response(environ, start_response)
+
+    # -- training jobs -----------------------------------------------------------------------------------
+    def create_training_job(self, body: dict, region: str) -> dict:
+        checks.check_training_job(body)
+        return {"TrainingJobArn": self.cloud.jobs.create(body, region)}
+
+    def describe_training_job(self, body: dict, region: str) -> dict:
+        doc = self.state.get(TRAINING_JOB, body["TrainingJobName"])
+        if doc is None:
+            raise not_found()
+        return doc
+
+    def stop_training_job(self, body: dict, region: str) -> dict:
+        self.cloud.jobs.stop(body["TrainingJobName"])
+        return {}
+
+    def list_training_jobs(self, body: dict, region: str) -> dict:
+        items, token = _page(
+            self.state.list(TRAINING_JOB),
+            body,
+            name_key="TrainingJobName",
+            status_key="TrainingJobStatus",
+            default_order="Ascending",
+        )
+        fields = ("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime", "LastModifiedTime",
+                  "TrainingJobStatus", "SecondaryStatus")
+        return _listing("TrainingJobSummaries", [{f: d[f] for f in fields if f in d} for d in items], token)
+
+    # -- models ------------------------------------------------------------------------------------------
+    def create_model(self, body: dict, region: str) -> dict:
+        name = body["ModelName"]
+        containers = body.get("Containers") or []
+        if body.get("PrimaryContainer") is None and not containers:
+            raise validation("Either PrimaryContainer or Containers must be specified.")
+        if body.get("PrimaryContainer") is not None and containers:
+            raise validation("Specify either PrimaryContainer or Containers, not both.")
+        if len(containers) > 1:
+            raise validation("localcloud serves single-container models: Containers may hold one container.")
+        container = body.get("PrimaryContainer") or containers[0]
+        if container.get("Mode") == "MultiModel":
+            raise validation("localcloud serves SingleModel containers only.")
+        image = container.get("Image")
+        if not image:
+            raise validation("The container must specify an Image.")
+        commands = self.cloud.images.resolve(image)
+        if commands is None or not commands.serve:
+            raise validation(
+                f"localcloud has no serve command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
+            )
+        url = container.get("ModelDataUrl")
+        if url is not None and not url.startswith("s3://"):
+            raise validation("ModelDataUrl must be an s3:// URL.")
+        model_arn = arn(region, "model", name)
+        now = time.time()
+        doc = {k: v for k, v in body.items() if k != "Tags"}
+        doc.update({"ModelArn": model_arn, "CreationTime": now})
+        doc.setdefault("EnableNetworkIsolation", False)
+        if doc.get("PrimaryContainer") is not None:
+            doc["PrimaryContainer"] = {"Mode": "SingleModel", **doc["PrimaryContainer"]}
+        if not self.state.insert(MODEL, name, model_arn, now, doc):
+            raise validation(f'Cannot create already existing model "{model_arn}".')
+        if body.get("Tags"):
+            self.state.add_tags(model_arn, body["Tags"])
+        return {"ModelArn": model_arn}
+
+    def describe_model(self, body: dict, region: str) -> dict:
+        doc = self.state.get(MODEL, body["ModelName"])
+        if doc is None:
+            raise validation(f'Could not find model "{arn(region, "model", body["ModelName"])}".')
+        return doc
+
+    def delete_model(self, body: dict, region: str) -> dict:
+        if self.state.delete(MODEL, body["ModelName"]) is None:
+            raise validation(f'Could not find model "{arn(region, "model", body["ModelName"])}".')
+        return {}
+
+    def list_models(self, body: dict, region: str) -> dict:
+        items, token = _page(self.state.list(MODEL), body, name_key="ModelName")
+        return _listing(
+            "Models", [{"ModelName": d["ModelName"], "ModelArn": d["ModelArn"], "CreationTime": d["CreationTime"]} for d in items], token
+        )
+
+    # -- endpoint configs --------------------------------------------------------------------------------
+    def create_endpoint_config(self, body: dict, region: str) -> dict:
+        name = body["EndpointConfigName"]
+        if body.get("AsyncInferenceConfig"):
+            raise validation("localcloud serves real-time endpoints: AsyncInferenceConfig is not supported.")
+        seen: set[str] = set()
+        variants = []
+        for variant in body["ProductionVariants"]:
+            if variant["VariantName"] in seen:
+                raise validation(f"The variant name(s) [{variant['VariantName']}] are not unique.")
+            seen.add(variant["VariantName"])
+            if not variant.get("ModelName"):
+                raise validation(f"The production variant {variant['VariantName']} must specify a ModelName.")
+            if variant.get("ServerlessConfig") is None and (
+                variant.get("InstanceType") is None or variant.get("InitialInstanceCount") is None
+            ):
+                raise validation(
+                    f"The production variant {variant['VariantName']} must specify InstanceType and "
+                    "InitialInstanceCount, or ServerlessConfig."
+                )
+            if self.state.get(MODEL, variant["ModelName"]) is None:
+                raise validation(f'Could not find model "{arn(region, "model", variant["ModelName"])}".')
+            variants.append({"InitialVariantWeight": 1.0, **variant})
+        config_arn = arn(region, "endpoint-config", name)
+        now = time.time()
+        doc = {k: v for k, v in body.items() if k != "Tags"}
+        doc.update({"EndpointConfigArn": config_arn, "CreationTime": now, "ProductionVariants": variants})
+        if not self.state.insert(ENDPOINT_CONFIG, name, config_arn, now, doc):
+            raise validation(f'Cannot create already existing endpoint configuration "{config_arn}".')
+        if body.get("Tags"):
+            self.state.add_tags(config_arn, body["Tags"])
+        return {"EndpointConfigArn": config_arn}
+
+    def describe_endpoint_config(self, body: dict, region: str) -> dict:
+        doc = self.state.get(ENDPOINT_CONFIG, body["EndpointConfigName"])
+        if doc is None:
+            raise validation(
+                f'Could not find endpoint configuration "{arn(region, "endpoint-config", body["EndpointConfigName"])}".'
+            )
+        return doc
+
+    def delete_endpoint_config(self, body: dict, region: str) -> dict:
+        if self.state.delete(ENDPOINT_CONFIG, body["EndpointConfigName"]) is None:
+            raise validation(
+                f'Could not find endpoint configuration "{arn(region, "endpoint-config", body["EndpointConfigName"])}".'
+            )
+        return {}
+
+    def list_endpoint_configs(self, body: dict, region: str) -> dict:
+        items, token = _page(self.state.list(ENDPOINT_CONFIG), body, name_key="EndpointConfigName")
+        fields = ("EndpointConfigName", "EndpointConfigArn", "CreationTime")
+        return _listing("EndpointConfigs", [{f: d[f] for f in fields} for d in items], token)
+
+    # -- endpoints ---------------------------------------------------------------------------------------
+    def create_endpoint(self, body: dict, region: str) -> dict:
+        return {"EndpointArn": self.cloud.endpoints.create(body, region)}
+
+    def update_endpoint(self, body: dict, region: str) -> dict:
+        return {"EndpointArn": self.cloud.endpoints.update(body, region)}
+
+    def describe_endpoint(self, body: dict, region: str) -> dict:
+        doc = self.state.get(ENDPOINT, body["EndpointName"])
+        if doc is None:
+            raise validation(not_found_message(region, body["EndpointName"]))
+        return doc
+
+    def delete_endpoint(self, body: dict, region: str) -> dict:
+        self.cloud.endpoints.delete(body["EndpointName"], region)
+        return {}
+
+    def list_endpoints(self, body: dict, region: str) -> dict:
+        items, token = _page(self.state.list(ENDPOINT), body, name_key="EndpointName", status_key="EndpointStatus")
+        fields = ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus")
+        return _listing("Endpoints", [{f: d[f] for f in fields} for d in items], token)
+
+    # -- tags --------------------------------------------------------------------------------------------
+    def _tagged(self, resource_arn: str) -> None:
+        if self.state.by_arn(resource_arn) is None:
+            raise validation(f'Could not find resource "{resource_arn}".')
+
+    def add_tags(self, body: dict, region: str) -> dict:
+        self._tagged(body["ResourceArn"])
+        keys = {t["Key"] for t in self.state.list_tags(body["ResourceArn"])} | {t["Key"] for t in body["Tags"]}
+        if len(keys) > MAX_TAGS:
+            raise validation(f"A resource can have at most {MAX_TAGS} tags.")
+        self.state.add_tags(body["ResourceArn"], body["Tags"])
+        return {"Tags": body["Tags"]}
+
+    def list_tags(self, body: dict, region: str) -> dict:
+        self._tagged(body["ResourceArn"])
+        tags = self.state.list_tags(body["ResourceArn"])
+        start = _decode_token(body.get("NextToken"))
+        size = body.get("MaxResults") or 50
+        page = tags[start : start + size]
+        return _listing("Tags", page, _encode_token(start + size) if start + size < len(tags) else None)
+
+    def delete_tags(self, body: dict, region: str) -> dict:
+        self._tagged(body["ResourceArn"])
+        self.state.delete_tags(body["ResourceArn"], body["TagKeys"])
+        return {}
+
+
+# -- listing helpers ------------------------------------------------------------------------------------------
+
+
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _decode_token(token: str | None) -> int:
+    if not token:
+        return 0
+    try:
+        return int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
+    except (ValueError, KeyError, TypeError):
+        raise validation("Invalid pagination token.") from None
+
+
+def _as_epoch(value) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    from datetime import datetime
+
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _page(
+    docs: list[dict], body: dict, name_key: str, status_key: str | None = None, default_order: str = "Descending"
+) -> tuple[list[dict], str | None]:
+    contains = (body.get("NameContains") or "").lower()
+    if contains:
+        docs = [d for d in docs if contains in d[name_key].lower()]
+    if status_key and body.get("StatusEquals"):
+        docs = [d for d in docs if d[status_key] == body["StatusEquals"]]
+    for field, attr, after in (
+        ("CreationTimeAfter", "CreationTime", True),
+        ("CreationTimeBefore", "CreationTime", False),
+        ("LastModifiedTimeAfter", "LastModifiedTime", True),
+        ("LastModifiedTimeBefore", "LastModifiedTime", False),
+    ):
+        if body.get(field) is not None:
+            bound = _as_epoch(body[field])
+            docs = [d for d in docs if attr in d and ((d[attr] > bound) if after else (d[attr] < bound))]
+    sort_by = body.get("SortBy") or "CreationTime"
+    sort_key = {"Name": name_key, "Status": status_key or name_key}.get(sort_by, "CreationTime")
+    docs = sorted(docs, key=lambda d: d.get(sort_key) or 0, reverse=(body.get("SortOrder") or default_order) == "Descending")
+    start = _decode_token(body.get("NextToken"))
+    size = body.get("MaxResults") or 10
+    page = docs[start : start + size]
+    return page, _encode_token(start + size) if start + size < len(docs) else None
+
+
+def _listing(key: str, items: list[dict], token: str | None) -> dict:
+    out: dict = {key: items}
+    if token:
+        out["NextToken"] = token
+    return out
