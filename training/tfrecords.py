@@ -100,7 +100,7 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
     import tensorflow as tf
 
-    from training.data import AUTOTUNE, augment, decode_and_resize
+    from training.data import AUTOTUNE, augment_batches, decode_and_resize
 
     image_size = tuple(int(s) for s in image_size)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -121,11 +121,10 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
         ds = ds.cache()
     if training:
         ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
-        counter = tf.data.Dataset.counter()
-        ds = tf.data.Dataset.zip((ds, counter)).map(
-            lambda el, c: (augment(el[0], tf.stack([tf.cast(seed, tf.int64), c])), el[1], el[2]),
-            num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
+    if training:
+        ds = augment_batches(ds, seed)
+    return ds.prefetch(AUTOTUNE)
 
 
 def main(argv=None) -> int:
