@@ -1,0 +1,43 @@
+"""The Asset that chains the two DAGs, and the exact shape of its events' ``extra``.
+
+``general_pretraining`` emits one event on ``pretrained-model`` per exported model; ``transfer_learning_deploy``
+is scheduled on it and reads the URIs from the triggering event:
+
+    event = PretrainedModelEvent.model_validate(triggering_asset_events[PRETRAINED_MODEL][-1].extra)
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from airflow.sdk import Asset
+
+from plugins.config import PipelineConfig
+
+ASSET_NAME = "pretrained-model"
+
+
+def pretrained_model_asset(cfg: PipelineConfig) -> Asset:
+    return Asset(name=ASSET_NAME, uri=cfg.s3.uri("pretrained") + "/", group="model")
+
+
+class PretrainedModelEvent(BaseModel):
+    """``extra`` of a ``pretrained-model`` event: where the model and the domain data are, and their lineage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = Field(description="s3://…/pretrained/<sha>/model.tar.gz (best/ contents at its root)")
+    model_sha256: str
+    manifest_uri: str = Field(description="s3://…/pretrained/<sha>/manifest.json (the curated dataset manifest)")
+    metrics_uri: str = Field(description="s3://…/pretrained/<sha>/metrics.json (the best epoch's metrics)")
+    domain_train_uri: str = Field(description="s3://…/domain/<fingerprint>/train/ (one folder per class)")
+    domain_validation_uri: str = Field(description="s3://…/domain/<fingerprint>/validation/")
+    domain_classes: list[str]
+    dataset_fingerprint: str
+    manifest_sha256: str
+    checkpoint_uri: str = Field(description="the best/ directory the model was exported from")
+    epoch: int
+    val_accuracy: float
+    training_params: dict
+    training_key: str
+    dag_id: str
+    run_id: str

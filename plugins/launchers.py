@@ -1,0 +1,311 @@
+"""The three ways to run one ``TrainingSpec``: a local subprocess, a Kubernetes pod, a Kubeflow MPIJob.
+
+All three run exactly ``TrainingSpec.argv()``:
+
+- ``LocalTrainingOperator``: ``horovodrun -np N <venv python> -m training.pretrain …`` as a subprocess of the task
+  (the standard provider's SubprocessHook); killing the task stops Horovod and every worker it started.
+- ``TrainingPodOperator``: a KubernetesPodOperator whose pod (GPUs, node selector, tolerations, data PVC,
+  memory-backed /dev/shm, restricted securityContext) is built from the spec at run time.
+- ``CreateMPIJobOperator`` / ``DeleteMPIJobOperator``: the provider's resource operators applied to the MPIJob
+  built by ``plugins.mpijob.build_mpijob``; creating an MPIJob that exists (a retry) reuses it, deleting one that
+  is gone is a no-op, so the delete can be the teardown of every outcome.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.operators.resource import (
+    KubernetesCreateResourceOperator,
+    KubernetesDeleteResourceOperator,
+)
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from plugins import pod_parts
+from plugins.config import KubernetesConfig
+from plugins.training_spec import TrainingSpec
+
+KILL_GRACE_SECONDS = 20
+
+
+def _as_spec(value: Any) -> TrainingSpec:
+    if isinstance(value, TrainingSpec):
+        return value
+    if isinstance(value, str):
+        value = json.loads(value)
+    return TrainingSpec.model_validate(value)
+
+
+def _terminate_tree(pid: int, grace: float, log) -> None:
+    """SIGTERM a process and all its descendants, SIGKILL whatever is left after ``grace`` seconds."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        log.warning("process %s did not stop on SIGTERM; killing it", proc.pid)
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+class LocalCommandOperator(BaseOperator):
+    """Run an argv (templated; may come from XCom) as a subprocess, streaming its output to the task log."""
+
+    template_fields: Sequence[str] = ("argv", "env")
+    ui_color = "#fde2e4"
+
+    def __init__(self, *, argv: list[str] | Any, env: dict[str, str] | None = None, cwd: str | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.argv = argv
+        self.env = env
+        self.cwd = cwd
+        self._hook = None
+
+    def command(self) -> list[str]:
+        return [str(a) for a in self.argv]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
+
+    def on_failure_reason(self, exit_code: int, last_line: str) -> str:
+        return f"{self.command()[0]} exited with code {exit_code}" + (f": {last_line}" if last_line else "")
+
+    def execute(self, context) -> Any:
+        from airflow.providers.standard.hooks.subprocess import SubprocessHook
+
+        self._hook = SubprocessHook()
+        result = self._hook.run_command(self.command(), env=self.environment(), cwd=self.cwd)
+        if result.exit_code != 0:
+            raise AirflowException(self.on_failure_reason(result.exit_code, result.output))
+        return None
+
+    def on_kill(self) -> None:
+        proc = self._hook.sub_process if self._hook else None
+        if proc is not None and proc.poll() is None:
+            self.log.info("stopping %s (pid %d) and its children", self.command()[0], proc.pid)
+            _terminate_tree(proc.pid, KILL_GRACE_SECONDS, self.log)
+
+
+class LocalTrainingOperator(LocalCommandOperator):
+    """Run ``spec.argv()`` (horovodrun with the virtual environment's interpreter) on this machine.
+
+    :param spec: a ``TrainingSpec`` or its dict (templated; typically ``prepare["training"]``)
+    :param checkpoint_conn_id: aws connection of the checkpoint store; its credentials are passed to the
+        training processes when the checkpoint directory is an s3:// URI
+    """
+
+    template_fields: Sequence[str] = ("spec", "env")
+
+    def __init__(self, *, spec: TrainingSpec | dict | Any, checkpoint_conn_id: str | None = None, **kwargs) -> None:
+        super().__init__(argv=[], **kwargs)
+        self.spec = spec
+        self.checkpoint_conn_id = checkpoint_conn_id
+
+    def command(self) -> list[str]:
+        return _as_spec(self.spec).argv()
+
+    def environment(self) -> dict[str, str]:
+        env = super().environment()
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        spec = _as_spec(self.spec)
+        if spec.checkpoint_dir.startswith("s3://") and self.checkpoint_conn_id:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            creds = S3Hook(aws_conn_id=self.checkpoint_conn_id).get_credentials()
+            env.update({"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key})
+            if creds.token:
+                env["AWS_SESSION_TOKEN"] = creds.token
+        return env
+
+    def on_failure_reason(self, exit_code: int, last_line: str) -> str:
+        from plugins.sensors import checkpoint_store
+        from training.store import join
+
+        spec = _as_spec(self.spec)
+        reason = f"horovodrun exited with code {exit_code}"
+        try:
+            store = checkpoint_store(spec.checkpoint_dir, self.checkpoint_conn_id)
+            failed = join(spec.checkpoint_dir, "FAILED")
+            if store.exists(failed):
+                reason += f": {store.read_json(failed).get('reason')}"
+        except Exception as err:  # noqa: BLE001 - the exit code is the failure; the reason is a bonus
+            self.log.warning("could not read %s/FAILED: %s", spec.checkpoint_dir, err)
+        return reason
+
+    def execute(self, context) -> Any:
+        spec = _as_spec(self.spec)
+        if spec.launcher != "local":
+            raise AirflowException(f"the local launcher cannot run a {spec.launcher!r} spec")
+        self.log.info("training with %d local Horovod process(es) into %s", spec.num_processes, spec.checkpoint_dir)
+        return super().execute(context)
+
+
+class TrainingPodOperator(KubernetesPodOperator):
+    """One Horovod worker in one pod: ``spec.argv()`` with ``spec.gpus_per_worker`` GPUs.
+
+    Everything about the pod but the spec comes from the ``kubernetes`` configuration section. The pod is
+    deleted when the task finishes or is killed; XCom is off (the checkpoint store carries the result).
+    """
+
+    template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "spec")
+
+    def __init__(self, *, spec: TrainingSpec | dict | Any, kube: KubernetesConfig, **kwargs) -> None:
+        kwargs.setdefault("name", "pretrain")
+        super().__init__(
+            kubernetes_conn_id=kube.conn_id,
+            namespace=kube.namespace,
+            image=kube.image,
+            image_pull_policy=kube.image_pull_policy,
+            image_pull_secrets=pod_parts.image_pull_secrets(kube),
+            service_account_name=kube.service_account,
+            automount_service_account_token=False,
+            node_selector=dict(kube.node_selector),
+            tolerations=pod_parts.tolerations(kube),
+            volumes=pod_parts.volumes(kube),
+            volume_mounts=pod_parts.volume_mounts(kube),
+            env_vars=pod_parts.training_env(),
+            env_from=pod_parts.env_from(kube),
+            security_context=pod_parts.pod_security_context(kube),
+            container_security_context=pod_parts.container_security_context(),
+            labels={**kube.labels, "app.kubernetes.io/name": "tlpipe-pretrain"},
+            startup_timeout_seconds=kube.startup_timeout_seconds,
+            schedule_timeout_seconds=kube.schedule_timeout_seconds,
+            termination_grace_period=kube.termination_grace_seconds,
+            on_finish_action="delete_pod",
+            on_kill_action="delete_pod",
+            do_xcom_push=False,
+            log_events_on_failure=True,
+            **kwargs,
+        )
+        self.spec = spec
+        self.kube = kube
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False):
+        spec = _as_spec(self.spec)
+        if spec.launcher != "pod":
+            raise AirflowException(f"the pod launcher cannot run a {spec.launcher!r} spec")
+        self.cmds = spec.argv()
+        self.arguments = []
+        self.container_resources = pod_parts.resources(self.kube.worker_resources, spec.gpus_per_worker,
+                                                       self.kube.gpu_resource)
+        return super().build_pod_request_obj(context, dry_run=dry_run)
+
+    def cleanup(self, pod, remote_pod, xcom_result=None, context=None) -> None:
+        reason = pod_failure_reason(remote_pod, self.base_container_name)
+        if reason:
+            self.log.error("training pod failed: %s", reason)
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except AirflowException as err:
+            if reason:
+                raise AirflowException(f"training pod {pod.metadata.name} failed: {reason}") from err
+            raise
+
+
+def pod_failure_reason(remote_pod, container: str) -> str | None:
+    """``phase/reason: container terminated <reason> (exit N): message`` for a failed pod, else None."""
+    status = getattr(remote_pod, "status", None)
+    if status is None or status.phase != "Failed":
+        return None
+    parts = [f"pod phase Failed" + (f" ({status.reason})" if status.reason else "")]
+    if status.message:
+        parts.append(status.message)
+    for cs in status.container_statuses or []:
+        term = cs.state.terminated if cs.state else None
+        if cs.name == container and term is not None:
+            parts.append(f"container {cs.name} terminated: {term.reason or 'Error'} (exit {term.exit_code})"
+                         + (f": {term.message.strip()}" if term.message else ""))
+    return "; ".join(parts)
+
+
+def curate_pod_operator(*, task_id: str, argv: Any, kube: KubernetesConfig, **kwargs) -> KubernetesPodOperator:
+    """``python -m training.curate …`` in a pod beside the data (no GPU, same image, PVC and security)."""
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name="curate",
+        kubernetes_conn_id=kube.conn_id,
+        namespace=kube.namespace,
+        image=kube.image,
+        image_pull_policy=kube.image_pull_policy,
+        image_pull_secrets=pod_parts.image_pull_secrets(kube),
+        service_account_name=kube.service_account,
+        automount_service_account_token=False,
+        cmds=argv,
+        volumes=pod_parts.volumes(kube, shm=False),
+        volume_mounts=pod_parts.volume_mounts(kube, shm=False),
+        container_resources=pod_parts.resources(kube.curate_resources),
+        env_vars=pod_parts.training_env(),
+        security_context=pod_parts.pod_security_context(kube),
+        container_security_context=pod_parts.container_security_context(),
+        labels={**kube.labels, "app.kubernetes.io/name": "tlpipe-curate"},
+        startup_timeout_seconds=kube.startup_timeout_seconds,
+        schedule_timeout_seconds=kube.schedule_timeout_seconds,
+        on_finish_action="delete_pod",
+        on_kill_action="delete_pod",
+        do_xcom_push=False,
+        **kwargs,
+    )
+
+
+def _api_status(err: BaseException) -> int | None:
+    status = getattr(err, "status", None)
+    if status is None and err.__cause__ is not None:
+        status = getattr(err.__cause__, "status", None)
+    return status
+
+
+class CreateMPIJobOperator(KubernetesCreateResourceOperator):
+    """Create the MPIJob in ``yaml_conf``; one that already exists (a retry of this run) is reused."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("custom_resource_definition", True)
+        super().__init__(**kwargs)
+
+    def create_custom_from_yaml_object(self, body: dict):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            super().create_custom_from_yaml_object(body)
+            self.log.info("created MPIJob %s", body["metadata"]["name"])
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            self.log.info("MPIJob %s exists already (an earlier try of this run); watching it",
+                          body["metadata"]["name"])
+
+
+class DeleteMPIJobOperator(KubernetesDeleteResourceOperator):
+    """Delete the MPIJob in ``yaml_conf``; one that is gone already is fine."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("custom_resource_definition", True)
+        super().__init__(**kwargs)
+
+    def delete_custom_from_yaml_object(self, body: dict):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            super().delete_custom_from_yaml_object(body)
+            self.log.info("deleted MPIJob %s", body["metadata"]["name"])
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            self.log.info("MPIJob %s is gone already", body["metadata"]["name"])

@@ -1,0 +1,90 @@
+"""The pieces of a training pod, built once from the configuration and shared by the pod and MPIJob launchers.
+
+Everything here is a plain ``kubernetes.client`` model, so the pod operator takes it as is and the MPIJob turns
+it into JSON with ``ApiClient().sanitize_for_serialization``. The security settings pass Pod Security
+"restricted": non-root user, seccomp RuntimeDefault, all capabilities dropped, no privilege escalation.
+"""
+from __future__ import annotations
+
+from kubernetes.client import models as k8s
+
+from plugins.config import KubernetesConfig, Resources
+
+DATA_VOLUME = "data"
+SHM_VOLUME = "dshm"
+
+
+def pod_security_context(kube: KubernetesConfig) -> k8s.V1PodSecurityContext:
+    return k8s.V1PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=kube.run_as_user,
+        run_as_group=kube.run_as_group,
+        fs_group=kube.fs_group,
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security_context() -> k8s.V1SecurityContext:
+    return k8s.V1SecurityContext(
+        allow_privilege_escalation=False,
+        run_as_non_root=True,
+        capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def tolerations(kube: KubernetesConfig) -> list[k8s.V1Toleration]:
+    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
+                             toleration_seconds=t.toleration_seconds) for t in kube.tolerations]
+
+
+def image_pull_secrets(kube: KubernetesConfig) -> list[k8s.V1LocalObjectReference]:
+    return [k8s.V1LocalObjectReference(name=name) for name in kube.image_pull_secrets]
+
+
+def volumes(kube: KubernetesConfig, shm: bool = True) -> list[k8s.V1Volume]:
+    out = [k8s.V1Volume(name=DATA_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+        claim_name=kube.data_volume.claim_name, read_only=kube.data_volume.read_only))]
+    if shm:
+        # NCCL and tf.data use /dev/shm; the container runtime's default 64 MiB is far too small.
+        out.append(k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
+            medium="Memory", size_limit=kube.shm_size)))
+    return out
+
+
+def volume_mounts(kube: KubernetesConfig, shm: bool = True) -> list[k8s.V1VolumeMount]:
+    out = [k8s.V1VolumeMount(name=DATA_VOLUME, mount_path=kube.data_volume.mount_path,
+                             read_only=kube.data_volume.read_only)]
+    if shm:
+        out.append(k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
+    return out
+
+
+def resources(res: Resources, gpus: int = 0, gpu_resource: str = "nvidia.com/gpu") -> k8s.V1ResourceRequirements:
+    limits = {"cpu": res.cpu, "memory": res.memory}
+    requests = {"cpu": res.cpu, "memory": res.memory}
+    if gpus:
+        # Extended resources are set as limits; Kubernetes copies them to requests.
+        limits[gpu_resource] = str(gpus)
+    return k8s.V1ResourceRequirements(limits=limits, requests=requests)
+
+
+def env_from(kube: KubernetesConfig) -> list[k8s.V1EnvFromSource]:
+    if not kube.checkpoint_secret:
+        return []
+    return [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=kube.checkpoint_secret))]
+
+
+def training_env() -> list[k8s.V1EnvVar]:
+    return [
+        k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+        k8s.V1EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
+        k8s.V1EnvVar(name="HOME", value="/tmp"),
+    ]
+
+
+def to_dict(obj) -> dict:
+    """A kubernetes model as the JSON the API server receives."""
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)

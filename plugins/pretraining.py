@@ -1,0 +1,242 @@
+"""What the pretraining DAG's Python tasks do, importable and testable without Airflow running.
+
+    prepare_run      conf + configuration -> paths of this run, the curate argv, the TrainingSpec, the MPIJob
+    plan_training    after curation: skip (same data and parameters as the last export) or which launcher
+    export_model     best checkpoint -> s3://…/pretrained/<sha>/
+    upload_domain    domain classes' train/validation images -> s3://…/domain/<fingerprint>/
+    publish_record   the ``pretrained-model`` event's extra (also written to …/pretrained/latest.json)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from plugins.assets import PretrainedModelEvent
+from plugins.config import Launcher, ModelArch, PipelineConfig
+from plugins.training_spec import TrainingSpec
+
+log = logging.getLogger(__name__)
+
+LAUNCH_GROUP = "launch"
+LAUNCH_TASKS = {
+    "local": f"{LAUNCH_GROUP}.local",
+    "pod": f"{LAUNCH_GROUP}.pod",
+    "mpijob": f"{LAUNCH_GROUP}.mpijob.create",
+}
+SKIP_TASK = "skip_training"
+
+
+class RunParams(BaseModel):
+    """A run's Params, checked together (each one alone is checked by its JSON schema at trigger time)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    dataset_uri: str = Field(min_length=1)
+    min_images_per_class: int = Field(ge=1)
+    domain_classes: int | list[str]
+    val_fraction: float = Field(gt=0, lt=1)
+    epochs: int = Field(ge=1)
+    workers: int = Field(ge=1)
+    gpus_per_worker: int = Field(ge=0)
+    image_size: int = Field(ge=32)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    model: ModelArch
+    launcher: Launcher
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _combination(self) -> "RunParams":
+        if self.launcher == "pod" and self.workers != 1:
+            raise ValueError(f"launcher 'pod' runs one worker, got workers={self.workers}: use 'mpijob' or 'auto'")
+        if self.launcher == "mpijob" and self.workers < 2:
+            raise ValueError("launcher 'mpijob' is for two or more workers; use 'pod' for one")
+        return self
+
+
+def resolve_launcher(launcher: str, profile: str, workers: int) -> Literal["local", "pod", "mpijob"]:
+    """``auto``: local in the local profile, else a pod for one worker and an MPIJob for several."""
+    if launcher != "auto":
+        return launcher  # type: ignore[return-value]
+    if profile == "local":
+        return "local"
+    return "pod" if workers == 1 else "mpijob"
+
+
+def run_key(run_id: str) -> str:
+    """A path- and name-safe key that is the same for every try of a run (so a retry resumes)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")[:40].strip("-")
+    return f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+
+
+def k8s_name(prefix: str, dag_id: str, run_id: str) -> str:
+    return f"{prefix}-{hashlib.sha256(f'{dag_id}/{run_id}'.encode()).hexdigest()[:12]}"
+
+
+def _join(base: str, *parts: str) -> str:
+    from training.store import join
+
+    return join(base, *parts)
+
+
+def _checkpoint_endpoint(cfg: PipelineConfig) -> str | None:
+    if cfg.checkpoints.endpoint_url:
+        return cfg.checkpoints.endpoint_url
+    if cfg.checkpoints.root.startswith("s3://") and cfg.checkpoints.conn_id:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=cfg.checkpoints.conn_id).conn_config.endpoint_url
+    return None
+
+
+def curate_argv(cfg: PipelineConfig, params: RunParams, out: str, python: str) -> list[str]:
+    domain = params.domain_classes
+    return [
+        python, "-m", "training.curate",
+        "--data-dir", params.dataset_uri,
+        "--out", out,
+        "--min-images", str(params.min_images_per_class),
+        "--domain-classes", ",".join(domain) if isinstance(domain, list) else str(domain),
+        "--val-fraction", repr(float(params.val_fraction)),
+        "--min-domain-images", str(cfg.dataset.min_domain_images),
+    ]
+
+
+def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> dict:
+    """Everything a run needs to know before it starts, as JSON for XCom."""
+    p = RunParams.model_validate(params)
+    launcher = resolve_launcher(p.launcher, cfg.profile, p.workers)
+    key = run_key(run_id)
+    curated_dir = _join(cfg.dataset.curated_root, key)
+    manifest = _join(curated_dir, "manifest.json")
+    checkpoint_uri = _join(cfg.checkpoints.root, key)
+    local = launcher == "local"
+    python = sys.executable if local else "python"
+    spec = TrainingSpec(
+        launcher=launcher,
+        horovodrun=str(Path(sys.executable).parent / "horovodrun") if local else "horovodrun",
+        python=python,
+        workers=p.workers,
+        gpus_per_worker=p.gpus_per_worker,
+        hostfile=cfg.mpijob.hostfile if launcher == "mpijob" else None,
+        ssh_port=cfg.mpijob.ssh_port if launcher == "mpijob" else None,
+        manifest=manifest,
+        checkpoint_dir=checkpoint_uri,
+        epochs=p.epochs,
+        model=p.model,
+        image_size=p.image_size,
+        batch_size=p.batch_size,
+        learning_rate=p.learning_rate,
+        s3_endpoint_url=_checkpoint_endpoint(cfg),
+        threads=cfg.training.threads_per_worker,
+        extra_args=cfg.training.extra_args,
+    )
+    mpijob_name = k8s_name("pretrain", dag_id, run_id)
+    mpijob_yaml = None
+    if launcher == "mpijob":
+        from plugins.mpijob import build_mpijob
+
+        mpijob_yaml = build_mpijob(spec, cfg, mpijob_name, labels={"tlpipe/dag": dag_id[:63]}).to_yaml()
+    curate_python = sys.executable if cfg.airflow.curate_runner == "local" else "python"
+    log.info("run %s: launcher %s (%s), %d Horovod process(es), checkpoints in %s",
+             run_id, launcher, p.launcher, spec.num_processes, checkpoint_uri)
+    return {
+        "run_key": key,
+        "launcher": launcher,
+        "launch_task": LAUNCH_TASKS[launcher],
+        "force": p.force,
+        "dataset_uri": p.dataset_uri,
+        "curated_dir": curated_dir,
+        "manifest_path": manifest,
+        "checkpoint_uri": checkpoint_uri,
+        "curate_argv": curate_argv(cfg, p, curated_dir, curate_python),
+        "training": spec.model_dump(mode="json"),
+        "training_key": spec.training_key(),
+        "mpijob_name": mpijob_name,
+        "mpijob_yaml": mpijob_yaml,
+    }
+
+
+def read_manifest(path: str) -> tuple[dict, str]:
+    data = Path(path).read_bytes()
+    return json.loads(data), hashlib.sha256(data).hexdigest()
+
+
+def plan_training(prepared: dict, exporter) -> tuple[str, dict]:
+    """(task to follow, dataset summary): ``skip_training`` when the last export has the same data and parameters."""
+    manifest, sha = read_manifest(prepared["manifest_path"])
+    dataset = {
+        "fingerprint": manifest["fingerprint"],
+        "manifest_sha256": sha,
+        "classes": len(manifest["classes"]),
+        "train_images": sum(c["train"] for c in manifest["classes"]),
+        "domain_classes": [c["name"] for c in manifest["domain_classes"]],
+    }
+    log.info("curated dataset %s: %d classes (%d training images), domain classes %s",
+             dataset["fingerprint"][:12], dataset["classes"], dataset["train_images"],
+             ", ".join(dataset["domain_classes"]) or "none")
+    latest = exporter.read_latest()
+    if latest is None:
+        log.info("no exported model yet: training")
+    elif prepared["force"]:
+        log.info("force is set: training even if the last export matches")
+    elif (latest.get("dataset_fingerprint") == dataset["fingerprint"]
+          and latest.get("training_key") == prepared["training_key"]):
+        log.info("skipping training: dataset fingerprint %s and training parameters %s match the last exported "
+                 "model %s (run %s); nothing new to publish", dataset["fingerprint"][:12],
+                 prepared["training_key"][:12], latest.get("model_uri"), latest.get("run_id"))
+        return SKIP_TASK, dataset
+    else:
+        changed = [name for name, a, b in (
+            ("dataset fingerprint", latest.get("dataset_fingerprint"), dataset["fingerprint"]),
+            ("training parameters", latest.get("training_key"), prepared["training_key"])) if a != b]
+        log.info("training: %s differ from the last exported model %s", " and ".join(changed), latest.get("model_uri"))
+    return prepared["launch_task"], dataset
+
+
+def export_model(best: dict, prepared: dict, exporter, checkpoint_conn_id: str | None) -> dict:
+    """Export the best/ directory the sensor found; s3:// checkpoints are fetched from the checkpoint store."""
+    from plugins.sensors import checkpoint_store
+    from training.store import is_s3
+
+    best_uri = best["uri"]
+    with tempfile.TemporaryDirectory(prefix="best-") as tmp:
+        if is_s3(best_uri):
+            local = checkpoint_store(best_uri, checkpoint_conn_id).download_dir(best_uri, Path(tmp, "best"))
+        else:
+            local = Path(best_uri)
+        meta = json.loads(Path(local, "meta.json").read_text())
+        if int(meta.get("epoch", -1)) != int(best["epoch"]):
+            raise RuntimeError(f"{best_uri} holds epoch {meta.get('epoch')}, best.json says {best['epoch']}")
+        return exporter.export_model(local, prepared["manifest_path"])
+
+
+def publish_record(*, prepared: dict, best: dict, exported: dict, domain: dict, dataset: dict,
+                   dag_id: str, run_id: str) -> dict:
+    spec = TrainingSpec.model_validate(prepared["training"])
+    event = PretrainedModelEvent(
+        model_uri=exported["model_uri"],
+        model_sha256=exported["model_sha256"],
+        manifest_uri=exported["manifest_uri"],
+        metrics_uri=exported["metrics_uri"],
+        domain_train_uri=domain["train_uri"],
+        domain_validation_uri=domain["validation_uri"],
+        domain_classes=domain["classes"],
+        dataset_fingerprint=dataset["fingerprint"],
+        manifest_sha256=best["manifest_sha256"],
+        checkpoint_uri=best["uri"],
+        epoch=best["epoch"],
+        val_accuracy=best["val_accuracy"],
+        training_params=spec.training_params(),
+        training_key=prepared["training_key"],
+        dag_id=dag_id,
+        run_id=run_id,
+    )
+    return event.model_dump(mode="json")

@@ -1,0 +1,205 @@
+"""Airflow for tests, in-process: a temporary AIRFLOW_HOME with a SQLite metadata DB, connections from
+environment variables, the GPU pool, and helpers to load the DAG folder, run ``dag.test()`` and call the REST API.
+
+    from tests.airflow_env import setup_airflow, set_connection, load_dagbag, run_dag, api_client
+
+    env = setup_airflow()                                   # idempotent, once per process
+    set_connection("aws_default", "aws", endpoint_url="http://127.0.0.1:5000")
+    dag = load_dagbag().get_dag("general_pretraining")
+    run = run_dag(dag, conf={...})                          # -> RunResult(state, tasks={task_id: state}, xcom())
+    with api_client() as client: client.post("/api/v2/dags/…/dagRuns", json=…)
+
+Airflow reads ``AIRFLOW__*`` variables whenever it looks a setting up, so pointing them at the temporary home
+and reconfiguring the ORM works even when ``airflow`` was imported before.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DAGS_FOLDER = PROJECT_ROOT / "dags"
+
+
+@dataclass
+class AirflowTestEnv:
+    home: Path
+    db_path: Path
+    dags_folder: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+
+_ENV: AirflowTestEnv | None = None
+
+
+def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, str]:
+    db = home / "airflow.db"
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__FERNET_KEY": "",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{db}",
+        "AIRFLOW__DATABASE__LOAD_DEFAULT_CONNECTIONS": "False",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "tlpipe-tests-only-secret-0123456789abcdef",
+        "AIRFLOW__API_AUTH__JWT_ISSUER": "tlpipe-tests",
+        "AIRFLOW__API__EXPOSE_CONFIG": "False",
+    }
+
+
+def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS_FOLDER,
+                  pools: dict[str, int] | None = None) -> AirflowTestEnv:
+    """Point Airflow at a temporary home, create its metadata DB and the pools (first call only)."""
+    global _ENV
+    if _ENV is not None:
+        for name, slots in (pools or {}).items():
+            ensure_pool(name, slots)
+        return _ENV
+    home = Path(home or tempfile.mkdtemp(prefix="tlpipe-airflow-"))
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "plugins").mkdir(exist_ok=True)
+    environ = airflow_environ(home, Path(dags_folder))
+    os.environ.update(environ)
+
+    from airflow import settings
+    from airflow.utils import db
+
+    settings.SQL_ALCHEMY_CONN = environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    settings.reconfigure_orm()
+    db.initdb()
+    _ENV = AirflowTestEnv(home=home, db_path=home / "airflow.db", dags_folder=Path(dags_folder), env=environ)
+    from plugins.config import get_config
+
+    cfg = get_config()
+    for name, slots in {cfg.airflow.gpu_pool: max(cfg.airflow.gpu_pool_slots, 1), **(pools or {})}.items():
+        ensure_pool(name, slots)
+    return _ENV
+
+
+def set_connection(conn_id: str, conn_type: str, *, host: str | None = None, login: str | None = None,
+                   password: str | None = None, **extra) -> str:
+    """Define a connection the way deployments do it: ``AIRFLOW_CONN_<ID>`` holding JSON."""
+    conn = {"conn_type": conn_type, "extra": extra}
+    if host:
+        conn["host"] = host
+    if login is not None:
+        conn["login"] = login
+    if password is not None:
+        conn["password"] = password
+    name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    os.environ[name] = json.dumps(conn)
+    return name
+
+
+def aws_connection(conn_id: str, endpoint_url: str, region: str = "us-east-1") -> str:
+    return set_connection(conn_id, "aws", login="testing", password="testing",
+                          endpoint_url=endpoint_url, region_name=region)
+
+
+def kubernetes_connection(server_url: str, conn_id: str = "kubernetes_default", namespace: str = "default") -> str:
+    kube_config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": server_url}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
+        "users": [{"name": "test", "user": {"token": "test"}}],
+    }
+    return set_connection(conn_id, "kubernetes", kube_config=kube_config, namespace=namespace)
+
+
+def ensure_pool(name: str, slots: int) -> None:
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool(name=name, slots=slots, description=f"{name} (tests)", include_deferred=False)
+
+
+def reset_config_cache() -> None:
+    """Forget the cached pipeline configuration (after changing TLPIPE_* variables)."""
+    from plugins import config
+
+    config._cached.cache_clear()
+
+
+def load_dagbag(dag_folder: str | Path = DAGS_FOLDER):
+    from airflow.dag_processing.dagbag import DagBag
+
+    reset_config_cache()
+    return DagBag(dag_folder=str(dag_folder))
+
+
+@dataclass
+class RunResult:
+    dag_id: str
+    run_id: str
+    state: str
+    tasks: dict[str, str]
+
+    def xcom(self, task_id: str, key: str = "return_value"):
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            row = session.scalars(select(XComModel).where(
+                XComModel.dag_id == self.dag_id, XComModel.run_id == self.run_id,
+                XComModel.task_id == task_id, XComModel.key == key)).first()
+            return None if row is None else XComModel.deserialize_value(row)
+
+
+def run_dag(dag, conf: dict | None = None) -> RunResult:
+    """``dag.test()`` in this process; returns the run's state and every task's state."""
+    dr = dag.test(run_conf=conf or {}, logical_date=None)
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dr = session.merge(dr)
+        tasks = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+                 for ti in dr.get_task_instances(session=session)}
+        state = str(dr.state.value if hasattr(dr.state, "value") else dr.state)
+        return RunResult(dag_id=dr.dag_id, run_id=dr.run_id, state=state, tasks=tasks)
+
+
+def sync_dags_to_db(dag_folder: str | Path = DAGS_FOLDER) -> None:
+    """Serialize the DAG folder into the metadata DB, as the DAG processor does."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.utils.session import create_session
+
+    reset_config_cache()
+    manager = DagBundlesManager()
+    with create_session() as session:
+        manager.sync_bundles_to_db(session=session)
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bag = BundleDagBag(dag_folder=str(dag_folder), bundle_path=bundle.path, bundle_name=bundle.name)
+        sync_bag_to_db(bag, bundle.name, bundle.version)
+
+
+def api_client():
+    """A FastAPI TestClient on the api-server app (simple auth manager, everyone admin), with a bearer token."""
+    from fastapi.testclient import TestClient
+
+    from airflow.api_fastapi.app import create_app
+
+    client = TestClient(create_app(), base_url="http://localhost")
+    token = _token(client)
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client
+
+
+def _token(client) -> str:
+    for method in ("post", "get"):
+        resp = getattr(client, method)("/auth/token")
+        if resp.status_code in (200, 201) and "access_token" in resp.json():
+            return resp.json()["access_token"]
+    raise RuntimeError(f"no API token from /auth/token: {resp.status_code} {resp.text[:200]}")
