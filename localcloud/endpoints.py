@@ -521,6 +521,7 @@ class Endpoints:
                     {
                         "SM_MODEL_DIR": str(model_dir),
                         "SAGEMAKER_BIND_TO_PORT": str(port),
+                        "SM_ROOT": str(vdir),
                         "SAGEMAKER_BASE_DIR": str(vdir),
                         "SAGEMAKER_ENDPOINT_NAME": name,
                         "SAGEMAKER_VARIANT_NAME": record["VariantName"],

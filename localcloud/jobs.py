@@ -4,8 +4,8 @@ A job goes through SageMaker's phases, each recorded in SQLite before the next b
 
 ``Starting`` -> ``Downloading`` (S3 channels into ``<data-dir>/jobs/<job>/ml/input/data/<channel>/`` plus the
 ``input/config/*.json`` files) -> ``Training`` (the command the ``TrainingImage`` maps to, with the ``SM_*``
-environment the SageMaker training toolkit sets and ``SAGEMAKER_BASE_DIR`` pointing at the job's ``/opt/ml``
-stand-in; its output streamed to CloudWatch Logs ``/aws/sagemaker/TrainingJobs``, stream
+environment the SageMaker training toolkit sets and ``SM_ROOT`` / ``SAGEMAKER_BASE_DIR`` pointing at the job's
+``/opt/ml`` stand-in; its output streamed to CloudWatch Logs ``/aws/sagemaker/TrainingJobs``, stream
 ``<job>/algo-1-<epoch>``, and matched against the ``MetricDefinitions``) -> ``Uploading`` (``model.tar.gz``
 and ``output.tar.gz`` under ``<S3OutputPath>/<job>/output/``) -> ``Completed``; or ``Failed`` with the
 ``FailureReason`` the command wrote to ``output/failure``; or, after StopTrainingJob or when
@@ -402,6 +402,8 @@ class TrainingJobs:
         input_config = json.loads((paths["config"] / "inputdataconfig.json").read_text())
         channel_dirs = {c: str(paths["data"] / c) for c in channel_names}
         sm = {
+            # The /opt/ml stand-in under both names in use: training.sagemaker's and the training toolkit's.
+            "SM_ROOT": str(ml),
             "SAGEMAKER_BASE_DIR": str(ml),
             "SM_MODEL_DIR": str(paths["model"]),
             "SM_INPUT_DIR": str(ml / "input"),
