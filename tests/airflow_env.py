@@ -1,7 +1,7 @@
 """Airflow for tests, in-process: a temporary AIRFLOW_HOME with a SQLite metadata DB, connections from
 environment variables, the GPU pool, and helpers to load the DAG folder, run ``dag.test()`` and call the REST API.
 
-    from tests.airflow_env import setup_airflow, set_connection, load_dagbag, run_dag, api_client
+    from airflow_env import setup_airflow, set_connection, load_dagbag, run_dag, api_client   # tests/ is on sys.path
 
     env = setup_airflow()                                   # idempotent, once per process
     set_connection("aws_default", "aws", endpoint_url="http://127.0.0.1:5000")
@@ -22,6 +22,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = PROJECT_ROOT / "dags"
+HOME_VAR = "TLPIPE_TEST_AIRFLOW_HOME"
 
 
 @dataclass
@@ -64,8 +65,10 @@ def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS
         for name, slots in (pools or {}).items():
             ensure_pool(name, slots)
         return _ENV
-    home = Path(home or tempfile.mkdtemp(prefix="tlpipe-airflow-"))
+    # Kept in the environment too, so a second import of this module (by another name) reuses the same home.
+    home = Path(home or os.environ.get(HOME_VAR) or tempfile.mkdtemp(prefix="tlpipe-airflow-"))
     home.mkdir(parents=True, exist_ok=True)
+    os.environ[HOME_VAR] = str(home)
     (home / "plugins").mkdir(exist_ok=True)
     environ = airflow_environ(home, Path(dags_folder))
     os.environ.update(environ)
