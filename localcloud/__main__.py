@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--images",
         default=None,
         help="image map: JSON file or text mapping image URIs to train/serve commands "
-        "(default: $LOCALCLOUD_IMAGES, else the built-in entry for the project's image)",
+        "(default: $LOCALCLOUD_IMAGES, then the built-in entries for the project image)",
     )
     parser.add_argument("--stop-grace", type=float, default=30.0, help="seconds from SIGTERM to SIGKILL for children")
     parser.add_argument("--health-timeout", type=float, default=600.0, help="default model server /ping timeout")

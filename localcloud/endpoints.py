@@ -184,7 +184,8 @@ class Endpoints:
             self._ops[name.lower()] = thread
         thread.start()
 
-    def invoke(self, name: str, body: bytes, headers: dict[str, str], region: str) -> tuple[bytes, str, str]:
+    def invoke(self, name: str, body: bytes, headers, region: str) -> tuple[bytes, str, str, str | None]:
+        """Forward to a live variant; ``headers`` is the request's case-insensitive header mapping."""
         variants = self._routes.get(name.lower())
         if not variants:
             raise AwsError("ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
@@ -245,7 +246,7 @@ class Endpoints:
                 {"OriginalStatusCode": response.status, "OriginalMessage": text, "LogStreamArn": log_arn},
             )
         content_type = response.headers.get("Content-Type") or "application/json"
-        return response.data, content_type, variant.name
+        return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
 
     def recover(self) -> None:
         for doc in self.state.list(ENDPOINT):

@@ -17,7 +17,9 @@ image URI maps to the commands that image would run, as argv lists::
 ``match`` is a shell-style glob compared with the whole image URI and with its repository name (the last
 path component without tag or digest), so ``tlpipe-sagemaker`` matches
 ``123456789012.dkr.ecr.us-east-1.amazonaws.com/tlpipe-sagemaker:1.4``. Entries are tried in order; the
-built-in entry for the project's image comes last. Placeholders: ``{python}`` (the interpreter running
+built-in entries come last: the project's image (``tlpipe-sagemaker``: ``training.finetune`` /
+``training.serve``) and SageMaker's TensorFlow Serving image (``tensorflow-inference``: ``training.serve``,
+which runs the artifact's TFS handlers). Placeholders: ``{python}`` (the interpreter running
 localcloud), ``{project}`` (the repository root), ``{root}`` (the job's ``/opt/ml`` stand-in), ``{model_dir}``
 and ``{port}`` (serve only).
 
@@ -35,12 +37,21 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_ENTRY = {
-    "match": "tlpipe-sagemaker",
-    "train": ["{python}", "-m", "training.finetune"],
-    "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
-    "env": {},
-}
+DEFAULT_ENTRIES = [
+    {
+        "match": "tlpipe-sagemaker",
+        "train": ["{python}", "-m", "training.finetune"],
+        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+        "env": {},
+    },
+    {
+        # The managed TensorFlow Serving container: the fine-tuned artifact is built for it, and
+        # training.serve runs the artifact's own code/inference.py handlers the way it does.
+        "match": "tensorflow-inference",
+        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+        "env": {},
+    },
+]
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class ImageMap:
                     isinstance(entry[key], list) and entry[key] and all(isinstance(a, str) for a in entry[key])
                 ):
                     raise ValueError(f"image map entry {entry['match']!r}: {key!r} must be a non-empty argv list")
-        self.entries = [*entries, DEFAULT_ENTRY]
+        self.entries = [*entries, *DEFAULT_ENTRIES]
 
     @classmethod
     def load(cls, source: str | None = None) -> "ImageMap":

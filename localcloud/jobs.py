@@ -81,10 +81,6 @@ def _tar_dir(source: Path, target: Path) -> None:
             tar.add(entry, arcname=entry.name)
 
 
-def _has_content(path: Path) -> bool:
-    return path.exists() and any(path.iterdir())
-
-
 class TrainingJobs:
     def __init__(self, cloud: "LocalCloud"):
         self.cloud = cloud

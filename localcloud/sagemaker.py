@@ -152,15 +152,13 @@ class SageMaker:
             errors = checks.collect(name_shape, name, "endpointName")
             if errors:
                 raise AwsError("ValidationError", checks.summary(errors))
-            body, content_type, variant = self.cloud.endpoints.invoke(
-                name, request.get_data(), dict(request.headers), request_region(environ)
+            body, content_type, variant, custom = self.cloud.endpoints.invoke(
+                name, request.get_data(), request.headers, request_region(environ)
             )
-            response = Response(
-                body,
-                status=200,
-                headers={"x-Amzn-Invoked-Production-Variant": variant, "x-amzn-RequestId": str(uuid.uuid4())},
-                content_type=content_type,
-            )
+            headers = {"x-Amzn-Invoked-Production-Variant": variant, "x-amzn-RequestId": str(uuid.uuid4())}
+            if custom:
+                headers["X-Amzn-SageMaker-Custom-Attributes"] = custom
+            response = Response(body, status=200, headers=headers, content_type=content_type)
         except AwsError as err:
             response = error_response(err, rest=True)
         except Exception:

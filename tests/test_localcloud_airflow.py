@@ -127,6 +127,7 @@ def build_dag(run: str, dataset: str):
             },
             operation="update",
             check_interval=1,
+            deferrable=True,
         )
         create_existing = SageMakerEndpointOperator(
             task_id="endpoint_create_existing",

@@ -286,6 +286,48 @@ def test_endpoint_create_invoke_update_rollback_delete(localcloud, clients, tmp_
     assert server_processes(localcloud.data_dir, name) == []
 
 
+def test_variants_weights_and_unsigned_invocations(localcloud, clients):
+    sm, s3, runtime = clients["sagemaker"], clients["s3"], clients["sagemaker-runtime"]
+    models = []
+    for version in ("1", "2"):
+        model = unique(f"model-variant{version}")
+        url = model_tarball(s3, f"models/{model}/model.tar.gz", version)
+        sm.create_model(ModelName=model, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": TEST_IMAGE, "ModelDataUrl": url})
+        models.append(model)
+    config, name = unique("config-variants"), unique("endpoint-variants")
+    sm.create_endpoint_config(
+        EndpointConfigName=config,
+        ProductionVariants=[
+            {"VariantName": "Primary", "ModelName": models[0], "InstanceType": "ml.m5.large",
+             "InitialInstanceCount": 1, "InitialVariantWeight": 1.0},
+            {"VariantName": "Shadow", "ModelName": models[1], "InstanceType": "ml.m5.large",
+             "InitialInstanceCount": 1, "InitialVariantWeight": 0.0},
+        ],
+    )
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
+    endpoint = wait_for_endpoint(sm, name)
+    assert [(v["VariantName"], v["CurrentWeight"]) for v in endpoint["ProductionVariants"]] == [
+        ("Primary", 1.0), ("Shadow", 0.0)
+    ]
+    data = image_bytes(COLOURS["red"])
+    for _ in range(3):  # weight 0 never receives unaddressed traffic
+        response = runtime.invoke_endpoint(EndpointName=name, ContentType="image/png", Body=data)
+        assert response["InvokedProductionVariant"] == "Primary"
+        assert json.loads(response["Body"].read())["model_version"] == "1"
+    response = runtime.invoke_endpoint(EndpointName=name, ContentType="image/png", Body=data, TargetVariant="Shadow")
+    assert response["InvokedProductionVariant"] == "Shadow"
+    assert json.loads(response["Body"].read())["model_version"] == "2"
+
+    # What `curl -X POST --data-binary @image.png` sends: no signature at all.
+    request = urllib.request.Request(
+        f"{localcloud.url}/endpoints/{name}/invocations", data=data, headers={"Content-Type": "image/png"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.headers["x-Amzn-Invoked-Production-Variant"] == "Primary"
+        assert json.loads(answer.read())["predictions"] == [{"label": "red"}]
+    sm.delete_endpoint(EndpointName=name)
+
+
 def test_endpoint_that_never_gets_healthy_fails(localcloud, clients):
     sm, s3 = clients["sagemaker"], clients["s3"]
     name = unique("endpoint-broken")
