@@ -294,6 +294,8 @@ def train(args: argparse.Namespace) -> int:
             "skipped_files": int(totals[6]),
             "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
             "images_per_second": totals[2] / train_time,
+            "train_images": int(totals[2]),
+            "train_seconds": round(train_time, 4),
             "epoch_seconds": round(time.perf_counter() - t0, 3),
             "finished_at": utcnow(),
         }
