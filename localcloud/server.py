@@ -163,7 +163,9 @@ class LocalCloud:
     def start(self) -> str:
         self._server = make_server(self.host, self.port, self, threaded=True, request_handler=_Handler)
         self.port = self._server.server_port
-        self.url = f"http://{self.host}:{self.port}"
+        # Bound to every interface: clients on this machine (and localcloud itself) use loopback.
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud-http", daemon=True)
         self._thread.start()
         self.snapshot = Snapshot(self.data_dir / "snapshot", self.client("s3"), self.client("logs"))

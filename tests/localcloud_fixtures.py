@@ -1,8 +1,9 @@
 """Shared localcloud fixtures: a session-wide server on a free port, and helpers to start more.
 
-Import the fixture into a test module (``from localcloud_fixtures import localcloud``; pytest puts
-``tests/`` on ``sys.path``) or into a conftest. While it is active, the AWS environment points every boto3 client and the Airflow connection
-``aws_default`` at it.
+Import the fixtures into a test module (``from localcloud_fixtures import localcloud, localcloud_server``;
+pytest puts ``tests/`` on ``sys.path``) or into a conftest. ``localcloud_server`` is the session-wide server;
+``localcloud`` is the same server with the AWS environment (``AWS_ENDPOINT_URL``, credentials, region) and
+the Airflow connection ``aws_default`` pointing at it for the duration of the test.
 """
 from __future__ import annotations
 
@@ -123,14 +124,25 @@ def aws_environment(url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def localcloud(tmp_path_factory):
+def localcloud_server(tmp_path_factory):
+    """One localcloud for the whole session, on a free port, stopped (with its children) at the end."""
     base = tmp_path_factory.mktemp("localcloud")
-    with running_localcloud(base / "data", base / "localcloud.log") as cloud, pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-            mp.delenv(name, raising=False)
-        for name, value in aws_environment(cloud.url).items():
-            mp.setenv(name, value)
+    with running_localcloud(base / "data", base / "localcloud.log") as cloud:
         yield cloud
+
+
+@pytest.fixture
+def localcloud(localcloud_server, monkeypatch):
+    """The session's localcloud, with the AWS environment and ``AIRFLOW_CONN_AWS_DEFAULT`` pointing at it.
+
+    The variables are set for the requesting test only: a session-wide ``AWS_ENDPOINT_URL`` would send other
+    tests' clients (moto's in-process mocks among them) here too.
+    """
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in aws_environment(localcloud_server.url).items():
+        monkeypatch.setenv(name, value)
+    return localcloud_server
 
 
 # -- data helpers ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
     TEST_IMAGE,
     image_bytes,
     localcloud,
+    localcloud_server,
     training_job_request,
     upload_dataset,
 )

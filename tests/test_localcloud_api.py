@@ -18,6 +18,7 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
     TEST_IMAGE,
     image_bytes,
     localcloud,
+    localcloud_server,
     training_job_request,
     upload_dataset,
     wait_for_endpoint,
@@ -32,8 +33,8 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def clients(localcloud):
-    return {name: localcloud.client(name) for name in ("s3", "sagemaker", "sagemaker-runtime", "logs")}
+def clients(localcloud_server):
+    return {name: localcloud_server.client(name) for name in ("s3", "sagemaker", "sagemaker-runtime", "logs")}
 
 
 @pytest.fixture(scope="module")
