@@ -231,3 +231,49 @@ def read_ssh_config(path: Path) -> dict[str, list[str]]:
         key, _, value = line.partition(" ")
         out.setdefault(key.lower(), []).append(value.strip())
     return out
+
+
+# -- kustomize (the subset deploy/k8s uses) ----------------------------------------------------------------
+KUSTOMIZE_FIELDS = {"apiVersion", "kind", "resources", "labels", "patches", "namespace"}
+
+
+def kustomize(path: str | Path) -> list[dict]:
+    """Render a kustomization like ``kubectl kustomize``: resources (files and directories), labels without
+    selectors, namespace, and JSON 6902 patches selected by kind and name. Any other field is an error, so a
+    manifest never relies on a feature this renderer would silently skip."""
+    import jsonpatch
+    import yaml
+
+    folder = ROOT / path
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unknown = set(spec) - KUSTOMIZE_FIELDS
+    if unknown:
+        raise ValueError(f"{folder}/kustomization.yaml uses {sorted(unknown)}, which kustomize() does not render")
+    if spec.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or spec.get("kind") != "Kustomization":
+        raise ValueError(f"{folder}/kustomization.yaml is not a kustomize.config.k8s.io/v1beta1 Kustomization")
+    objects: list[dict] = []
+    for res in spec.get("resources", []):
+        target = (folder / res).resolve()
+        if target.is_dir():
+            objects += kustomize(target.relative_to(ROOT))
+        else:
+            objects += [o for o in yaml.safe_load_all(target.read_text()) if o]
+    for label in spec.get("labels", []):
+        if label.get("includeSelectors"):
+            raise ValueError("labels with includeSelectors are not rendered by kustomize()")
+        for obj in objects:
+            obj.setdefault("metadata", {}).setdefault("labels", {}).update(label["pairs"])
+    if "namespace" in spec:
+        for obj in objects:
+            if obj["kind"] != "Namespace":
+                obj["metadata"]["namespace"] = spec["namespace"]
+    for patch in spec.get("patches", []):
+        selector = patch["target"]
+        ops = yaml.safe_load(patch["patch"])
+        matched = [o for o in objects if o["kind"] == selector.get("kind", o["kind"])
+                   and o["metadata"]["name"] == selector.get("name", o["metadata"]["name"])]
+        if not matched:
+            raise ValueError(f"patch target {selector} matches no object")
+        for obj in matched:
+            objects[objects.index(obj)] = jsonpatch.apply_patch(obj, ops)
+    return objects
