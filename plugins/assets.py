@@ -16,8 +16,10 @@ from plugins.config import PipelineConfig
 ASSET_NAME = "pretrained-model"
 
 
-def pretrained_model_asset(cfg: PipelineConfig) -> Asset:
-    return Asset(name=ASSET_NAME, uri=cfg.s3.uri("pretrained") + "/", group="model")
+def pretrained_model_asset(cfg: PipelineConfig | None = None) -> Asset:
+    """The Asset, identified by name alone: where the models go (bucket, prefix) is in each event's extra, so
+    moving them does not make a new Asset that the deploy DAG is not scheduled on."""
+    return Asset(name=ASSET_NAME, group="model")
 
 
 class PretrainedModelEvent(BaseModel):

@@ -41,6 +41,10 @@ def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, st
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+        # Spelled out: the default is derived from AIRFLOW_HOME when airflow is first imported.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
+            "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+            "kwargs": {"path": str(dags_folder)}}]),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -62,6 +66,13 @@ def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS
     """Point Airflow at a temporary home, create its metadata DB and the pools (first call only)."""
     global _ENV
     if _ENV is not None:
+        # Another suite may have pointed Airflow elsewhere since: point it back.
+        os.environ.update(_ENV.env)
+        from airflow import settings
+
+        if settings.SQL_ALCHEMY_CONN != _ENV.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]:
+            settings.SQL_ALCHEMY_CONN = _ENV.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            settings.reconfigure_orm()
         for name, slots in (pools or {}).items():
             ensure_pool(name, slots)
         return _ENV
@@ -201,8 +212,8 @@ def api_client():
 
 
 def _token(client) -> str:
-    for method in ("post", "get"):
-        resp = getattr(client, method)("/auth/token")
-        if resp.status_code in (200, 201) and "access_token" in resp.json():
-            return resp.json()["access_token"]
+    # With simple_auth_manager_all_admins, GET /auth/token hands out an admin token without credentials.
+    resp = client.get("/auth/token")
+    if resp.status_code in (200, 201) and "access_token" in resp.json():
+        return resp.json()["access_token"]
     raise RuntimeError(f"no API token from /auth/token: {resp.status_code} {resp.text[:200]}")

@@ -30,6 +30,8 @@ class _Emulator(KubernetesEmulator):
 
 
 class KubeServer:
+    RESOURCES = ("v1/pods", "v1/events", "kubeflow.org/v2beta1/mpijobs")
+
     def __init__(self, pod_log: bytes = b"") -> None:
         self.pod_log = pod_log
         self._ready = threading.Event()
@@ -51,6 +53,9 @@ class KubeServer:
         self._stop = asyncio.Event()
         async with _Emulator() as emulator, Server(emulator) as server:
             emulator["get", re.compile(r"/api/v1/namespaces/[^/]+/pods/[^/]+/log")] << (lambda: self.pod_log)
+            # Known before any object exists, as installed CRDs are: listing an empty kind gives [] and not 404.
+            for resource in self.RESOURCES:
+                emulator.resources[resource] = {}
             self.emulator = emulator
             self.url = str(server.url).rstrip("/")
             self._ready.set()

@@ -57,7 +57,7 @@ def pipeline_environ(tmp: Path, data: Path, **overrides) -> dict[str, str]:
         "TLPIPE__S3__BUCKET": "tlpipe-test",
         "TLPIPE__S3__PREFIX": tmp.name,
         "TLPIPE__AIRFLOW__SENSOR_POKE_SECONDS": "1",
-        "TLPIPE__AIRFLOW__SENSOR_TIMEOUT_HOURS": "0.05",
+        "TLPIPE__AIRFLOW__SENSOR_TIMEOUT_HOURS": "0.02",
         "TLPIPE__AIRFLOW__RETRIES": "0",
     }
     env.update({k: str(v) for k, v in overrides.items()})

@@ -1,0 +1,189 @@
+"""The Amazon provider's SageMaker operators, made safe to retry and to kill.
+
+``FinetuneTrainingOperator`` (``SageMakerTrainingOperator``)
+    The job name is the run's deterministic name. Before creating anything it describes the run's attempt
+    names (``<name>``, ``<name>-r2``, ...): a Completed job is reused, an InProgress one waited on (logs
+    tailed, or deferred), a Failed/Stopped one followed by the next attempt name. So an Airflow retry never
+    fails on a name collision and never trains twice. Killing the task stops the job: ``on_kill`` when it
+    runs on a worker, ``FinetuneJobTrigger.on_kill`` when it is deferred.
+``DeployModelOperator``, ``DeployEndpointConfigOperator`` (``SageMakerModelOperator``, ``…EndpointConfigOperator``)
+    Reuse a model/config of the same name that an earlier try created with the same content.
+``DeployEndpointOperator`` (``SageMakerEndpointOperator``, ``operation="create"``)
+    Create; the provider turns SageMaker's "Cannot create already existing endpoint" into an UpdateEndpoint.
+    A retry that finds the endpoint already on (or moving to) the new config waits instead of updating again.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerEndpointConfigOperator,
+    SageMakerEndpointOperator,
+    SageMakerModelOperator,
+    SageMakerTrainingOperator,
+    serialize,
+)
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+
+from plugins.deploy import TRANSITIONAL, plan_training_job
+from plugins.sagemaker_requests import job_attempt_name
+
+MAX_JOB_ATTEMPTS = 20
+
+
+def describe_or_none(describe, **kwargs) -> dict | None:
+    """A describe call's answer, or None when SageMaker says there is no such resource."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return describe(**kwargs)
+    except ClientError as err:
+        # SageMaker answers a missing resource with ValidationException ("Could not find …", "Requested
+        # resource not found"); the request itself was validated before it was built.
+        if err.response.get("Error", {}).get("Code") == "ValidationException":
+            return None
+        raise
+
+
+def stop_training_job(client, name: str, log) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.stop_training_job(TrainingJobName=name)
+        log.info("stopped SageMaker training job %s", name)
+    except ClientError as err:
+        log.warning("could not stop training job %s: %s", name, err)
+
+
+class FinetuneJobTrigger(SageMakerTrigger):
+    """``SageMakerTrigger`` for a training job that is stopped when the deferred task is killed."""
+
+    async def on_kill(self) -> None:
+        from botocore.exceptions import ClientError
+
+        async with await self.hook().get_async_conn() as client:
+            try:
+                await client.stop_training_job(TrainingJobName=self.job_name)
+                self.log.info("stopped SageMaker training job %s", self.job_name)
+            except ClientError as err:
+                self.log.warning("could not stop training job %s: %s", self.job_name, err)
+
+
+class FinetuneTrainingOperator(SageMakerTrainingOperator):
+    """Retry-safe, killable ``SageMakerTrainingOperator`` (see the module docstring)."""
+
+    def __init__(self, *, max_job_attempts: int = MAX_JOB_ATTEMPTS, **kwargs):
+        kwargs["check_if_job_exists"] = False  # the attempt plan below replaces the timestamp suffix
+        super().__init__(**kwargs)
+        self.max_job_attempts = max_job_attempts
+        self._job_name: str | None = None
+        if self.max_ingestion_time and self.check_interval:
+            # The trigger polls max_attempts times; cover the whole allowed run time.
+            self.max_attempts = max(self.max_attempts, math.ceil(self.max_ingestion_time / self.check_interval) + 1)
+
+    def attempt_names(self, base: str) -> list[str]:
+        return [job_attempt_name(base, i) for i in range(1, self.max_job_attempts + 1)]
+
+    def execute(self, context) -> dict:
+        base = self.config["TrainingJobName"]
+        names = self.attempt_names(base)
+        statuses: list[str | None] = []
+        for name in names:  # attempts are created in order: the first absent name ends the list
+            found = describe_or_none(self.hook.conn.describe_training_job, TrainingJobName=name)
+            statuses.append(found["TrainingJobStatus"] if found else None)
+            if found is None:
+                break
+        statuses += [None] * (len(names) - len(statuses))
+        plan = plan_training_job(names, statuses)
+        self.log.info(plan.reason)
+        self._job_name = plan.name
+        if plan.action == "create":
+            self.config["TrainingJobName"] = plan.name
+            return super().execute(context)
+        if plan.action == "reuse":
+            self._job_name = None
+            return self.serialize_result(plan.name)
+        if self.deferrable:
+            self.defer(trigger=self._trigger(plan.name), method_name="execute_complete", timeout=self._timeout())
+        self.hook.check_training_status_with_log(
+            plan.name, self.hook.non_terminal_states, self.hook.training_failed_states,
+            wait_for_completion=True, check_interval=self.check_interval, max_ingestion_time=self.max_ingestion_time)
+        return self.serialize_result(plan.name)
+
+    def _timeout(self):
+        import datetime
+
+        return datetime.timedelta(seconds=self.max_ingestion_time) if self.max_ingestion_time else self.execution_timeout
+
+    def _trigger(self, name: str) -> FinetuneJobTrigger:
+        return FinetuneJobTrigger(job_name=name, job_type="Training", waiter_delay=self.check_interval,
+                                  waiter_max_attempts=self.max_attempts, aws_conn_id=self.aws_conn_id,
+                                  region_name=self.region_name, verify=self.verify,
+                                  botocore_config=self.botocore_config)
+
+    def defer(self, *, trigger, method_name: str, kwargs: dict[str, Any] | None = None, timeout=None):
+        # The provider defers on a plain SageMakerTrigger; ours also stops the job when the task is killed.
+        if type(trigger) is SageMakerTrigger and getattr(trigger, "job_type", "") == "Training":
+            trigger = self._trigger(trigger.job_name)
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def on_kill(self) -> None:
+        if self._job_name:
+            stop_training_job(self.hook.conn, self._job_name, self.log)
+
+
+class DeployModelOperator(SageMakerModelOperator):
+    """``SageMakerModelOperator`` that reuses the model an earlier try of the run created."""
+
+    def execute(self, context) -> dict:
+        name = self.config["ModelName"]
+        found = describe_or_none(self.hook.conn.describe_model, ModelName=name)
+        if found is None:
+            return super().execute(context)
+        want = self.config["PrimaryContainer"]
+        have = found.get("PrimaryContainer") or {}
+        if (have.get("Image"), have.get("ModelDataUrl")) != (want.get("Image"), want.get("ModelDataUrl")):
+            raise RuntimeError(f"model {name} exists with another image or artifact ({have.get('ModelDataUrl')}); "
+                               "it was not created by this run")
+        self.log.info("model %s exists with the same artifact: reusing it", name)
+        return {"Model": serialize(found)}
+
+
+class DeployEndpointConfigOperator(SageMakerEndpointConfigOperator):
+    """``SageMakerEndpointConfigOperator`` that reuses the config an earlier try of the run created."""
+
+    def execute(self, context) -> dict:
+        name = self.config["EndpointConfigName"]
+        found = describe_or_none(self.hook.conn.describe_endpoint_config, EndpointConfigName=name)
+        if found is None:
+            return super().execute(context)
+        want = [(v["ModelName"], v["InstanceType"], int(v["InitialInstanceCount"]))
+                for v in self.config["ProductionVariants"]]
+        have = [(v.get("ModelName"), v.get("InstanceType"), v.get("InitialInstanceCount"))
+                for v in found.get("ProductionVariants") or []]
+        if want != have:
+            raise RuntimeError(f"endpoint config {name} exists with other variants {have}; it was not created by this run")
+        self.log.info("endpoint config %s exists with the same variants: reusing it", name)
+        return {"EndpointConfig": serialize(found)}
+
+
+class DeployEndpointOperator(SageMakerEndpointOperator):
+    """``SageMakerEndpointOperator(operation="create")``: create, else update (the provider decides), retry-safe."""
+
+    def execute(self, context) -> dict:
+        name, target = self.config["EndpointName"], self.config["EndpointConfigName"]
+        found = describe_or_none(self.hook.conn.describe_endpoint, EndpointName=name)
+        pending = ((found or {}).get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        if found and found.get("EndpointStatus") == "InService" and found.get("EndpointConfigName") == target:
+            self.log.info("endpoint %s already serves %s", name, target)
+            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)), "Endpoint": serialize(found)}
+        if found and found.get("EndpointStatus") in TRANSITIONAL and target in (found.get("EndpointConfigName"), pending):
+            self.log.info("endpoint %s is already %s towards %s: waiting", name, found["EndpointStatus"], target)
+            self.hook.get_waiter("endpoint_in_service").wait(
+                EndpointName=name,
+                WaiterConfig={"Delay": self.check_interval,
+                              "MaxAttempts": math.ceil(self.max_ingestion_time / max(self.check_interval, 1))})
+            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
+                    "Endpoint": serialize(self.hook.describe_endpoint(name))}
+        return super().execute(context)

@@ -1,0 +1,113 @@
+"""The pod launcher: the rendered pod (dry run) and a failed training pod on an in-memory API server."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from kubernetes.client import models as k8s
+
+from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
+from kube_mock import KubeServer
+from plugins.config import load_config
+from plugins.launchers import TrainingPodOperator, pod_failure_reason
+from plugins.training_spec import TrainingSpec
+from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def kube_cfg():
+    return load_config(profile="production", environ={}).kubernetes
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return TrainingSpec(launcher="pod", workers=1, gpus_per_worker=4, manifest="/data/curated/r/manifest.json",
+                        checkpoint_dir="s3://tlpipe-checkpoints/pretrain/r", epochs=48, model="resnet50",
+                        image_size=224, batch_size=64, learning_rate=5e-4, s3_endpoint_url="http://store:9000")
+
+
+def test_dry_run_pod(kube_cfg, spec):
+    op = TrainingPodOperator(task_id="pod", spec=spec.model_dump(mode="json"), kube=kube_cfg)
+    pod = op.build_pod_request_obj(dry_run=True)
+    assert pod.metadata.namespace == "ml-training"
+    assert pod.metadata.labels["app.kubernetes.io/part-of"] == "tlpipe"
+    s = pod.spec
+    (c,) = s.containers
+    assert c.command == spec.argv() == [
+        "horovodrun", "-np", "4", "python", "-m", "training.pretrain",
+        "--manifest", "/data/curated/r/manifest.json", "--checkpoint-dir", "s3://tlpipe-checkpoints/pretrain/r",
+        "--epochs", "48", "--model", "resnet50", "--image-size", "224", "--batch-size", "64",
+        "--learning-rate", "0.0005", "--s3-endpoint-url", "http://store:9000"]
+    assert not c.args
+    assert c.image == kube_cfg.image
+    assert c.resources.limits == {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "4"}
+    assert s.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert [(t.key, t.operator, t.effect) for t in s.tolerations] == [("nvidia.com/gpu", "Exists", "NoSchedule")]
+    # Pod Security "restricted"
+    assert s.security_context.run_as_non_root and s.security_context.run_as_user == 1000
+    assert s.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert c.security_context.allow_privilege_escalation is False
+    assert c.security_context.capabilities.drop == ["ALL"]
+    assert c.security_context.run_as_non_root
+    volumes = {v.name: v for v in s.volumes}
+    assert volumes["data"].persistent_volume_claim.claim_name == "tlpipe-data"
+    assert volumes["dshm"].empty_dir.medium == "Memory" and volumes["dshm"].empty_dir.size_limit == "8Gi"
+    assert {m.name: m.mount_path for m in c.volume_mounts} == {"data": "/data", "dshm": "/dev/shm"}
+    assert [e.secret_ref.name for e in c.env_from] == ["tlpipe-checkpoint-store"]
+    assert [r.name for r in s.image_pull_secrets] == ["tlpipe-registry"]
+    assert s.service_account_name == "tlpipe-training" and s.restart_policy == "Never"
+    assert s.termination_grace_period_seconds == 60
+    assert (op.startup_timeout_seconds, op.schedule_timeout_seconds) == (900, 1800)
+    assert op.on_finish_action.value == "delete_pod" and op.on_kill_action.value == "delete_pod"
+    assert op.do_xcom_push is False
+
+
+def test_only_pod_specs_run_in_a_pod(kube_cfg, spec):
+    other = spec.model_copy(update={"launcher": "local"})
+    with pytest.raises(Exception, match="pod launcher"):
+        TrainingPodOperator(task_id="pod", spec=other, kube=kube_cfg).build_pod_request_obj(dry_run=True)
+
+
+def test_failure_reason_of_a_pod():
+    pod = k8s.V1Pod(status=k8s.V1PodStatus(phase="Failed", container_statuses=[k8s.V1ContainerStatus(
+        name="base", image="i", image_id="", ready=False, restart_count=0,
+        state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
+            exit_code=137, reason="OOMKilled", message="killed at epoch 3\n")))]))
+    assert pod_failure_reason(pod, "base") == (
+        "pod phase Failed; container base terminated: OOMKilled (exit 137): killed at epoch 3")
+    assert pod_failure_reason(k8s.V1Pod(status=k8s.V1PodStatus(phase="Succeeded")), "base") is None
+
+
+def test_pod_path_creates_a_pod_and_reports_its_failure(tmp_path, small_tree, s3_endpoint, monkeypatch, capfd):
+    apply_environ(monkeypatch, pipeline_environ(tmp_path, small_tree))
+    setup_airflow()
+    dag = load_dagbag(DAGS_FOLDER / "general_pretraining.py").get_dag("general_pretraining")
+    namespace = "ml-training"
+    seen: list[dict] = []
+    with KubeServer(pod_log=b"[pretrain] 1 worker(s), 101 train / 34 val images\n") as kube:
+        kubernetes_connection(kube.url, namespace=namespace)
+
+        def kill_the_pod():
+            pod = kube.wait_for("pods", namespace)
+            seen.append(pod)
+            kube.patch_status("pods", namespace, pod["metadata"]["name"], {
+                "phase": "Failed",
+                "containerStatuses": [{"name": "base", "image": pod["spec"]["containers"][0]["image"],
+                                       "imageID": "", "ready": False, "restartCount": 0,
+                                       "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                                                "message": "out of memory in epoch 1"}}}]})
+
+        writer = threading.Thread(target=kill_the_pod, daemon=True)
+        writer.start()
+        run = run_dag(dag, {"launcher": "pod", "workers": 1, "gpus_per_worker": 2})
+        writer.join(5)
+        assert run.state == "failed"
+        assert run.tasks["launch.pod"] == "failed"
+        assert run.tasks["wait_for_best_checkpoint"] == "upstream_failed"
+        (pod,) = seen
+        container = pod["spec"]["containers"][0]
+        assert container["command"] == TrainingSpec.model_validate(run.xcom("prepare")["training"]).argv()
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        assert kube.objects("pods", namespace) == []            # deleted once the task finished
+    logs = capfd.readouterr()
+    assert "OOMKilled (exit 137): out of memory in epoch 1" in logs.out + logs.err
