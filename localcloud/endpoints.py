@@ -174,12 +174,14 @@ class Endpoints:
                 d["LastModifiedTime"] = time.time()
 
             self.state.update(ENDPOINT, name, change)
+            # Invocations fail from now on, as on SageMaker; the processes stop in the background.
+            live = self._routes.pop(name.lower(), [])
             cancel = self._cancel.get(name.lower())
             if cancel is not None:
                 cancel.set()
             previous = self._ops.get(name.lower())
             thread = threading.Thread(
-                target=self._delete_op, args=(name, previous), name=f"endpoint-delete-{name}", daemon=True
+                target=self._delete_op, args=(name, previous, live), name=f"endpoint-delete-{name}", daemon=True
             )
             self._ops[name.lower()] = thread
         thread.start()
@@ -301,10 +303,17 @@ class Endpoints:
             log.exception("endpoint %s: internal error", name)
 
             def change(d: dict) -> None:
-                if d["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating"):
+                if d["EndpointStatus"] == "Updating" and self._routes.get(name.lower()):
+                    # The old variants still serve: a failed update, not a failed endpoint.
+                    d["EndpointStatus"] = "InService"
+                    d["_pending"] = None
+                    d.pop("PendingDeploymentSummary", None)
+                elif d["EndpointStatus"] in ("Creating", "Updating", "SystemUpdating"):
                     d["EndpointStatus"] = "Failed"
-                    d["FailureReason"] = f"InternalServerError: {err}"
-                    d["LastModifiedTime"] = time.time()
+                else:
+                    return
+                d["FailureReason"] = f"InternalServerError: {err}"
+                d["LastModifiedTime"] = time.time()
 
             self.state.update(ENDPOINT, name, change)
 
@@ -441,11 +450,11 @@ class Endpoints:
         if doc.get("_pending"):
             self._update_op(name, cancel)
 
-    def _delete_op(self, name: str, previous: threading.Thread | None) -> None:
+    def _delete_op(self, name: str, previous: threading.Thread | None, live: list[Variant] | None = None) -> None:
         if previous is not None and previous is not threading.current_thread():
             previous.join()
         with self._lock:
-            variants = self._routes.pop(name.lower(), []) + self._pending.pop(name.lower(), [])
+            variants = (live or []) + self._routes.pop(name.lower(), []) + self._pending.pop(name.lower(), [])
         self._stop_variants(variants)
         doc = self.state.get(ENDPOINT, name)
         if doc is not None:
