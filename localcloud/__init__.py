@@ -14,9 +14,10 @@ S3 and CloudWatch Logs live in memory (moto) and are snapshotted to the data dir
 few seconds while they change (``--snapshot-interval``, default 10 s), and whenever localcloud itself has
 written training artifacts, before it reports the job finished. **A crash (SIGKILL, power loss) can lose**:
 
-- S3 objects and log events written by clients in the last snapshot interval before the crash;
-- log lines a training job or model server printed in the last second or so (they stay in the job's or
-  endpoint's ``*.log`` file under the data directory);
+- S3 objects and CloudWatch log events written in the last snapshot interval before the crash;
+- the lines an adopted model server printed while localcloud was down (they stay in its ``serve.log`` under
+  the data directory); an adopted training job's lines are shipped on restart, the last couple of seconds
+  possibly twice;
 - anything kept only in moto besides S3 and CloudWatch Logs (IAM roles, STS sessions), on any restart.
 
 It cannot lose a training job's model artifacts once the job shows ``Completed``, ``Failed`` or ``Stopped``.
