@@ -6,32 +6,27 @@
     report.passed, report.reason, report.accuracy, report.latency_p50_ms, report.latency_p95_ms
 
 Images are ``<validation_uri>/<class>/<file>``; the test takes up to ``images`` of them, spread evenly over the
-classes in a fixed order, sends each as the raw image bytes (the endpoint also takes JSON with base64
-instances) and reads ``{"predictions": [[{"label", "probability"}, ...]]}``. It passes when every invocation
+classes in a fixed order, sends each as ``{"instances": [{"b64": ...}]}`` (the endpoint's JSON form) and reads
+``{"predictions": [[{"label", "probability"}, ...]]}``. It passes when every invocation
 succeeds, the top-1 accuracy is at least the training job's validation accuracy minus the tolerance, and the
 95th-percentile latency (client side, after one untimed warm-up request) is within the bound.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif",
-                  ".bmp": "image/bmp"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
 @dataclass(frozen=True)
 class Sample:
     key: str
     label: str
-
-    @property
-    def content_type(self) -> str:
-        suffix = self.key[self.key.rfind("."):].lower() if "." in self.key else ""
-        return IMAGE_SUFFIXES.get(suffix, "application/x-image")
 
 
 @dataclass(frozen=True)
@@ -167,14 +162,19 @@ def list_validation_samples(s3, validation_uri: str) -> list[Sample]:
     return samples_from_keys(keys, prefix)
 
 
+def request_body(image: bytes) -> bytes:
+    """The endpoint's JSON form: ``{"instances": [{"b64": …}]}`` (the raw ``application/x-image`` form works too)."""
+    return json.dumps({"instances": [{"b64": base64.b64encode(image).decode("ascii")}]}).encode()
+
+
 def invoke(runtime, endpoint: str, sample: Sample, body: bytes, clock: Callable[[], float] = time.perf_counter,
            ) -> Invocation:
     from botocore.exceptions import BotoCoreError, ClientError
 
     start = clock()
     try:
-        response = runtime.invoke_endpoint(EndpointName=endpoint, ContentType=sample.content_type,
-                                           Accept="application/json", Body=body)
+        response = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json",
+                                           Accept="application/json", Body=request_body(body))
         payload = response["Body"].read()
         latency = (clock() - start) * 1000.0
     except (ClientError, BotoCoreError) as err:

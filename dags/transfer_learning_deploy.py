@@ -1,0 +1,219 @@
+"""
+### Transfer learning and deployment
+
+Fine-tunes the pretrained model published by `general_pretraining` on the held-out domain classes in a
+SageMaker training job and deploys it to a SageMaker real-time endpoint.
+
+**Triggers**: every event on the Asset **`pretrained-model`** (model and domain-data URIs from the event's
+`extra`); a manual run with Params; `POST /api/v2/dags/transfer_learning_deploy/dagRuns` with
+`{"logical_date": null, "conf": {...}}`. Every Param has a JSON schema: a conf that violates one is refused
+(HTTP 400) before a run exists. Empty `base_model_uri`/`domain_dataset_uri` take the triggering event's
+URIs, else the last exported model's (`pretrained/latest.json`).
+
+**Tasks**: `prepare` (inputs, deterministic names, the validated CreateTrainingJob request) → `finetune`
+(SageMakerTrainingOperator: channels `pretrained`, `train`, `validation`; a retry reuses the run's Completed
+job or waits on its running one; killing the task stops the job) → `read_metrics` (FinalMetricDataList) →
+`acquire_endpoint_lock` → `quality_gate` (validation accuracy ≥ `quality_threshold` and ≥ the live model's
+`tlpipe:accuracy` tag, else `skip_deployment` with the reason) → `deploy.*` (model tagged with its accuracy
+and lineage → a new endpoint config → create the endpoint, or update it when it exists → verify it is
+InService on the new config → smoke test with validation images) → `record_lineage` (S3) →
+`apply_retention`. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
+endpoint this run created) and fails the run with the reason. `release_endpoint_lock` is the teardown.
+
+**Run summary**: XCom `summary` of `record_lineage` (deployed or rejected) or `rollback`; the lineage record
+is `s3://<bucket>/<prefix>/lineage/<endpoint>/<training job>.json`.
+
+**One deploy per endpoint**: `max_active_runs=1`, and an S3 lock object per endpoint
+(`<prefix>/locks/endpoints/<endpoint>.json`) held from the gate to the teardown.
+
+**Deferrable**: the training and endpoint operators defer to the triggerer when Airflow's
+`[operators] default_deferrable` is true (`AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true`); otherwise they
+poll from the worker.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import TaskGroup, TriggerRule, conf, dag, setup, task, teardown
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from plugins import deploy as decide
+from plugins import deploy_steps as steps
+from plugins.assets import pretrained_model_asset
+from plugins.config import get_config
+from plugins.deploy_operators import (
+    DeployEndpointConfigOperator,
+    DeployEndpointOperator,
+    DeployModelOperator,
+    FinetuneTrainingOperator,
+)
+from plugins.deploy_params import deploy_params
+
+cfg = get_config()
+PRETRAINED_MODEL = pretrained_model_asset(cfg)
+AWS = {"aws_conn_id": cfg.s3.aws_conn_id}
+POLL = max(1, int(cfg.airflow.sensor_poke_seconds))
+DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=False)
+BUILD, VERIFY, SMOKE = "deploy.build_requests", "deploy.verify_endpoint", "deploy.smoke_test"
+DEPLOY_TASKS = ["deploy.create_model", "deploy.create_endpoint_config", "deploy.create_or_update_endpoint",
+                VERIFY, SMOKE]
+
+
+def _exporter():
+    from plugins.s3_export import S3Exporter
+
+    return S3Exporter(get_config().s3)
+
+
+def _sagemaker():
+    return steps.sagemaker_client(get_config().s3.aws_conn_id)
+
+
+def _owner(dag_run) -> dict:
+    return {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
+
+
+def _results(ti) -> dict:
+    """The XComs the lineage record and the rollback read."""
+    def pull(task_id: str, key: str = "return_value"):
+        return ti.xcom_pull(task_ids=task_id, key=key)
+
+    return {"training": pull("finetune"), "gate": pull("quality_gate", "gate"), "requests": pull(BUILD),
+            "model": pull("deploy.create_model"), "endpoint_config": pull("deploy.create_endpoint_config"),
+            "endpoint": pull("deploy.create_or_update_endpoint"), "verify": pull(VERIFY, "result"),
+            "smoke": pull(SMOKE, "result")}
+
+
+@dag(
+    dag_id="transfer_learning_deploy",
+    schedule=[PRETRAINED_MODEL],
+    start_date=datetime.fromisoformat(cfg.airflow.start_date),
+    catchup=False,
+    max_active_runs=1,
+    params=deploy_params(cfg),
+    doc_md=__doc__,
+    tags=["tlpipe", "finetune", "deploy", cfg.profile],
+    default_args={"owner": "tlpipe", "retries": cfg.airflow.retries,
+                  "retry_delay": timedelta(seconds=cfg.airflow.retry_delay_seconds)},
+)
+def transfer_learning_deploy():
+    @task(multiple_outputs=True)
+    def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
+        return steps.prepare_finetune(get_config(), params, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                                      event=decide.event_extra(triggering_asset_events),
+                                      read_latest=lambda: _exporter().read_latest())
+
+    prepared = prepare()
+
+    finetune = FinetuneTrainingOperator(
+        task_id="finetune", config=prepared["training_request"], print_log=True, check_interval=POLL,
+        max_ingestion_time=cfg.sagemaker.training_max_runtime_seconds + 1800, deferrable=DEFERRABLE, **AWS)
+
+    @task
+    def read_metrics(training: dict) -> dict:
+        return steps.training_outcome(training)
+
+    outcome = read_metrics(finetune.output)
+
+    @setup
+    def acquire_endpoint_lock(endpoint: str, dag_run=None) -> str:
+        return steps.endpoint_lock(get_config(), endpoint, _owner(dag_run)).acquire()
+
+    @teardown
+    def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
+        return steps.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
+
+    @task.branch
+    def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
+        try:
+            gate = steps.gate_deployment(_sagemaker(), endpoint=endpoint, metrics=outcome["metrics"],
+                                         threshold=params["quality_threshold"])
+        except decide.MissingMetric as err:
+            raise AirflowFailException(str(err)) from None
+        ti.xcom_push(key="gate", value=gate)
+        return BUILD if gate["deploy"] else "skip_deployment"
+
+    lock = acquire_endpoint_lock(prepared["endpoint"])
+    gate = quality_gate(outcome, prepared["endpoint"])
+    skip = EmptyOperator(task_id="skip_deployment")
+
+    with TaskGroup("deploy"):
+        @task(multiple_outputs=True)
+        def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
+            return steps.deploy_requests(get_config(), params, prepared=prepared, outcome=outcome,
+                                         gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
+                                         dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+
+        requests = build_requests(prepared, outcome)
+        model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
+        endpoint_config = DeployEndpointConfigOperator(task_id="create_endpoint_config",
+                                                       config=requests["endpoint_config"], **AWS)
+        endpoint = DeployEndpointOperator(
+            task_id="create_or_update_endpoint", config=requests["endpoint"], operation="create",
+            check_interval=POLL, max_ingestion_time=steps.ENDPOINT_WAIT_SECONDS, deferrable=DEFERRABLE, **AWS)
+
+        @task(retries=0)
+        def verify_endpoint(request: dict, ti=None) -> dict:
+            result = steps.verify_endpoint(_sagemaker(), request["EndpointName"], request["EndpointConfigName"])
+            ti.xcom_push(key="result", value=result)
+            if not result["ok"]:
+                raise AirflowFailException(result["reason"])
+            return result
+
+        @task(retries=0)
+        def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
+            conn = get_config().s3.aws_conn_id
+            report = steps.smoke_test_endpoint(
+                get_config(), steps.runtime_client(conn), steps.s3_client(conn), endpoint=request["EndpointName"],
+                validation_uri=prepared["inputs"]["domain_validation_uri"],
+                training_accuracy=outcome["metrics"][decide.PRIMARY_METRIC])
+            ti.xcom_push(key="result", value=report)
+            if not report["passed"]:
+                raise AirflowFailException(report["reason"])
+            return report
+
+        verified = verify_endpoint(requests["endpoint"])
+        smoked = smoke_test(requests["endpoint"], outcome, prepared)
+        model >> endpoint_config >> endpoint >> verified >> smoked
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
+        summary = steps.record_run(_exporter(), _results(ti), prepared=prepared, outcome=outcome,
+                                   dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        ti.xcom_push(key="summary", value=summary)
+        return summary
+
+    @task
+    def apply_retention(prepared: dict, ti=None) -> dict:
+        gate = ti.xcom_pull(task_ids="quality_gate", key="gate") or {}
+        return steps.apply_retention(
+            _sagemaker(), endpoint=prepared["endpoint"], prefix=get_config().sagemaker.resource_prefix,
+            keep_last=get_config().sagemaker.keep_last,
+            protected_configs=[(gate.get("endpoint_plan") or {}).get("previous_config"),
+                               prepared["names"]["endpoint_config"]])
+
+    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+    def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
+        if ti.xcom_pull(task_ids=BUILD) is None:
+            raise AirflowSkipException("nothing was deployed: no rollback needed")
+        states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
+        summary, message = steps.rollback_run(_sagemaker(), _exporter(), _results(ti), prepared=prepared, outcome=outcome,
+                                              states=states.get(dag_run.run_id, {}), dag_id=dag_run.dag_id,
+                                              run_id=dag_run.run_id, poll=POLL)
+        ti.xcom_push(key="summary", value=summary)
+        raise AirflowFailException(message)
+
+    lineage = record_lineage(prepared, outcome)
+    retention = apply_retention(prepared)
+    undo = rollback(prepared, outcome)
+    unlock = release_endpoint_lock(prepared["endpoint"])
+
+    outcome >> lock >> gate >> [requests, skip]
+    [smoked, skip] >> lineage >> retention
+    [endpoint, verified, smoked] >> undo
+    [retention, undo] >> unlock
+    lock >> unlock
+
+
+transfer_learning_deploy()
