@@ -21,6 +21,7 @@ def test_local_profile_is_the_two_core_demo():
     assert cfg.checkpoints.conn_id is None
     assert cfg.airflow.curate_runner == "local"
     assert cfg.s3.create_bucket is True
+    assert cfg.airflow.schedule is None            # the demo triggers its runs
 
 
 def test_production_profile_follows_the_reference_design():
@@ -32,6 +33,7 @@ def test_production_profile_follows_the_reference_design():
     assert cfg.checkpoints.root.startswith("s3://") and cfg.checkpoints.conn_id == "checkpoint_store"
     assert cfg.airflow.curate_runner == "pod"
     assert cfg.s3.create_bucket is False
+    assert cfg.airflow.schedule == "@weekly"
     # Untouched sections keep the shared defaults.
     assert cfg.kubernetes == load_config(environ={}).kubernetes
 
