@@ -61,7 +61,9 @@ def make_job(root: Path, world: dict, hyperparameters: dict | None = None, chann
     data = root / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name in channels:
-        src = pretrained if (name == "pretrained" and pretrained is not None) else world[name]
+        # The tiny world has no third split: the test channel repeats the validation images (plumbing only).
+        src = pretrained if (name == "pretrained" and pretrained is not None) else world[
+            "validation" if name == "test" else name]
         dest = data / name
         if Path(src).is_dir():
             shutil.copytree(src, dest, symlinks=False)
@@ -88,10 +90,11 @@ def world(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def finetuned(world, tmp_path_factory) -> dict:
-    """One real fine-tuning job (CLI, compare_scratch=true): its root, model dir, output and log."""
+    """One real fine-tuning job (CLI, compare_scratch=true, a test channel): its root, model dir, output and log."""
     if "finetuned" not in _cache:
         root = make_job(tmp_path_factory.mktemp("finetune-job"), world,
-                        {"compare_scratch": '"true"', "sagemaker_program": "ignored"})
+                        {"compare_scratch": '"true"', "sagemaker_program": "ignored"},
+                        channels=("pretrained", "train", "validation", "test"))
         proc = run_finetune_cli(root)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         _cache["finetuned"] = {"root": root, "model_dir": root / "model", "output": root / "output",

@@ -64,6 +64,21 @@ def test_docstring_documents_every_hyperparameter_and_regex():
         assert f'{d["Name"]}' in doc and json.dumps(d["Regex"]) in doc, d
 
 
+def test_docstring_defaults_match_the_code():
+    for name, field in finetune.Hyperparameters.model_fields.items():
+        line = re.search(rf"^  {name} .*$", finetune.__doc__, re.M).group(0)
+        documented = re.search(r"\(([^()]*)\)\s*$", line).group(1)
+        default = field.default
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            assert documented == str(default).lower(), name
+        elif isinstance(default, (int, float)):
+            assert float(documented) == default, name
+        else:
+            assert documented == str(default), name
+
+
 def test_metric_regexes_read_only_their_own_keys():
     line = ("[finetune] final: val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.010000 "
             "scratch_val_accuracy=0.550000 transfer_gain=-0.362500")
@@ -132,8 +147,11 @@ def test_job_writes_servable_artifact_and_metrics(finetuned, world):
     assert [e["phase"] for e in t["history"]] == ["head"] * 4 + ["finetune"] * 2
     assert t["bn_recalibration_batches"] >= 1 and t["unfrozen_layers"] > 0
     assert len(report["runs"]["scratch"]["history"]) == 6  # the same epoch budget
-    assert report["metrics"]["transfer:gain"] == pytest.approx(
-        report["metrics"]["validation:accuracy"] - report["metrics"]["scratch:validation:accuracy"])
+    m = report["metrics"]
+    assert m["transfer:gain"] == pytest.approx(m["validation:accuracy"] - m["scratch:validation:accuracy"])
+    assert m["transfer:test_gain"] == pytest.approx(m["test:accuracy"] - m["scratch:test:accuracy"])
+    assert report["counts"]["test"] == report["counts"]["validation"]
+    assert t["test_images"] == t["val_images"] == sum(report["counts"]["validation"].values())
 
     # The exported signature takes raw bytes and agrees with the Keras model the job kept.
     import keras
@@ -162,8 +180,9 @@ def test_log_lines_feed_the_metric_definitions(finetuned):
         matches = re.findall(d["Regex"], finetuned["stdout"])
         assert matches, f"no log line for {d['Name']}"
         final[d["Name"]] = float(matches[-1])
-    for name in ("validation:accuracy", "validation:loss", "scratch:validation:accuracy", "transfer:gain"):
-        assert final[name] == pytest.approx(report["metrics"][name], abs=1e-6), name
+    assert set(final) == set(report["metrics"])
+    for name, value in report["metrics"].items():
+        assert final[name] == pytest.approx(value, abs=1e-6), name
     assert len(re.findall(r"transfer head epoch \d+/6", finetuned["stdout"])) == 4
 
 

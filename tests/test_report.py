@@ -15,9 +15,9 @@ def _run(size: int, seed: int, transfer: float, scratch: float) -> dict:
     history = [{"epoch": e, "phase": "head" if e < 3 else "finetune", "train_accuracy": 0.5, "val_accuracy": transfer}
                for e in (1, 2, 3)]
     scratch_history = [{"epoch": e, "phase": "all", "train_accuracy": 0.5, "val_accuracy": scratch} for e in (1, 2, 3)]
-    return {"images_per_class": size, "seed": seed, "val_images": 40,
-            "transfer": {"val_accuracy": transfer, "history": history},
-            "scratch": {"val_accuracy": scratch, "history": scratch_history}, "gain": transfer - scratch}
+    return {"images_per_class": size, "seed": seed, "test_images": 40,
+            "transfer": {"accuracy": transfer, "history": history},
+            "scratch": {"accuracy": scratch, "history": scratch_history}, "gain": transfer - scratch}
 
 
 def test_summary_and_verdict(tmp_path):
@@ -25,7 +25,7 @@ def test_summary_and_verdict(tmp_path):
     rows = report.aggregate(results)
     assert [r["images_per_class"] for r in rows] == [5, 20]
     assert rows[0]["transfer"]["mean"] == pytest.approx(0.85) and rows[0]["gain"]["mean"] == pytest.approx(0.4)
-    context = {"classes": ["a", "b"], "val_images": 40, "seeds": [0, 1], "pretrained": "p"}
+    context = {"classes": ["a", "b"], "test_images": 40, "seeds": [0, 1], "pretrained": "p"}
     verdict = report.write_report(tmp_path, results, context, min_gain=0.15, gain_at=20)
     assert verdict["gain"] == pytest.approx(0.11) and verdict["passed"] is False
     md = (tmp_path / "report.md").read_text()
@@ -47,10 +47,19 @@ def test_report_runs_real_jobs(world, tmp_path):
     doc = json.loads((out / "results.json").read_text())
     assert [r["images_per_class"] for r in doc["summary"]] == [2, 4]
     assert doc["verdict"]["gain_at"] == 4 and doc["verdict"]["passed"] is True
+    n_pool = sum(1 for p in world["train"].rglob("*") if p.is_file())
+    n_test = sum(1 for p in world["validation"].rglob("*") if p.is_file())
     for run in doc["runs"]:
+        job = out / "runs" / f"n{run['images_per_class']:03d}-seed0"
         assert run["train_images"] == run["images_per_class"] * len(world["classes"])
+        # Selection on the rest of the pool, scores on the held-out list: disjoint from training and each other.
+        assert run["val_images"] == n_pool - run["train_images"] and run["test_images"] == n_test
+        train_files = {p.resolve() for p in (job / "input" / "data" / "train").rglob("*") if p.is_file()}
+        val_files = {p.resolve() for p in (job / "input" / "data" / "validation").rglob("*") if p.is_file()}
+        assert train_files and val_files and not train_files & val_files
         assert len(run["transfer"]["history"]) == 3 and len(run["scratch"]["history"]) == 3
-        assert (out / "runs" / f"n{run['images_per_class']:03d}-seed0" / "model" / "1" / "saved_model.pb").is_file()
-        assert run["gain"] == pytest.approx(run["transfer"]["val_accuracy"] - run["scratch"]["val_accuracy"])
+        assert (job / "model" / "1" / "saved_model.pb").is_file()
+        assert run["gain"] == pytest.approx(run["transfer"]["accuracy"] - run["scratch"]["accuracy"])
+        assert run["transfer"]["accuracy"] == run["transfer"]["test_accuracy"]
     assert (out / "accuracy.png").read_bytes().startswith(PNG)
     assert "Quality bar" in (out / "report.md").read_text()

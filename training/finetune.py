@@ -11,7 +11,8 @@ Inputs follow the training-container contract (see ``training.sagemaker``): hype
   pretrained   the pretraining ``best/`` directory (model.keras + meta.json), or a tar.gz of it
                (optional with ``init=scratch``)
   train        the domain training images, one folder per class (ImageFolder); the classes are its folders
-  validation   the domain validation images, same layout
+  validation   the domain validation images, same layout: early stopping and the best epoch are chosen on it
+  test         optional, same layout: images that no choice is made on; reported as test:* metrics
 
 Transfer recipe: the pretrained network up to its ``features`` layer, with a new softmax head for the domain
 classes. BatchNorm statistics are first re-estimated on the domain training images (the pretrained moving
@@ -65,7 +66,7 @@ SageMaker ``MetricDefinitions`` that read them, so the deploy DAG and the local 
 
   [finetune] transfer head epoch 3/50: train_loss=0.412345 train_accuracy=0.881250 val_loss=0.398765 val_accuracy=0.887500
   [finetune] scratch baseline epoch 3/50: scratch_train_loss=1.3 scratch_train_accuracy=0.4 scratch_val_loss=1.2 scratch_val_accuracy=0.45
-  [finetune] final: val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.01 scratch_val_accuracy=0.55 transfer_gain=0.3625
+  [finetune] final: train_loss=0.2 train_accuracy=0.95 val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.01 scratch_val_accuracy=0.55 transfer_gain=0.3625
 
   train:loss                  " train_loss=([0-9.]+)"
   train:accuracy              " train_accuracy=([0-9.]+)"
@@ -74,9 +75,15 @@ SageMaker ``MetricDefinitions`` that read them, so the deploy DAG and the local 
   scratch:validation:loss     " scratch_val_loss=([0-9.]+)"
   scratch:validation:accuracy " scratch_val_accuracy=([0-9.]+)"
   transfer:gain               " transfer_gain=(-?[0-9.]+)"
+  test:loss                   " test_loss=([0-9.]+)"              (with a test channel; final line only)
+  test:accuracy               " test_accuracy=([0-9.]+)"
+  scratch:test:loss           " scratch_test_loss=([0-9.]+)"
+  scratch:test:accuracy       " scratch_test_accuracy=([0-9.]+)"
+  transfer:test_gain          " transfer_test_gain=(-?[0-9.]+)"
 
-The final line comes last, so a metric's final value (``FinalMetricDataList``) is the kept model's.
-``validation:*`` always describe the model in SM_MODEL_DIR (transfer, or scratch with ``init=scratch``).
+The final line comes last, so a metric's final value (``FinalMetricDataList``) is the kept model's: the best
+epoch's weights evaluated again. ``validation:*`` and ``test:*`` always describe the model in SM_MODEL_DIR
+(transfer, or scratch with ``init=scratch``); ``scratch:*`` the baseline of ``compare_scratch``.
 """
 from __future__ import annotations
 
@@ -109,6 +116,11 @@ METRIC_DEFINITIONS = [
     {"Name": "scratch:validation:loss", "Regex": " scratch_val_loss=([0-9.]+)"},
     {"Name": "scratch:validation:accuracy", "Regex": " scratch_val_accuracy=([0-9.]+)"},
     {"Name": "transfer:gain", "Regex": " transfer_gain=(-?[0-9.]+)"},
+    {"Name": "test:loss", "Regex": " test_loss=([0-9.]+)"},
+    {"Name": "test:accuracy", "Regex": " test_accuracy=([0-9.]+)"},
+    {"Name": "scratch:test:loss", "Regex": " scratch_test_loss=([0-9.]+)"},
+    {"Name": "scratch:test:accuracy", "Regex": " scratch_test_accuracy=([0-9.]+)"},
+    {"Name": "transfer:test_gain", "Regex": " transfer_test_gain=(-?[0-9.]+)"},
 ]
 # The metric the deploy DAG's quality gate reads from FinalMetricDataList.
 PRIMARY_METRIC = "validation:accuracy"
@@ -267,6 +279,7 @@ class DomainData:
     class_names: list[str]
     train: object  # training.data.Split
     val: object
+    test: object = None
     counts: dict = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -282,56 +295,77 @@ def _valid_files(split, check_image) -> tuple[list[str], list[int], list[str]]:
     return paths, labels, skipped
 
 
+def per_class_subset(paths: list[str], labels: list[int], class_names: list[str], n: int, seed: int):
+    """At most ``n`` items per class: ``(kept paths, kept labels, rest paths, rest labels)``.
+
+    Each class is shuffled by a seed of its own, then cut: smaller subsets are contained in larger ones.
+    """
+    keep_p, keep_l, rest_p, rest_l = [], [], [], []
+    for i, c in enumerate(class_names):
+        mine = sorted(p for p, y in zip(paths, labels) if y == i)
+        random.Random(f"{seed}:{c}").shuffle(mine)
+        keep_p += sorted(mine[:n])
+        keep_l += [i] * len(mine[:n])
+        rest_p += sorted(mine[n:])
+        rest_l += [i] * len(mine[n:])
+    return keep_p, keep_l, rest_p, rest_l
+
+
 def load_domain(env: TrainingEnv, hp: Hyperparameters) -> DomainData:
     from training.data import Split, image_folder_split
     from training.imageio import check_image
 
     dirs = {}
-    for name in ("train", "validation"):
+    for name in ("train", "validation", "test"):
         d = env.channel(name)
         if not d.is_dir():
+            if name == "test":  # optional: a held-out set that model selection never sees
+                continue
             raise FinetuneError(f"missing channel '{name}': {d} does not exist")
         dirs[name] = d
     classes = sorted(p.name for p in dirs["train"].iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise FinetuneError(f"train channel {dirs['train']} needs at least 2 class folders, found {len(classes)}")
-    val_classes = sorted(p.name for p in dirs["validation"].iterdir() if p.is_dir() and not p.name.startswith("."))
-    unknown = sorted(set(val_classes) - set(classes))
-    if unknown:
-        raise FinetuneError(f"validation channel has classes the train channel lacks: {', '.join(unknown)}")
 
     data = DomainData(classes, None, None)
     splits = {}
     for name, d in dirs.items():
+        present = sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            raise FinetuneError(f"{name} channel has classes the train channel lacks: {', '.join(unknown)}")
         paths, labels, skipped = _valid_files(image_folder_split(d, classes), check_image)
         data.skipped += skipped
         per_class = [labels.count(i) for i in range(len(classes))]
-        empty = [c for c, n in zip(classes, per_class) if n == 0 and (name == "train" or c in val_classes)]
+        empty = [c for c, n in zip(classes, per_class) if n == 0 and (name == "train" or c in present)]
         if empty:
             raise FinetuneError(f"empty class in the {name} channel (no valid images): {', '.join(empty)}")
+        if not paths:
+            raise FinetuneError(f"the {name} channel {d} holds no images")
         splits[name] = (paths, labels)
     tpaths, tlabels = splits["train"]
     if hp.images_per_class:
-        keep_p, keep_l = [], []
-        for i, c in enumerate(classes):
-            mine = [p for p, y in zip(tpaths, tlabels) if y == i]
-            # Shuffled by a per-class seed, then a prefix: smaller subsets are contained in larger ones.
-            random.Random(f"{hp.seed}:{c}").shuffle(mine)
-            keep_p += sorted(mine[: hp.images_per_class])
-            keep_l += [i] * len(mine[: hp.images_per_class])
-        tpaths, tlabels = keep_p, keep_l
+        tpaths, tlabels, _, _ = per_class_subset(tpaths, tlabels, classes, hp.images_per_class, hp.seed)
     data.train = Split(tpaths, tlabels, classes)
     data.val = Split(*splits["validation"], classes)
-    data.counts = {
-        "train": {c: data.train.labels.count(i) for i, c in enumerate(classes)},
-        "validation": {c: data.val.labels.count(i) for i, c in enumerate(classes)},
-        "skipped_files": len(data.skipped),
-    }
+    data.test = Split(*splits["test"], classes) if "test" in splits else None
+    data.counts = {name: {c: split.labels.count(i) for i, c in enumerate(classes)}
+                   for name, split in (("train", data.train), ("validation", data.val), ("test", data.test)) if split}
+    data.counts["skipped_files"] = len(data.skipped)
     return data
 
 
 # -- training -----------------------------------------------------------------------------------------------
-def _datasets(data: DomainData, image_size, hp: Hyperparameters, seed: int):
+@dataclass
+class Datasets:
+    train: object  # augmented (image, one-hot) batches, repeating
+    val: object  # one pass, (image, one-hot)
+    plain: object  # the training images without augmentation, one pass: BatchNorm re-estimation
+    steps: int  # training steps per epoch: one pass over the training images
+    test: object = None
+
+
+def _datasets(data: DomainData, image_size, hp: Hyperparameters, seed: int) -> Datasets:
     import tensorflow as tf
 
     from training.data import make_dataset
@@ -349,7 +383,8 @@ def _datasets(data: DomainData, image_size, hp: Hyperparameters, seed: int):
                  .shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().batch(hp.batch_size).map(xy))
     val = make_dataset(data.val, image_size, hp.batch_size, training=False, cache=True).map(xy)
     plain = make_dataset(data.train, image_size, hp.batch_size, training=False, cache=True)
-    return train.prefetch(2), val, plain, max(1, math.ceil(n / hp.batch_size))
+    test = make_dataset(data.test, image_size, hp.batch_size, training=False).map(xy) if data.test else None
+    return Datasets(train.prefetch(2), val, plain, max(1, math.ceil(n / hp.batch_size)), test)
 
 
 def recalibrate_batchnorm(model, dataset, max_batches: int) -> int:
@@ -443,9 +478,8 @@ def _compile(model, learning_rate: float, hp: Hyperparameters) -> None:
 def _fit(model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: Hyperparameters, ds) -> None:
     if epochs <= 0:
         return
-    train, val, _plain, steps = ds
     _compile(model, lr, hp)
-    model.fit(train, steps_per_epoch=steps, epochs=epochs, validation_data=val,
+    model.fit(ds.train, steps_per_epoch=ds.steps, epochs=epochs, validation_data=ds.val,
               callbacks=[tracker.callback(model, phase)], verbose=0)
     model.set_weights(tracker.best_weights)  # the next phase starts from, and the run ends with, the best epoch
 
@@ -485,7 +519,7 @@ def train_transfer(pre: Pretrained, data: DomainData, hp: Hyperparameters, ds, r
     model = transfer_model(pre, len(data.class_names), hp)
     base_layers = {id(l) for l in pre.model.layers}
     head = {l.name for l in model.layers if id(l) not in base_layers}
-    bn_batches = recalibrate_batchnorm(model, ds[2], hp.bn_recalibration_batches)
+    bn_batches = recalibrate_batchnorm(model, ds.plain, hp.bn_recalibration_batches)
     if bn_batches:
         log(f"transfer: BatchNorm statistics re-estimated on {bn_batches} batch(es) of domain training images")
     for layer in model.layers:
@@ -523,14 +557,14 @@ def train_scratch(template, data: DomainData, hp: Hyperparameters, image_size, d
     return {"model": model, "tracker": tracker, "image_size": image_size, "seconds": time.perf_counter() - t0}
 
 
-def evaluate(model, val_ds, class_names: list[str]) -> dict:
-    """Loss, accuracy, per-class accuracy and confusion matrix of ``model`` on the validation set."""
+def evaluate(model, dataset, class_names: list[str]) -> dict:
+    """Loss, accuracy, per-class accuracy and confusion matrix of ``model`` on a one-pass dataset."""
     import numpy as np
 
     k = len(class_names)
     confusion = np.zeros((k, k), dtype=np.int64)
     loss_sum, n = 0.0, 0
-    for images, onehot in val_ds:
+    for images, onehot in dataset:
         probs = np.asarray(model(images, training=False), dtype=np.float64)
         y = np.argmax(onehot.numpy(), axis=-1)
         loss_sum += float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0)).sum())
@@ -538,8 +572,8 @@ def evaluate(model, val_ds, class_names: list[str]) -> dict:
         n += len(y)
     per_class = {c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
                  for i, c in enumerate(class_names)}
-    return {"val_loss": loss_sum / max(n, 1), "val_accuracy": float(np.trace(confusion) / max(n, 1)),
-            "val_images": n, "per_class_accuracy": per_class, "confusion": confusion.tolist()}
+    return {"loss": loss_sum / max(n, 1), "accuracy": float(np.trace(confusion) / max(n, 1)), "images": n,
+            "per_class_accuracy": per_class, "confusion": confusion.tolist()}
 
 
 # -- artifact -----------------------------------------------------------------------------------------------
@@ -608,6 +642,30 @@ def write_artifact(model_dir: Path, model, class_names: list[str], image_size, m
 
 
 # -- the job ------------------------------------------------------------------------------------------------
+def final_metrics(results: dict, primary_name: str, compared: bool) -> tuple[dict, list[str]]:
+    """The job's metrics (names as in METRIC_DEFINITIONS) and the ``key=value`` pairs of the final log line."""
+    primary = results[primary_name]
+    metrics, final = {}, []
+    if primary["train_loss"] is not None:  # the kept (best) epoch's, not the last one's
+        metrics.update({"train:loss": primary["train_loss"], "train:accuracy": primary["train_accuracy"]})
+        final += [f"train_loss={_num(primary['train_loss'])}", f"train_accuracy={_num(primary['train_accuracy'])}"]
+    splits = [("val", "validation")] + ([("test", "test")] if "test_accuracy" in primary else [])
+    for split, metric in splits:
+        metrics.update({f"{metric}:accuracy": primary[f"{split}_accuracy"], f"{metric}:loss": primary[f"{split}_loss"]})
+        final += [f"{split}_loss={_num(primary[f'{split}_loss'])}", f"{split}_accuracy={_num(primary[f'{split}_accuracy'])}"]
+    if compared:
+        s = results["scratch"]
+        for split, metric in splits:
+            gain = primary[f"{split}_accuracy"] - s[f"{split}_accuracy"]
+            gain_key = "transfer:gain" if split == "val" else "transfer:test_gain"
+            metrics.update({f"scratch:{metric}:accuracy": s[f"{split}_accuracy"],
+                            f"scratch:{metric}:loss": s[f"{split}_loss"], gain_key: gain})
+            final += [f"scratch_{split}_loss={_num(s[f'{split}_loss'])}",
+                      f"scratch_{split}_accuracy={_num(s[f'{split}_accuracy'])}",
+                      f"transfer_{'gain' if split == 'val' else 'test_gain'}={_num(gain)}"]
+    return metrics, final
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -664,27 +722,22 @@ def run(env: TrainingEnv, overrides: dict[str, str]) -> dict:
 
         results = {}
         for name, r in runs.items():
-            ev = evaluate(r["model"], ds[1], data.class_names)
             tr = r["tracker"]
-            results[name] = {"val_accuracy": ev["val_accuracy"], "val_loss": ev["val_loss"], "val_images": ev["val_images"],
-                             "per_class_accuracy": ev["per_class_accuracy"], "confusion": ev["confusion"],
-                             "best_epoch": tr.best and tr.best["epoch"], "epochs_run": tr.epochs_done,
+            results[name] = {"best_epoch": tr.best and tr.best["epoch"], "epochs_run": tr.epochs_done,
                              "train_loss": tr.best and tr.best["train_loss"],
                              "train_accuracy": tr.best and tr.best["train_accuracy"],
                              "seconds": round(r["seconds"], 2), "history": tr.history,
                              **{k2: r[k2] for k2 in ("bn_recalibration_batches", "unfrozen_layers") if k2 in r}}
+            for split, dataset in (("val", ds.val), ("test", ds.test)):
+                if dataset is not None:
+                    ev = evaluate(r["model"], dataset, data.class_names)
+                    prefix = "" if split == "val" else "test_"
+                    results[name].update({f"{split}_accuracy": ev["accuracy"], f"{split}_loss": ev["loss"],
+                                          f"{split}_images": ev["images"],
+                                          f"{prefix}per_class_accuracy": ev["per_class_accuracy"],
+                                          f"{prefix}confusion": ev["confusion"]})
+        metrics, final = final_metrics(results, primary_name, hp.init == "pretrained" and "scratch" in results)
         primary = results[primary_name]
-        metrics = {"validation:accuracy": primary["val_accuracy"], "validation:loss": primary["val_loss"]}
-        if primary["train_loss"] is not None:
-            metrics.update({"train:loss": primary["train_loss"], "train:accuracy": primary["train_accuracy"]})
-        final = [f"val_loss={_num(primary['val_loss'])}", f"val_accuracy={_num(primary['val_accuracy'])}"]
-        if hp.init == "pretrained" and "scratch" in results:
-            s = results["scratch"]
-            gain = primary["val_accuracy"] - s["val_accuracy"]
-            metrics.update({"scratch:validation:accuracy": s["val_accuracy"], "scratch:validation:loss": s["val_loss"],
-                            "transfer:gain": gain})
-            final += [f"scratch_val_loss={_num(s['val_loss'])}", f"scratch_val_accuracy={_num(s['val_accuracy'])}",
-                      f"transfer_gain={_num(gain)}"]
 
         model = runs[primary_name]["model"]
         meta = {

@@ -4,13 +4,20 @@
     python -m training.report --out report/ --manifest M --pretrained C/best [--data-root R]
     python -m training.report --out report/ --sizes 5,20,50 --seeds 3 --hp epochs_head=20
 
-For every training-set size (images per class) and seed it runs one real fine-tuning job
-(``training.finetune`` with ``compare_scratch=true`` and ``images_per_class=N``) in a SageMaker-layout
-directory under ``OUT/runs/``, on the manifest's domain classes (``domain_train`` for training, all of
-``domain_val`` for validation). Then it writes, in ``OUT``:
+For every training-set size N (images per class) and seed it runs one real fine-tuning job
+(``training.finetune`` with ``compare_scratch=true``) in a SageMaker-layout directory under ``OUT/runs/``,
+on the manifest's domain classes:
 
-  report.md / report.html   the summary: accuracy table (mean and per seed), gain, quality bar verdict
-  accuracy.png              validation accuracy against images per class, transfer vs scratch
+  train        N images per class drawn from ``domain_train`` (by the seed; smaller sets inside larger ones)
+  validation   the rest of ``domain_train``: early stopping and the best epoch are chosen on it
+  test         all of ``domain_val``, the same for every job; no choice is made on it, and every accuracy
+               in the report is measured on it (choosing the best epoch on the images that are then
+               reported flatters whichever model has the noisier learning curve, i.e. the scratch one)
+
+Then it writes, in ``OUT``:
+
+  report.md / report.html   the summary: test accuracy table (mean and per seed), gain, quality bar verdict
+  accuracy.png              test accuracy against images per class, transfer vs scratch
   learning_curves.png       validation accuracy per epoch of every run (first seed)
   results.json              every figure behind the above
 
@@ -85,22 +92,44 @@ def domain_channels(manifest_path: Path, out: Path, data_root: str | None = None
     return channels
 
 
-def job_root(runs_dir: Path, name: str, channels: dict[str, Path], hyperparameters: dict[str, str]) -> Path:
+def _link_tree(dest: Path, paths: list[str], labels: list[int], class_names: list[str]) -> None:
+    for path, label in zip(paths, labels):
+        link = dest / class_names[label] / Path(path).name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(path).resolve())
+
+
+def job_root(runs_dir: Path, name: str, pool: Path, test: Path, pretrained: Path, size: int, seed: int,
+             hyperparameters: dict[str, str]) -> Path:
+    """A SageMaker job directory: ``size`` training images per class drawn (by ``seed``) from ``pool``, the
+    pool's other images as the validation channel (early stopping, best epoch) and ``test`` as the test
+    channel, which no choice is made on: the report's figures come from it."""
+    from training.data import image_folder_split
+    from training.finetune import per_class_subset
+
     root = runs_dir / name
     shutil.rmtree(root, ignore_errors=True)
     data = root / "input" / "data"
     data.mkdir(parents=True)
-    for channel, target in channels.items():
-        (data / channel).symlink_to(Path(target).resolve(), target_is_directory=True)
+    split = image_folder_split(pool)
+    keep_p, keep_l, rest_p, rest_l = per_class_subset(split.paths, split.labels, split.class_names, size, seed)
+    _link_tree(data / "train", keep_p, keep_l, split.class_names)
+    if rest_p:
+        _link_tree(data / "validation", rest_p, rest_l, split.class_names)
+    else:  # every pool image is used for training: select on the test images (noted in the results)
+        (data / "validation").symlink_to(Path(test).resolve(), target_is_directory=True)
+    (data / "test").symlink_to(Path(test).resolve(), target_is_directory=True)
+    (data / "pretrained").symlink_to(Path(pretrained).resolve(), target_is_directory=True)
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}, indent=1))
-    (config / "inputdataconfig.json").write_text(json.dumps({c: {"TrainingInputMode": "File"} for c in channels}))
+    (config / "inputdataconfig.json").write_text(json.dumps(
+        {c: {"TrainingInputMode": "File"} for c in ("train", "validation", "test", "pretrained")}))
     return root
 
 
 # -- runs ---------------------------------------------------------------------------------------------------
-def run_jobs(channels: dict[str, Path], runs_dir: Path, sizes: list[int], seeds: list[int],
+def run_jobs(pool: Path, test: Path, pretrained: Path, runs_dir: Path, sizes: list[int], seeds: list[int],
              extra: dict[str, str]) -> list[dict]:
     import keras
 
@@ -111,8 +140,8 @@ def run_jobs(channels: dict[str, Path], runs_dir: Path, sizes: list[int], seeds:
     for size in sizes:
         for seed in seeds:
             name = f"n{size:03d}-seed{seed}"
-            hp = {"compare_scratch": "true", "images_per_class": str(size), "seed": str(seed), **extra}
-            root = job_root(runs_dir, name, channels, hp)
+            hp = {"compare_scratch": "true", "seed": str(seed), **extra}
+            root = job_root(runs_dir, name, pool, test, pretrained, size, seed, hp)
             log(f"fine-tuning job {name}: {hp}")
             t0 = time.perf_counter()
             keras.backend.clear_session()
@@ -121,20 +150,22 @@ def run_jobs(channels: dict[str, Path], runs_dir: Path, sizes: list[int], seeds:
             results.append({
                 "images_per_class": size, "seed": seed, "job": str(root),
                 "train_images": sum(report["counts"]["train"].values()),
-                "val_images": t["transfer"]["val_images"],
+                "val_images": t["transfer"]["val_images"], "test_images": t["transfer"]["test_images"],
+                "selected_on_test": (root / "input" / "data" / "validation").is_symlink(),
                 "transfer": _summary(t["transfer"]), "scratch": _summary(t["scratch"]),
-                "gain": t["transfer"]["val_accuracy"] - t["scratch"]["val_accuracy"],
+                "gain": t["transfer"]["test_accuracy"] - t["scratch"]["test_accuracy"],
                 "seconds": round(time.perf_counter() - t0, 1),
             })
             r = results[-1]
-            log(f"{name}: transfer {r['transfer']['val_accuracy']:.3f}  scratch {r['scratch']['val_accuracy']:.3f}  "
-                f"gain {r['gain']:+.3f}  ({r['seconds']:.0f}s)")
+            log(f"{name}: test accuracy transfer {r['transfer']['accuracy']:.3f}  scratch "
+                f"{r['scratch']['accuracy']:.3f}  gain {r['gain']:+.3f}  ({r['seconds']:.0f}s)")
     return results
 
 
 def _summary(run: dict) -> dict:
-    return {k: run[k] for k in ("val_accuracy", "val_loss", "best_epoch", "epochs_run", "seconds", "history",
-                                "per_class_accuracy")}
+    return {"accuracy": run["test_accuracy"],
+            **{k: run[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch",
+                                   "epochs_run", "seconds", "history", "test_per_class_accuracy")}}
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -143,7 +174,7 @@ def aggregate(results: list[dict]) -> list[dict]:
         rs = [r for r in results if r["images_per_class"] == size]
         row = {"images_per_class": size, "seeds": len(rs)}
         for kind in ("transfer", "scratch"):
-            accs = [r[kind]["val_accuracy"] for r in rs]
+            accs = [r[kind]["accuracy"] for r in rs]
             row[kind] = {"mean": statistics.fmean(accs), "min": min(accs), "max": max(accs), "all": accs}
         gains = [r["gain"] for r in rs]
         row["gain"] = {"mean": statistics.fmean(gains), "min": min(gains), "max": max(gains), "all": gains}
@@ -170,7 +201,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels([str(v) for v in x])
     ax.set_xlabel("training images per class")
-    ax.set_ylabel("validation accuracy")
+    ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -213,12 +244,15 @@ def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
     lines = [
         "# Transfer learning vs training from scratch",
         "",
-        f"Domain classes: {', '.join(context['classes'])}; validation images: {context['val_images']}; "
-        f"seeds: {', '.join(str(s) for s in context['seeds'])}. Pretrained model: `{context['pretrained']}`.",
-        "Each cell is one fine-tuning job (`training.finetune`, `compare_scratch=true`); the scratch baseline trains "
-        "the same architecture from random weights for the same number of epochs.",
+        f"Domain classes: {', '.join(context['classes'])}; test images: {context['test_images']}; "
+        f"seeds: {', '.join(str(s) for s in context['seeds'])}. Pretrained model: `{context['pretrained']}`"
+        + (f" (epoch {context['pretrained_epoch']}, validation accuracy {context['pretrained_val_accuracy']:.3f} on "
+           "the general classes)" if context.get("pretrained_val_accuracy") is not None else "") + ".",
+        "Each job (`training.finetune`, `compare_scratch=true`) trains on N images per class, chooses its epochs on "
+        "the other domain training images, and is scored on the held-out domain validation list (test accuracy). "
+        "The scratch baseline trains the same architecture from random weights for the same number of epochs.",
         "",
-        "| images/class | transfer accuracy | scratch accuracy | gain (points) | per seed (transfer / scratch) |",
+        "| images/class | transfer test accuracy | scratch test accuracy | gain (points) | per seed (transfer / scratch) |",
         "|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -249,9 +283,9 @@ def html_page(md_rows: list[dict], verdict: dict, context: dict) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Transfer vs scratch</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style>
 </head><body><h1>Transfer learning vs training from scratch</h1>
-<p>Domain classes: {html.escape(', '.join(context['classes']))}; validation images: {context['val_images']};
+<p>Domain classes: {html.escape(', '.join(context['classes']))}; test images: {context['test_images']};
 seeds: {len(context['seeds'])}. Pretrained model: <code>{html.escape(context['pretrained'])}</code>.</p>
-<table><tr><th>images/class</th><th>transfer</th><th>scratch</th><th>gain (points)</th></tr>{rows}</table>
+<table><tr><th>images/class</th><th>transfer test accuracy</th><th>scratch test accuracy</th><th>gain (points)</th></tr>{rows}</table>
 <p><b>Quality bar</b> (transfer &ge; scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']} images/class):
 measured {100 * verdict['gain']:+.1f} points: <b>{status}</b>.</p>
 <img src="accuracy.png" alt="accuracy"><br><img src="learning_curves.png" alt="learning curves">
@@ -309,12 +343,14 @@ def main(argv=None) -> int:
     seeds = list(range(args.seeds))
 
     channels = domain_channels(manifest, out / "channels", args.data_root)
-    channels["pretrained"] = pretrained
     t0 = time.perf_counter()
-    results = run_jobs(channels, out / "runs", sizes, seeds, extra)
+    results = run_jobs(channels["train"], channels["validation"], pretrained, out / "runs", sizes, seeds, extra)
     classes = sorted(p.name for p in channels["train"].iterdir() if p.is_dir())
-    context = {"classes": classes, "val_images": results[0]["val_images"], "seeds": seeds,
-               "pretrained": str(pretrained), "manifest": str(manifest), "hyperparameters": extra,
+    meta_path = next((p for p in (pretrained / "meta.json", pretrained / "best" / "meta.json") if p.is_file()), None)
+    meta = json.loads(meta_path.read_text()) if meta_path else {}
+    context = {"classes": classes, "test_images": results[0]["test_images"], "seeds": seeds,
+               "pretrained": str(pretrained), "pretrained_val_accuracy": meta.get("val_accuracy"),
+               "pretrained_epoch": meta.get("epoch"), "manifest": str(manifest), "hyperparameters": extra,
                "seconds": round(time.perf_counter() - t0, 1)}
     verdict = write_report(out, results, context, args.min_gain, args.gain_at)
     for r in aggregate(results):
