@@ -261,7 +261,7 @@ def test_retention_against_sagemaker(moto_server):
                                  protected_configs=["ret-ft-1-config", "ret-ft-4-config"])
     assert sorted(done["endpoint_configs"]["delete"]) == ["ret-ft-2-config"]
     assert sorted(done["models"]["delete"]) == ["ret-ft-2-model"]
-    left = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    left = {c["EndpointConfigName"] for c in sm.list_endpoint_configs(NameContains="ret-ft-")["EndpointConfigs"]}
     assert left == {"ret-ft-0-config", "ret-ft-1-config", "ret-ft-3-config", "ret-ft-4-config", "ret-ft-x-config"}
     assert "ret-ft-x-model" in {m["ModelName"] for m in sm.list_models()["Models"]}
 

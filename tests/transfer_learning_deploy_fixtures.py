@@ -31,9 +31,6 @@ class Moto:
         return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing",
                             aws_secret_access_key="testing")
 
-    def reset(self) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
-
     def queue_predictions(self, labels: list[str]) -> None:
         """The next InvokeEndpoint calls with new bodies answer with these top-1 labels, in order."""
         results = [{"Body": json.dumps({"predictions": [[{"label": label, "probability": 0.9},
@@ -47,6 +44,8 @@ class Moto:
 
 @pytest.fixture(scope="module")
 def moto_server():
+    """moto's server on a free loopback port. Its state is the process's moto state, shared with other
+    servers in the same process: tests use names of their own rather than resetting it."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
