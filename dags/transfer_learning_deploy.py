@@ -100,9 +100,12 @@ def _results(ti) -> dict:
 def transfer_learning_deploy():
     @task(multiple_outputs=True)
     def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
-        return steps.prepare_finetune(get_config(), params, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                      event=decide.event_extra(triggering_asset_events),
-                                      read_latest=lambda: _exporter().read_latest())
+        try:
+            return steps.prepare_finetune(get_config(), params, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
+                                          event=decide.event_extra(triggering_asset_events),
+                                          read_latest=lambda: _exporter().read_latest())
+        except ValueError as err:  # no inputs, or a request that must not be sent: a retry cannot help
+            raise AirflowFailException(str(err)) from None
 
     prepared = prepare()
 
@@ -141,9 +144,12 @@ def transfer_learning_deploy():
     with TaskGroup("deploy"):
         @task(multiple_outputs=True)
         def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
-            return steps.deploy_requests(get_config(), params, prepared=prepared, outcome=outcome,
-                                         gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
-                                         dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+            try:
+                return steps.deploy_requests(get_config(), params, prepared=prepared, outcome=outcome,
+                                             gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
+                                             dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+            except ValueError as err:
+                raise AirflowFailException(str(err)) from None
 
         requests = build_requests(prepared, outcome)
         model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
@@ -198,9 +204,9 @@ def transfer_learning_deploy():
         if ti.xcom_pull(task_ids=BUILD) is None:
             raise AirflowSkipException("nothing was deployed: no rollback needed")
         states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
-        summary, message = steps.rollback_run(_sagemaker(), _exporter(), _results(ti), prepared=prepared, outcome=outcome,
-                                              states=states.get(dag_run.run_id, {}), dag_id=dag_run.dag_id,
-                                              run_id=dag_run.run_id, poll=POLL)
+        summary, message = steps.rollback_run(
+            _sagemaker(), _exporter(), _results(ti), prepared=prepared, outcome=outcome,
+            states=states.get(dag_run.run_id, {}), dag_id=dag_run.dag_id, run_id=dag_run.run_id, poll=POLL)
         ti.xcom_push(key="summary", value=summary)
         raise AirflowFailException(message)
 

@@ -132,7 +132,8 @@ def plan_training_job(names: Sequence[str], statuses: Sequence[str | None]) -> T
     if status == "Completed":
         return TrainingJobPlan("reuse", name, f"training job {name} already Completed: reusing its results")
     if status in ("InProgress", "Stopping"):
-        return TrainingJobPlan("wait", name, f"training job {name} is {status}: waiting for it instead of starting another")
+        return TrainingJobPlan("wait", name,
+                               f"training job {name} is {status}: waiting for it instead of starting another")
     index = list(names).index(name)
     if index + 1 >= len(names):
         raise RuntimeError(f"training job {name} is {status} and all {len(names)} attempt names are used")
@@ -175,7 +176,8 @@ def plan_endpoint(endpoint: str, description: Mapping[str, Any] | None) -> Endpo
         return EndpointPlan("update", endpoint, config, f"endpoint {endpoint} serves {config}: it will be updated "
                                                         f"(rollback target {config})")
     if status in TRANSITIONAL:
-        raise EndpointBusy(f"endpoint {endpoint} is {status}: another change is in progress; try again when it is InService")
+        raise EndpointBusy(f"endpoint {endpoint} is {status}: another change is in progress; "
+                           "try again when it is InService")
     reason = description.get("FailureReason") or "no reason given"
     raise EndpointBusy(f"endpoint {endpoint} is {status} ({reason}): it cannot be updated; delete it, and the next "
                        "run creates it afresh")
@@ -306,7 +308,8 @@ class RetentionPlan:
     delete: list[str] = field(default_factory=list)
 
 
-def plan_retention(resources: Iterable[Resource], keep_last: int, protected: Iterable[str | None] = ()) -> RetentionPlan:
+def plan_retention(resources: Iterable[Resource], keep_last: int,
+                   protected: Iterable[str | None] = ()) -> RetentionPlan:
     """Keep the ``keep_last`` newest and every protected name (live, previous, this run's); delete the rest."""
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1")
@@ -386,6 +389,7 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
     """The few lines an operator wants to see first (XCom ``summary``)."""
     gate = record["metrics"]["gate"]
     smoke = record["metrics"]["smoke_test"]
+    training = record["metrics"]["training"]
     return {
         "status": record["status"],
         "reason": record["reason"],
@@ -395,6 +399,8 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
         "accuracy": gate.get("accuracy"),
         "threshold": gate.get("threshold"),
         "live_accuracy": gate.get("live_accuracy"),
+        "scratch_accuracy": training.get("scratch:validation:accuracy"),
+        "transfer_gain": training.get("transfer:gain"),
         "smoke_accuracy": smoke.get("accuracy"),
         "latency_p95_ms": smoke.get("latency_p95_ms"),
         "lineage_uri": lineage_uri,

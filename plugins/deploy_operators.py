@@ -114,7 +114,9 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
     def _timeout(self):
         import datetime
 
-        return datetime.timedelta(seconds=self.max_ingestion_time) if self.max_ingestion_time else self.execution_timeout
+        if self.max_ingestion_time:
+            return datetime.timedelta(seconds=self.max_ingestion_time)
+        return self.execution_timeout
 
     def _trigger(self, name: str) -> FinetuneJobTrigger:
         return FinetuneJobTrigger(job_name=name, job_type="Training", waiter_delay=self.check_interval,
@@ -163,7 +165,8 @@ class DeployEndpointConfigOperator(SageMakerEndpointConfigOperator):
         have = [(v.get("ModelName"), v.get("InstanceType"), v.get("InitialInstanceCount"))
                 for v in found.get("ProductionVariants") or []]
         if want != have:
-            raise RuntimeError(f"endpoint config {name} exists with other variants {have}; it was not created by this run")
+            raise RuntimeError(f"endpoint config {name} exists with other variants {have}; "
+                               "it was not created by this run")
         self.log.info("endpoint config %s exists with the same variants: reusing it", name)
         return {"EndpointConfig": serialize(found)}
 
@@ -177,8 +180,10 @@ class DeployEndpointOperator(SageMakerEndpointOperator):
         pending = ((found or {}).get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
         if found and found.get("EndpointStatus") == "InService" and found.get("EndpointConfigName") == target:
             self.log.info("endpoint %s already serves %s", name, target)
-            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)), "Endpoint": serialize(found)}
-        if found and found.get("EndpointStatus") in TRANSITIONAL and target in (found.get("EndpointConfigName"), pending):
+            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
+                    "Endpoint": serialize(found)}
+        moving = found is not None and found.get("EndpointStatus") in TRANSITIONAL
+        if moving and target in (found.get("EndpointConfigName"), pending):
             self.log.info("endpoint %s is already %s towards %s: waiting", name, found["EndpointStatus"], target)
             self.hook.get_waiter("endpoint_in_service").wait(
                 EndpointName=name,

@@ -208,7 +208,8 @@ def rollback_endpoint(client, *, endpoint: str, previous_config: str | None, new
     if plan.target_config:
         check = decide.verify_live_config(endpoint, after, plan.target_config)
         if not check.ok:
-            raise RollbackFailed(f"rollback of endpoint {endpoint} did not restore {plan.target_config}: {check.reason}")
+            raise RollbackFailed(f"rollback of endpoint {endpoint} did not restore {plan.target_config}: "
+                                 f"{check.reason}")
     return {**asdict(plan), "final_status": (after or {}).get("EndpointStatus"),
             "final_config": (after or {}).get("EndpointConfigName")}
 
@@ -272,8 +273,8 @@ def write_lineage(exporter, endpoint: str, job: str, record: Mapping[str, Any]) 
 def endpoint_lock(cfg: PipelineConfig, endpoint: str, owner: Mapping[str, Any]):
     from plugins.deploy_lock import EndpointLock
 
-    return EndpointLock(s3_client(cfg.s3.aws_conn_id), cfg.s3.bucket, cfg.s3.key("locks", "endpoints", f"{endpoint}.json"),
-                        owner)
+    key = cfg.s3.key("locks", "endpoints", f"{endpoint}.json")
+    return EndpointLock(s3_client(cfg.s3.aws_conn_id), cfg.s3.bucket, key, owner)
 
 
 def deployment_facts(results: Mapping[str, Any]) -> dict:
@@ -300,7 +301,8 @@ def _record(exporter, status: str, reason: str, results: Mapping[str, Any], *, p
     record = decide.lineage_record(
         status=status, reason=reason, dag_id=dag_id, run_id=run_id, inputs=prepared["inputs"],
         training=(results.get("training") or {}).get("Training") or {}, metrics=outcome["metrics"],
-        gate=gate.get("decision"), deployment=deployment_facts(results) if deployed else {"endpoint": prepared["endpoint"]},
+        gate=gate.get("decision"),
+        deployment=deployment_facts(results) if deployed else {"endpoint": prepared["endpoint"]},
         smoke_test=results.get("smoke"), rollback=rollback)
     uri = write_lineage(exporter, prepared["endpoint"], outcome["job"], record)
     summary = decide.run_summary(record, uri)

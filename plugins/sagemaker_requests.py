@@ -297,13 +297,16 @@ def project_problems(operation: str, params: Mapping[str, Any]) -> list[str]:
         channels = params.get("InputDataConfig") or []
         got = sorted(c.get("ChannelName") for c in channels if isinstance(c, Mapping))
         if got != sorted(CHANNELS):
-            p.append(f"InputDataConfig: channels must be {', '.join(CHANNELS)}; got {', '.join(map(str, got)) or 'none'}")
+            p.append(f"InputDataConfig: channels must be {', '.join(CHANNELS)}; "
+                     f"got {', '.join(map(str, got)) or 'none'}")
         for i, c in enumerate(channels):
             uri = (((c or {}).get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
             p.append(_s3_problem(f"InputDataConfig[{i}].S3Uri", uri))
-        p.append(_s3_problem("OutputDataConfig.S3OutputPath", (params.get("OutputDataConfig") or {}).get("S3OutputPath")))
+        output = (params.get("OutputDataConfig") or {}).get("S3OutputPath")
+        p.append(_s3_problem("OutputDataConfig.S3OutputPath", output))
         resources = params.get("ResourceConfig") or {}
-        p.append(_instance_problem("ResourceConfig.InstanceType", resources.get("InstanceType"), "TrainingInstanceType"))
+        p.append(_instance_problem("ResourceConfig.InstanceType", resources.get("InstanceType"),
+                                   "TrainingInstanceType"))
         if not isinstance(resources.get("InstanceCount"), int) or resources.get("InstanceCount") < 1:
             p.append("ResourceConfig.InstanceCount must be a positive integer")
         if not (params.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds"):

@@ -145,7 +145,8 @@ def evaluate(invocations: Sequence[Invocation], training_accuracy: float, tolera
         reason = "smoke test failed: " + "; ".join(failures)
     else:
         reason = (f"smoke test passed: accuracy {accuracy:.4f} on {images} images (training {training_accuracy:.4f}, "
-                  f"tolerance {tolerance:.4f}), latency p50 {p50:.1f} ms, p95 {p95:.1f} ms (bound {latency_bound_ms:.1f} ms)")
+                  f"tolerance {tolerance:.4f}), latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
+                  f"(bound {latency_bound_ms:.1f} ms)")
     mistakes = [{"key": i.sample.key, "label": i.sample.label, "predicted": i.predicted, "error": i.error}
                 for i in invocations if not i.correct][:20]
     return SmokeReport(passed=not failures, reason=reason, images=images, correct=correct, errors=len(errors),

@@ -18,7 +18,8 @@ from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # no
 EVENT = {
     "model_uri": "s3://b/p/pretrained/aa/model.tar.gz", "model_sha256": "aa" * 32,
     "manifest_uri": "s3://b/p/pretrained/aa/manifest.json", "metrics_uri": "s3://b/p/pretrained/aa/metrics.json",
-    "domain_train_uri": "s3://b/p/domain/f00d1234/train/", "domain_validation_uri": "s3://b/p/domain/f00d1234/validation/",
+    "domain_train_uri": "s3://b/p/domain/f00d1234/train/",
+    "domain_validation_uri": "s3://b/p/domain/f00d1234/validation/",
     "domain_classes": ["x", "y"], "dataset_fingerprint": "f00d1234", "manifest_sha256": "m" * 64,
     "checkpoint_uri": "/c/best", "epoch": 3, "val_accuracy": 0.7, "training_params": {}, "training_key": "k",
     "dag_id": "general_pretraining", "run_id": "r1",
@@ -239,7 +240,8 @@ ROLE = "arn:aws:iam::123456789012:role/sm"
 
 
 def _model(sm, name, endpoint):
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": "img", "ModelDataUrl": "s3://b/m"},
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE,
+                    PrimaryContainer={"Image": "img", "ModelDataUrl": "s3://b/m"},
                     Tags=[{"Key": "tlpipe:endpoint", "Value": endpoint}, {"Key": "tlpipe:accuracy", "Value": "0.8"}])
 
 
@@ -428,7 +430,8 @@ def test_operators_defer_on_the_killable_trigger():
                                   check_interval=30, max_ingestion_time=9000)
     assert op.max_attempts >= 300                                  # polls for the whole allowed run time
     with pytest.raises(TaskDeferred) as deferred:
-        op.defer(trigger=SageMakerTrigger(job_name="j", job_type="Training", waiter_delay=30), method_name="execute_complete")
+        op.defer(trigger=SageMakerTrigger(job_name="j", job_type="Training", waiter_delay=30),
+                 method_name="execute_complete")
     assert isinstance(deferred.value.trigger, FinetuneJobTrigger) and deferred.value.trigger.job_name == "j"
 
 
@@ -441,7 +444,8 @@ def test_model_and_config_operators_reuse_what_an_earlier_try_created(moto_serve
         "VariantName": "AllTraffic", "ModelName": "reuse-ft-1-model", "InstanceType": "ml.m5.large",
         "InitialInstanceCount": 1}]}
     for _ in range(2):
-        out = DeployModelOperator(task_id="m", config=json.loads(json.dumps(model)), aws_conn_id="moto_test").execute({})
+        out = DeployModelOperator(task_id="m", config=json.loads(json.dumps(model)),
+                                  aws_conn_id="moto_test").execute({})
         assert out["Model"]["ModelName"] == "reuse-ft-1-model"
         out = DeployEndpointConfigOperator(task_id="c", config=json.loads(json.dumps(config)),
                                            aws_conn_id="moto_test").execute({})

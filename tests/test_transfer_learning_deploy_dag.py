@@ -20,7 +20,8 @@ import textwrap
 import pytest
 from botocore.validate import ParamValidator
 
-from airflow_env import DAGS_FOLDER, api_client, load_dagbag, reset_config_cache, run_dag, setup_airflow, sync_dags_to_db
+from airflow_env import (DAGS_FOLDER, api_client, load_dagbag, reset_config_cache, run_dag, setup_airflow,
+                         sync_dags_to_db)
 from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
 
 DAG_ID = "transfer_learning_deploy"
@@ -194,7 +195,8 @@ def _publish_latest(moto) -> dict:
         "model_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/model.tar.gz", "model_sha256": sha,
         "manifest_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/manifest.json",
         "metrics_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/metrics.json",
-        "domain_train_uri": f"s3://{BUCKET}/{base}/train/", "domain_validation_uri": f"s3://{BUCKET}/{base}/validation/",
+        "domain_train_uri": f"s3://{BUCKET}/{base}/train/",
+        "domain_validation_uri": f"s3://{BUCKET}/{base}/validation/",
         "domain_classes": list(CLASSES), "dataset_fingerprint": FINGERPRINT, "manifest_sha256": "a" * 64,
         "checkpoint_uri": "/checkpoints/run/best", "epoch": 3, "val_accuracy": 0.71, "training_params": {"epochs": 4},
         "training_key": "k", "dag_id": "general_pretraining", "run_id": "manual__2025-01-01T00:00:00+00:00",
@@ -229,7 +231,8 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
                     "deploy.create_or_update_endpoint", "deploy.verify_endpoint", "deploy.smoke_test")
     with sagemaker_hooks(monkeypatch) as hooks:
         # 1. No endpoint yet: fine-tune on the last export, create the endpoint, pass the smoke test.
-        hooks.metrics = {"validation:accuracy": 0.9, "validation:loss": 0.3}
+        hooks.metrics = {"validation:accuracy": 0.9, "validation:loss": 0.3, "scratch:validation:accuracy": 0.5,
+                         "transfer:gain": 0.4}
         moto_server.queue_predictions(["blue", "red", "blue", "red"])     # round-robin: blue/0, red/0, blue/1, red/1
         first = run_dag(dag, {"endpoint_name": "tl-a", "compare_scratch": True})
         assert first.state == "success", first.tasks
@@ -248,6 +251,7 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
 
         summary = first.xcom("record_lineage", "summary")
         assert summary["status"] == "deployed" and summary["accuracy"] == 0.9 and summary["smoke_accuracy"] == 1.0
+        assert (summary["scratch_accuracy"], summary["transfer_gain"]) == (0.5, 0.4)
         live = sm.describe_endpoint(EndpointName="tl-a")
         assert live["EndpointConfigName"] == prepared["names"]["endpoint_config"] == summary["endpoint_config"]
         model = sm.describe_model(ModelName=prepared["names"]["model"])
