@@ -251,6 +251,8 @@ def apply_retention(client, *, endpoint: str, prefix: str, keep_last: int, prote
               if m["ModelName"].startswith(stem) and _ours(client, m["ModelArn"], endpoint)]
     model_plan = decide.plan_retention(
         [decide.Resource(m["ModelName"], m["CreationTime"]) for m in models], keep_last, protected_models)
+    # Configs first: a model is never deleted while a config that names it exists. A resource someone else
+    # deleted in between is not an error (the call answers ValidationException, as for a describe).
     for name in config_plan.delete:
         if describe_or_none(client.delete_endpoint_config, EndpointConfigName=name) is not None:
             log.info("deleted endpoint config %s", name)
