@@ -5,16 +5,27 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup test bench lock clean help
+.PHONY: setup demo demo-down demo-status test bench lock clean help
 
 help:
 	@echo "make setup   - create .venv with Airflow, TensorFlow, Horovod and the project (idempotent)"
+	@echo "make demo    - install what is missing, then run the whole pipeline on this machine (Ctrl-C stops)"
+	@echo "make demo-down - stop the demo's services"
 	@echo "make test    - install what is missing, then run every test"
 	@echo "make bench   - run the benchmarks (ratios measured in the same run) into bench/results.json"
 	@echo "make lock    - regenerate requirements/constraints.txt from the current .venv"
 
 setup:
 	@bash scripts/setup.sh
+
+demo: setup
+	@$(PY) scripts/demo.py up $(DEMO_ARGS)
+
+demo-down:
+	@$(PY) scripts/demo.py down
+
+demo-status:
+	@$(PY) scripts/demo.py status
 
 test: setup
 	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
