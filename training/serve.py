@@ -393,6 +393,7 @@ class Handler(BaseHTTPRequestHandler):
             self._discard_body()
             self._error(503, "model not loaded" if not server.stopping.is_set() else "stopping")
             return
+        self._body_read = False
         server.enter()
         server.batcher.arriving()
         announced = True
