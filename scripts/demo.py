@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VAR = ROOT / "var"
+# Everything the demo writes; TLPIPE_DEMO_DIR moves it (the end-to-end test runs in a temporary one).
+VAR = Path(os.environ.get("TLPIPE_DEMO_DIR", ROOT / "var")).resolve()
 RUN, LOGS = VAR / "run", VAR / "log"
 STATE = RUN / "demo.json"
 BIN = Path(sys.executable).parent
@@ -137,11 +138,16 @@ def airflow_env(state: dict) -> dict:
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps({"admin": state["password"]}))
     endpoint = f"http://127.0.0.1:{state['localcloud_port']}"
+    # Only this demo's Airflow settings: nothing inherited from another Airflow set up in this shell.
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_", "TLPIPE"))}
     env = {
-        **os.environ,
+        **inherited,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "TLPIPE_PROFILE": "local",
         "TLPIPE_HOME": str(ROOT),
+        "TLPIPE__DATASET__URI": str(VAR / "data" / "raw"),
+        "TLPIPE__DATASET__CURATED_ROOT": str(VAR / "curated"),
+        "TLPIPE__CHECKPOINTS__ROOT": str(VAR / "checkpoints"),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         # The project's plugins/ is a package imported by the DAGs, not an Airflow plugins folder.
@@ -164,7 +170,6 @@ def airflow_env(state: dict) -> dict:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "NO_COLOR": "1",
     }
-    env.pop("AWS_ENDPOINT_URL", None)
     return env
 
 
@@ -204,7 +209,8 @@ class Api:
 def up(args) -> int:
     t_start = time.monotonic()
     state = demo_state(args)
-    env = {**os.environ, **aws_env(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
+           **aws_env(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
     py = sys.executable
 
     say("1/5 demo dataset", "head")

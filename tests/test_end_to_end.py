@@ -1,0 +1,67 @@
+"""The whole product on one machine: `scripts/demo.py up` (what `make demo` runs) starts localcloud and Airflow,
+triggers general_pretraining through the REST API, the pretrained-model Asset triggers
+transfer_learning_deploy, and the test classifies held-out domain images through the live endpoint."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clean_env(var: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_", "TLPIPE"))}
+    # Shorter than the demo's defaults, still a real pretraining and fine-tune.
+    env.update({"TLPIPE_DEMO_DIR": str(var), "TLPIPE__TRAINING__EPOCHS": "6"})
+    return env
+
+
+def test_raw_images_to_a_live_endpoint(tmp_path):
+    import boto3
+
+    var = tmp_path / "var"
+    env = _clean_env(var)
+    demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
+    try:
+        r = subprocess.run([*demo, "up", "--no-wait", "--localcloud-port", "0", "--airflow-port", "0"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=1800)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow.log")
+        assert "general_pretraining success, transfer_learning_deploy success" in out
+        assert "pretrain epoch 6:" in out
+
+        state = json.loads((var / "run" / "demo.json").read_text())
+        url = f"http://127.0.0.1:{state['localcloud_port']}"
+        kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
+        sm, rt = boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
+        endpoint = sm.describe_endpoint(EndpointName="tlpipe-domain")
+        assert endpoint["EndpointStatus"] == "InService"
+        job = sm.list_training_jobs()["TrainingJobSummaries"][0]
+        assert job["TrainingJobStatus"] == "Completed"
+
+        # Held-out domain validation images, straight from the raw tree, through the endpoint.
+        (domain_val,) = (var / "curated").glob("*/domain_val.tsv.gz")
+        with gzip.open(domain_val, "rt") as fh:
+            pairs = [line.rstrip("\n").split("\t") for line in fh]
+        classes = sorted({c for _, c in pairs})
+        correct = 0
+        for rel, label in pairs:
+            body = (var / "data" / "raw" / rel).read_bytes()
+            resp = rt.invoke_endpoint(EndpointName="tlpipe-domain", ContentType="application/x-image", Body=body)
+            top = json.loads(resp["Body"].read())["predictions"][0][0]["label"]
+            correct += top == label
+        accuracy = correct / len(pairs)
+        print(f"end-to-end: {accuracy:.3f} accuracy on {len(pairs)} held-out images of {len(classes)} classes")
+        assert accuracy > 1 / len(classes)
+    finally:
+        subprocess.run([*demo, "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert not list((var / "run").glob("*.pid")), "demo-down left services running"
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
