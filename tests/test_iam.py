@@ -89,6 +89,16 @@ def test_render_script_writes_the_policies(render, tmp_path, policies):
         assert json.loads((tmp_path / f"{name}.json").read_text()) == policies[name]
 
 
+def test_image_repositories_are_named_in_their_registrys_account(render):
+    assert render.ecr_repository_arn("123456789012.dkr.ecr.eu-west-1.amazonaws.com/tlpipe-sagemaker:0.1.0") == (
+        "arn:aws:ecr:eu-west-1:123456789012:repository/tlpipe-sagemaker")
+    # The managed TensorFlow Serving image is pulled from AWS's registry account, not the pipeline's.
+    assert render.ecr_repository_arn("763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-inference:2.19-gpu") == (
+        "arn:aws:ecr:us-east-1:763104351884:repository/tensorflow-inference")
+    with pytest.raises(ValueError):
+        render.ecr_repository_arn("registry.tlpipe.internal/tlpipe/train:0.1.0")
+
+
 def test_no_wildcard_actions(policies):
     for name, policy in policies.items():
         for st in statements(policy):
@@ -279,10 +289,11 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
     out: list[IamRequest] = []
 
     def pull(image: str, origin: str):
-        repo = load_render().ecr_repository(image)
+        registry, _, _, ecr_region, *_ = image.split(".")
+        repository = image.split("/", 1)[1].split("@")[0].split(":")[0]
         out.append(IamRequest("ecr:GetAuthorizationToken", "*", (), origin))
         for action in ("ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"):
-            out.append(IamRequest(action, f"arn:aws:ecr:{region}:{account}:repository/{repo}", (), origin))
+            out.append(IamRequest(action, f"arn:aws:ecr:{ecr_region}:{registry}:repository/{repository}", (), origin))
 
     def logs(group: str, stream: str, namespace: str, origin: str):
         arn = log_group_arn(region, account, group)

@@ -12,8 +12,8 @@ policies can never drift from what the DAGs use:
     ${Region}                             s3.region
     ${Bucket}, ${Prefix}                  s3.bucket, s3.prefix
     ${ResourcePrefix}                     sagemaker.resource_prefix (every SageMaker name starts with it)
-    ${TrainingImageRepository}            the ECR repository of sagemaker.training_image_uri
-    ${ServingImageRepository}             the ECR repository of sagemaker.serving_image_uri
+    ${TrainingImageRepositoryArn}         the ECR repository of sagemaker.training_image_uri
+    ${ServingImageRepositoryArn}          the ECR repository of sagemaker.serving_image_uri
 """
 from __future__ import annotations
 
@@ -33,12 +33,14 @@ TEMPLATES = {
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z]+)\}")
 
 
-def ecr_repository(image_uri: str) -> str:
-    """``<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag|@digest]`` -> ``<repository>``."""
-    match = re.fullmatch(r"\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?/([^:@]+)(?:[:@].+)?", image_uri)
+def ecr_repository_arn(image_uri: str) -> str:
+    """``<account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag|@digest]`` -> the repository's ARN (in the
+    registry's own account and region: an AWS-provided serving image lives in AWS's account)."""
+    match = re.fullmatch(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)(?:[:@].+)?", image_uri)
     if not match:
         raise ValueError(f"not an ECR image URI: {image_uri!r}")
-    return match.group(1)
+    account, region, repository = match.groups()
+    return f"arn:aws:ecr:{region}:{account}:repository/{repository}"
 
 
 def values_from_config(cfg) -> dict[str, str]:
@@ -54,8 +56,8 @@ def values_from_config(cfg) -> dict[str, str]:
         "Bucket": cfg.s3.bucket,
         "Prefix": cfg.s3.prefix,
         "ResourcePrefix": cfg.sagemaker.resource_prefix,
-        "TrainingImageRepository": ecr_repository(cfg.sagemaker.training_image_uri),
-        "ServingImageRepository": ecr_repository(cfg.sagemaker.serving_image_uri),
+        "TrainingImageRepositoryArn": ecr_repository_arn(cfg.sagemaker.training_image_uri),
+        "ServingImageRepositoryArn": ecr_repository_arn(cfg.sagemaker.serving_image_uri),
     }
 
 
