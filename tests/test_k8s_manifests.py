@@ -281,6 +281,7 @@ def recorded(production_dag):
     with KubeServer(pod_log=b"training output\n") as kube, Recorder() as rec, pytest.MonkeyPatch.context() as mp:
         for resource in ("v1/pods", "v1/events", f"{mpijob.GROUP}/{mpijob.VERSION}/{mpijob.PLURAL}"):
             kube.emulator.resources[resource] = {}
+        mp.delenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", raising=False)  # restored when the context closes
         kubernetes_connection(kube.url, namespace=ns)
         mp.setenv("TLPIPE_PROFILE", "production")
         for task in tasks:
@@ -382,12 +383,16 @@ def restricted_violations(spec) -> list[str]:
     return out
 
 
-def test_the_dags_pods_pass_pod_security_restricted(production_dag):
+def test_the_dags_pods_pass_pod_security_restricted(production_dag, monkeypatch):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow_env import kubernetes_connection
 
     from plugins import mpijob
 
     dag, cfg = production_dag
+    # Building a pod reads the connection; nothing is sent (no server listens there).
+    monkeypatch.delenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", raising=False)
+    kubernetes_connection("http://127.0.0.1:9", namespace=cfg.kubernetes.namespace)
     specs = {}
     for task in kubernetes_tasks(dag):
         launcher = "mpijob" if "mpijob" in task.task_id else "pod"
@@ -402,8 +407,8 @@ def test_the_dags_pods_pass_pod_security_restricted(production_dag):
     for name, spec in specs.items():
         assert restricted_violations(spec) == [], name
         assert spec.security_context.run_as_user == cfg.kubernetes.run_as_user
-        if name != "curate" and name != "mpijob Launcher":
-            assert spec.service_account_name == cfg.kubernetes.service_account
+        assert spec.service_account_name == cfg.kubernetes.service_account
+        assert [s.name for s in spec.image_pull_secrets] == list(cfg.kubernetes.image_pull_secrets)
 
 
 def test_the_restricted_check_catches_a_privileged_pod():
