@@ -167,16 +167,17 @@ def _best_dir(path: Path) -> Path:
     return path
 
 
-def _deploy_run(dag, moto, hooks, endpoint: str, accuracy: float):
+def _deploy_run(dag, moto, hooks, s3, endpoint: str, accuracy: float):
+    """One run of the deploy DAG; ``s3`` is a client outside the recording, for what the test itself reads."""
     from airflow_env import run_dag
 
     from plugins.config import get_config
-    from plugins.s3_export import S3Exporter
     from plugins.smoke_test import list_validation_samples, select_samples
 
     cfg = get_config()
-    latest = S3Exporter(cfg.s3, hook=None).read_latest()
-    samples = select_samples(list_validation_samples(moto.client("s3"), latest["domain_validation_uri"]),
+    latest_key = f"{cfg.s3.prefix}/pretrained/latest.json"
+    latest = json.loads(s3.get_object(Bucket=cfg.s3.bucket, Key=latest_key)["Body"].read())
+    samples = select_samples(list_validation_samples(s3, latest["domain_validation_uri"]),
                              cfg.sagemaker.smoke_test_images)
     # moto answers a request body it has seen before from its cache, a new one from this queue.
     moto.queue_predictions([s.label for s in samples])
@@ -221,7 +222,11 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
             from plugins.s3_export import S3Exporter
 
             live = get_config()
-            moto.client("s3").create_bucket(Bucket=live.s3.bucket)   # production: the bucket exists already
+            import boto3
+
+            # The test's own client, on a session the recorder never sees.
+            s3 = boto3.session.Session().client("s3", endpoint_url=moto.url, region_name=live.s3.region)
+            s3.create_bucket(Bucket=live.s3.bucket)   # production: the bucket exists already
             dag = load_dagbag(DAGS_FOLDER / "transfer_learning_deploy.py").get_dag("transfer_learning_deploy")
             runs = {}
             with AwsCallRecorder() as rec, sagemaker_hooks(mp) as hooks:
@@ -242,19 +247,22 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
                 exporter.write_latest(event.model_dump(mode="json"))
                 # transfer_learning_deploy: deploy a model, then better ones, then fail a smoke test.
                 endpoint = live.sagemaker.endpoint_name
-                runs["deploy"] = _deploy_run(dag, moto, hooks, endpoint, 0.9)
-                runs["replace"] = _deploy_run(dag, moto, hooks, endpoint, 0.95)
+                runs["deploy"] = _deploy_run(dag, moto, hooks, s3, endpoint, 0.9)
+                runs["replace"] = _deploy_run(dag, moto, hooks, s3, endpoint, 0.95)
                 # A third model: retention deletes the first, no longer live nor the rollback target.
-                runs["retire"] = _deploy_run(dag, moto, hooks, endpoint, 0.97)
+                runs["retire"] = _deploy_run(dag, moto, hooks, s3, endpoint, 0.97)
                 # No endpoint answers within a microsecond: the smoke test fails and the rollback deletes it.
                 mp.setenv("TLPIPE__SAGEMAKER__SMOKE_TEST_LATENCY_MS", "0.001")
-                runs["rollback"] = _deploy_run(dag, moto, hooks, f"{live.sagemaker.resource_prefix}-canary", 0.95)
+                canary = f"{live.sagemaker.resource_prefix}-canary"
+                runs["rollback"] = _deploy_run(dag, moto, hooks, s3, canary, 0.95)
             reset_config_cache()
         assert runs["deploy"].state == "success", runs["deploy"].tasks
         assert runs["replace"].state == "success", runs["replace"].tasks
         assert runs["retire"].state == "success", runs["retire"].tasks
-        assert runs["rollback"].state == "failed" and runs["rollback"].tasks["rollback"] == "failed", runs["rollback"].tasks
-        objects = {o["Key"] for o in moto.client("s3").list_objects_v2(Bucket=live.s3.bucket)["Contents"]}
+        rollback = runs["rollback"]
+        assert rollback.state == "failed" and rollback.tasks["rollback"] == "failed", rollback.tasks
+        objects = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=live.s3.bucket)
+                   for o in page.get("Contents", [])}
         return rec.calls, objects
     finally:
         server.stop()
@@ -319,11 +327,11 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
                 assert found, f"channel {channel['ChannelName']} points at no object"
                 out += [IamRequest("s3:GetObject", s3_arn(bucket, o), (), origin) for o in found]
             bucket, key = s3_parts(p["OutputDataConfig"]["S3OutputPath"])
+            job = p["TrainingJobName"]
             for artifact in ("model.tar.gz", "output.tar.gz"):
-                out.append(IamRequest("s3:PutObject", s3_arn(bucket, f"{key.rstrip('/')}/{p['TrainingJobName']}/"
-                                                                      f"output/{artifact}"), (), origin))
-            logs("/aws/sagemaker/TrainingJobs", f"{p['TrainingJobName']}/algo-1-1700000000", "/aws/sagemaker/TrainingJobs",
-                 origin)
+                artifact_key = f"{key.rstrip('/')}/{job}/output/{artifact}"
+                out.append(IamRequest("s3:PutObject", s3_arn(bucket, artifact_key), (), origin))
+            logs("/aws/sagemaker/TrainingJobs", f"{job}/algo-1-1700000000", "/aws/sagemaker/TrainingJobs", origin)
         elif str(call) == "sagemaker:CreateModel":
             assert p["ExecutionRoleArn"] == f"arn:aws:iam::{account}:role/{values['ExecutionRoleName']}"
             pull(p["PrimaryContainer"]["Image"], origin)
