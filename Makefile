@@ -34,7 +34,7 @@ bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)
 
 lock:
-	@$(VENV)/bin/pip freeze --exclude-editable | grep -v -E '^(horovod|tlpipe|cmake)==' > requirements/constraints.txt
+	@$(VENV)/bin/pip freeze --exclude-editable | grep -v -E '^(horovod|tlpipe|cmake)( @ |==)' > requirements/constraints.txt
 	@echo "wrote requirements/constraints.txt"
 
 clean:
