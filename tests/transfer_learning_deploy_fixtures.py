@@ -32,7 +32,17 @@ class Moto:
                             aws_secret_access_key="testing")
 
     def queue_predictions(self, labels: list[str]) -> None:
-        """The next InvokeEndpoint calls with new bodies answer with these top-1 labels, in order."""
+        """The next InvokeEndpoint calls answer with these top-1 labels, in order, one per distinct body.
+
+        moto's runtime remembers the answer it gave to each body, process-wide and across endpoints, so the
+        answers earlier tests were given are forgotten first (the server runs in this process).
+        """
+        from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+        for regions in sagemakerruntime_backends.values():
+            for backend in regions.values():
+                backend.results.clear()
+                backend.results_queue.clear()
         results = [{"Body": json.dumps({"predictions": [[{"label": label, "probability": 0.9},
                                                          {"label": "other", "probability": 0.1}]]}),
                     "ContentType": "application/json"} for label in labels]
