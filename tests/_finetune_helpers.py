@@ -55,8 +55,8 @@ def build_world(base: Path) -> dict:
             "classes": sorted(p.name for p in channels["train"].iterdir())}
 
 
-def make_job(root: Path, world: dict, hyperparameters: dict | None = None, channels=("pretrained", "train", "validation"),
-             pretrained: Path | None = None) -> Path:
+def make_job(root: Path, world: dict, hyperparameters: dict | None = None,
+             channels=("pretrained", "train", "validation"), pretrained: Path | None = None) -> Path:
     """A SageMaker training-job directory whose channels are copies of the tiny world's."""
     data = root / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)

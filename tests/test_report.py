@@ -29,7 +29,7 @@ def test_summary_and_verdict(tmp_path):
     verdict = report.write_report(tmp_path, results, context, min_gain=0.15, gain_at=20)
     assert verdict["gain"] == pytest.approx(0.11) and verdict["passed"] is False
     md = (tmp_path / "report.md").read_text()
-    assert "| 20 | 0.900 | 0.790 | +11.0 |" in md and "NOT met" in md
+    assert "| 20 | 0.900 | 0.790 | +11.0 | +10.0 .. +12.0 |" in md and "NOT met" in md
     assert "NOT met" in (tmp_path / "report.html").read_text()
     assert (tmp_path / "accuracy.png").read_bytes().startswith(PNG)
     assert (tmp_path / "learning_curves.png").read_bytes().startswith(PNG)

@@ -64,9 +64,13 @@ Hyperparameters (all optional; string values as SageMaker passes them):
 Log lines (one per epoch, then a final line) carry ``key=value`` pairs; ``METRIC_DEFINITIONS`` holds the
 SageMaker ``MetricDefinitions`` that read them, so the deploy DAG and the local SageMaker use the same list::
 
-  [finetune] transfer head epoch 3/50: train_loss=0.412345 train_accuracy=0.881250 val_loss=0.398765 val_accuracy=0.887500
-  [finetune] scratch baseline epoch 3/50: scratch_train_loss=1.3 scratch_train_accuracy=0.4 scratch_val_loss=1.2 scratch_val_accuracy=0.45
-  [finetune] final: train_loss=0.2 train_accuracy=0.95 val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.01 scratch_val_accuracy=0.55 transfer_gain=0.3625
+  [finetune] transfer head epoch 3/50: train_loss=0.412345 train_accuracy=0.881250 val_loss=0.398765 \
+             val_accuracy=0.887500
+  [finetune] scratch baseline epoch 3/50: scratch_train_loss=1.3 scratch_train_accuracy=0.4 \
+             scratch_val_loss=1.2 scratch_val_accuracy=0.45
+  [finetune] final: train_loss=0.2 train_accuracy=0.95 val_loss=0.301234 val_accuracy=0.912500 \
+             scratch_val_loss=1.01 scratch_val_accuracy=0.55 transfer_gain=0.3625
+  (each is one line in the log; wrapped here)
 
   train:loss                  " train_loss=([0-9.]+)"
   train:accuracy              " train_accuracy=([0-9.]+)"
@@ -261,7 +265,8 @@ def load_pretrained(path: Path) -> Pretrained:
     try:
         model = keras.models.load_model(path / "model.keras", compile=False)
     except Exception as err:  # noqa: BLE001 - any load failure means the artifact is unusable
-        raise FinetuneError(f"corrupt pretrained artifact: model.keras does not load ({type(err).__name__}: {err})") from None
+        raise FinetuneError(
+            f"corrupt pretrained artifact: model.keras does not load ({type(err).__name__}: {err})") from None
     feature = meta.get("feature_layer", "features")
     try:
         model.get_layer(feature)
@@ -444,9 +449,10 @@ class EpochTracker:
             def on_epoch_end(self, epoch, logs=None):
                 logs = logs or {}
                 tracker.epochs_done += 1
-                m = {"epoch": tracker.epochs_done, "phase": phase, "train_loss": float(logs.get("loss", "nan")),
-                     "train_accuracy": float(logs.get("accuracy", "nan")), "val_loss": float(logs.get("val_loss", "nan")),
-                     "val_accuracy": float(logs.get("val_accuracy", "nan")),
+                keys = (("train_loss", "loss"), ("train_accuracy", "accuracy"), ("val_loss", "val_loss"),
+                        ("val_accuracy", "val_accuracy"))
+                m = {"epoch": tracker.epochs_done, "phase": phase,
+                     **{k: float(logs.get(src, "nan")) for k, src in keys},
                      "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))}
                 tracker.history.append(m)
                 p = "scratch_" if tracker.role == "baseline" else ""
@@ -553,7 +559,8 @@ def train_scratch(template, data: DomainData, hp: Hyperparameters, image_size, d
     model = scratch_model(template, hp, len(data.class_names), image_size)
     tracker = EpochTracker("scratch", role, hp.early_stopping_monitor, hp.early_stopping_patience, hp.scratch_budget)
     t0 = time.perf_counter()
-    _fit(model, tracker, "baseline" if role == "baseline" else "all", hp.scratch_budget, hp.learning_rate_scratch, hp, ds)
+    phase = "baseline" if role == "baseline" else "all"
+    _fit(model, tracker, phase, hp.scratch_budget, hp.learning_rate_scratch, hp, ds)
     return {"model": model, "tracker": tracker, "image_size": image_size, "seconds": time.perf_counter() - t0}
 
 
@@ -652,7 +659,8 @@ def final_metrics(results: dict, primary_name: str, compared: bool) -> tuple[dic
     splits = [("val", "validation")] + ([("test", "test")] if "test_accuracy" in primary else [])
     for split, metric in splits:
         metrics.update({f"{metric}:accuracy": primary[f"{split}_accuracy"], f"{metric}:loss": primary[f"{split}_loss"]})
-        final += [f"{split}_loss={_num(primary[f'{split}_loss'])}", f"{split}_accuracy={_num(primary[f'{split}_accuracy'])}"]
+        final += [f"{split}_loss={_num(primary[f'{split}_loss'])}",
+                  f"{split}_accuracy={_num(primary[f'{split}_accuracy'])}"]
     if compared:
         s = results["scratch"]
         for split, metric in splits:

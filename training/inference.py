@@ -158,7 +158,8 @@ def input_handler(data, context):
 def output_handler(response, context):
     """TensorFlow Serving response -> ``(body, content type)`` with the top-k labels per instance."""
     if response.status_code != 200:
-        text = response.content.decode("utf-8", "replace") if isinstance(response.content, bytes) else str(response.content)
+        content = response.content
+        text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
         try:
             text = json.loads(text).get("error", text)
         except (ValueError, AttributeError):

@@ -157,7 +157,8 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0
         self.images = 0
-        self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True) for i in range(max(1, workers))]
+        self._threads = [threading.Thread(target=self._work, name=f"batcher-{i}", daemon=True)
+                         for i in range(max(1, workers))]
         for t in self._threads:
             t.start()
 
@@ -228,7 +229,8 @@ class MicroBatcher:
 
         images = [b for job in batch for b in job.images]
         try:
-            parts = [self.predict(images[i:i + self.max_batch_size]) for i in range(0, len(images), self.max_batch_size)]
+            step = self.max_batch_size
+            parts = [self.predict(images[i:i + step]) for i in range(0, len(images), step)]
             probs = parts[0] if len(parts) == 1 else np.concatenate(parts)
         except Exception as err:  # noqa: BLE001 - isolate the request that broke the batch
             if len(batch) > 1:
@@ -288,7 +290,8 @@ class Server(ThreadingHTTPServer):
             t0 = time.perf_counter()
             model = Model(Path(self.args.model_dir), self.args.threads)
             model.warm_up()
-            self.batcher = MicroBatcher(model.predict, self.args.max_batch_size, self.args.max_wait_ms, self.args.workers)
+            a = self.args
+            self.batcher = MicroBatcher(model.predict, a.max_batch_size, a.max_wait_ms, a.workers)
             self.model = model
             self.ready.set()
             log(f"model {model.name} version {model.version} loaded in {time.perf_counter() - t0:.1f}s "
