@@ -45,7 +45,8 @@ def main(argv=None) -> int:
         for key, r in results.items():
             met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r.met]
             table.add_row(key, f"{r.value:,.1f} {r.unit}", f"{r.baseline:,.1f}", f"{r.ratio:.2f}",
-                          "-" if r.target is None else f">= {r.target}", met, r.note)
+                          f"value < {r.max_value:.2f}" if r.max_value is not None
+                          else "-" if r.target is None else f">= {r.target}", met, r.note)
     console.print(table)
     console.print(f"written: {RESULTS}")
     return 0

@@ -23,6 +23,8 @@ class Result:
     target: float | None
     unit: str
     note: str = ""
+    # For figures whose target is a bound on the value itself (e.g. "overhead < 2 ms"), not on the ratio.
+    max_value: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -30,6 +32,8 @@ class Result:
 
     @property
     def met(self) -> bool | None:
+        if self.max_value is not None:
+            return self.value < self.max_value
         return None if self.target is None else self.ratio >= self.target
 
     def record(self) -> dict:

@@ -1,0 +1,147 @@
+"""Endpoint server (``training.serve``): p50/p99 latency at batch 1 and throughput at 16 concurrent clients,
+vs an in-process predict on the same SavedModel in the same run.
+
+The artifact is the real fine-tune output layout (``training.finetune.write_artifact``) around an untrained
+demo-size model: the work per image is the same as a trained one's.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import Result, demo_manifest
+
+CLIENTS = 16
+
+
+def _artifact(images: list[str]) -> Path:
+    from training.data import Split
+    from training.finetune import write_artifact
+    from training.model import build_model
+
+    out = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    model = build_model(4, (64, 64))
+    write_artifact(out, model, ["a", "b", "c", "d"], (64, 64), {"image_size": [64, 64]}, "1",
+                   Split(images[:4], [0, 1, 2, 3], ["a", "b", "c", "d"]))
+    return out
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def _in_process(model_dir: Path, blobs: list[bytes], n: int) -> tuple[list[float], float]:
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(model_dir / "1")).signatures["serving_default"]
+    for b in blobs[:4]:
+        fn(image_bytes=tf.constant([b]))
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(image_bytes=tf.constant([blobs[i % len(blobs)]]))["probabilities"].numpy()
+        lat.append((time.perf_counter() - t0) * 1000)
+    batch = [blobs[i % len(blobs)] for i in range(CLIENTS)]
+    fn(image_bytes=tf.constant(batch))
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 3:
+        fn(image_bytes=tf.constant(batch))["probabilities"].numpy()
+        done += len(batch)
+    return lat, done / (time.perf_counter() - t0)
+
+
+def _post(conn: http.client.HTTPConnection, body: bytes) -> None:
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/x-image"})
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200:
+        raise RuntimeError(f"server answered {r.status}")
+
+
+def _served(port: int, blobs: list[bytes], n: int) -> tuple[list[float], float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for b in blobs[:4]:
+        _post(conn, b)
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        _post(conn, blobs[i % len(blobs)])
+        lat.append((time.perf_counter() - t0) * 1000)
+    conn.close()
+    stop = time.perf_counter() + 3
+    counts = [0] * CLIENTS
+
+    def client(k: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port)
+        i = k
+        while time.perf_counter() < stop:
+            _post(c, blobs[i % len(blobs)])
+            counts[k] += 1
+            i += CLIENTS
+        c.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return lat, sum(counts) / (time.perf_counter() - t0)
+
+
+def run(quick: bool = False) -> dict[str, Result]:
+    import socket
+
+    from training.curate import read_list
+
+    manifest = demo_manifest()
+    m = json.loads(manifest.read_text())
+    paths = [os.path.join(m["data_root"], rel) for rel, _ in read_list(manifest.parent / m["files"]["val"])][:64]
+    blobs = [Path(p).read_bytes() for p in paths]
+    model_dir = _artifact(paths)
+    n = 100 if quick else 300
+    in_lat, in_tput = _in_process(model_dir, blobs, n)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host",
+                             "127.0.0.1", "--port", str(port), "--max-batch-size", str(CLIENTS)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/ping")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the endpoint server did not become ready")
+            time.sleep(0.3)
+        sv_lat, sv_tput = _served(port, blobs, n)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    in_p50, sv_p50 = statistics.median(in_lat), statistics.median(sv_lat)
+    return {
+        "serving.p50_latency_batch1": Result(sv_p50, in_p50, None, "ms",
+                                             f"overhead {sv_p50 - in_p50:.2f} ms over in-process predict "
+                                             f"(target < 2 ms)", max_value=in_p50 + 2.0),
+        "serving.p99_latency_batch1": Result(_percentile(sv_lat, 0.99), _percentile(in_lat, 0.99), None, "ms",
+                                             "server vs in-process"),
+        "serving.throughput_16_clients": Result(sv_tput, in_tput, 0.8, "images/s",
+                                                f"{CLIENTS} concurrent clients vs in-process predict in batches "
+                                                f"of {CLIENTS}"),
+    }
