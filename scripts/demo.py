@@ -274,6 +274,8 @@ def up(args) -> int:
     deploy_run = wait_for(f"{DEPLOY_DAG} to be triggered by the pretrained-model Asset",
                           lambda: _deploy_run_for(api, run["dag_run_id"]), 300, "airflow", interval=2)
     dep = follow(api, DEPLOY_DAG, deploy_run["dag_run_id"], state)
+    if dep["state"] == "success" and not args.no_report:
+        start_report(api, run["dag_run_id"])
     summary(api, state, pre, dep, time.monotonic() - t_start)
     if dep["state"] != "success":
         return 1
@@ -405,6 +407,9 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
 """)
     if report.exists():
         say(f"transfer-vs-scratch report: {report}")
+    elif pid_of("report"):
+        say(f"transfer-vs-scratch report (5/20/50 images per class): being written to {report} "
+            f"(a few minutes; progress in {LOGS / 'report.log'})")
     if dep is not None:
         lineage = _xcom(api, DEPLOY_DAG, dep["dag_run_id"], "record_lineage", "summary") or \
             _xcom(api, DEPLOY_DAG, dep["dag_run_id"], "rollback", "summary")
@@ -428,7 +433,21 @@ def _sample_image() -> Path:
     return next((VAR / "data" / "raw").rglob("*.jpg"))
 
 
+def start_report(api: Api, run_id: str) -> None:
+    """Transfer vs scratch at 5, 20 and 50 images per class on this run's data and pretrained model, in the
+    background (several fine-tuning jobs: minutes), into var/report/."""
+    prepared = _xcom(api, PRETRAIN_DAG, run_id, "prepare", "manifest_path")
+    ckpt = _xcom(api, PRETRAIN_DAG, run_id, "prepare", "checkpoint_uri")
+    if not prepared or not ckpt or pid_of("report"):
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    start("report", [sys.executable, "-m", "training.report", "--out", str(VAR / "report"), "--manifest",
+                     str(prepared), "--pretrained", str(Path(ckpt) / "best"), "--seeds", "2"],
+          {**env, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
 def down(_args=None) -> int:
+    stop("report", grace=5)
     for name in ("airflow", "localcloud"):
         stop(name)
     say("demo stopped", "ok")
@@ -452,6 +471,7 @@ def main(argv=None) -> int:
     u.add_argument("--localcloud-port", type=int, default=4566)
     u.add_argument("--airflow-port", type=int, default=8080)
     u.add_argument("--no-wait", action="store_true", help="return once the endpoint is live (services keep running)")
+    u.add_argument("--no-report", action="store_true", help="skip the background transfer-vs-scratch report")
     sub.add_parser("down")
     sub.add_parser("status")
     args = p.parse_args(argv)

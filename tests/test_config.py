@@ -16,7 +16,7 @@ def test_local_profile_is_the_two_core_demo():
     assert (cfg.dataset.min_images_per_class, cfg.dataset.domain_classes, cfg.dataset.val_fraction) == (120, 4, 0.2)
     t = cfg.training
     assert (t.epochs, t.workers, t.gpus_per_worker, t.image_size, t.batch_size, t.model, t.launcher) == (
-        8, 2, 0, 64, 64, "small_resnet", "auto")
+        16, 2, 0, 64, 64, "small_resnet", "auto")
     assert cfg.checkpoints.root == str(PROJECT_ROOT / "var" / "checkpoints")
     assert cfg.checkpoints.conn_id is None
     assert cfg.airflow.curate_runner == "local"
@@ -104,7 +104,7 @@ def test_get_config_follows_environment_changes(monkeypatch):
 
 
 def test_other_config_file(tmp_path):
-    text = Path(DEFAULT_CONFIG).read_text().replace("epochs: 8", "epochs: 9")
+    text = Path(DEFAULT_CONFIG).read_text().replace("epochs: 16 ", "epochs: 9 ")
     path = tmp_path / "pipeline.yaml"
     path.write_text(text)
     assert load_config(environ={"TLPIPE_CONFIG": str(path)}).training.epochs == 9

@@ -28,7 +28,7 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
     env = _clean_env(var)
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
     try:
-        r = subprocess.run([*demo, "up", "--no-wait", "--localcloud-port", "0", "--airflow-port", "0"], cwd=ROOT,
+        r = subprocess.run([*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=1800)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow.log")

@@ -23,7 +23,7 @@ Then it writes, in ``OUT``:
 
 Without ``--manifest``/``--pretrained`` it first makes the demo inputs in ``OUT/demo`` (reused when present):
 ``training.synth_data`` defaults, ``training.curate --min-images 120 --domain-classes 4 --val-fraction 0.2``,
-and ``horovodrun -np 2 python -m training.pretrain --epochs 10`` (one worker without horovodrun).
+and ``horovodrun -np 2 python -m training.pretrain --epochs 20`` (one worker without horovodrun).
 
 Quality bar: transfer must beat scratch by at least ``--min-gain`` (0.15) mean accuracy at ``--gain-at``
 (20) images per class; the exit status is 1 when it does not.
@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 DEMO_CURATE = ["--min-images", "120", "--domain-classes", "4", "--val-fraction", "0.2"]
-DEMO_PRETRAIN_EPOCHS = 10
+DEMO_PRETRAIN_EPOCHS = 20
 
 
 def log(msg: str) -> None:
