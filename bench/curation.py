@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -72,13 +71,14 @@ def naive_rate(root: Path, limit: int = 20_000) -> float:
 
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from training.curate import curate
 t0 = time.perf_counter()
 m = curate(sys.argv[1], sys.argv[2], min_images=10, progress=False)
 dt = time.perf_counter() - t0
-print(json.dumps({"files": m["totals"]["valid_images"], "seconds": dt,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM is this process's own peak (ru_maxrss would carry the parent's peak across exec).
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"files": m["totals"]["valid_images"], "seconds": dt, "maxrss_mb": hwm / 1024}))
 """
 
 

@@ -32,3 +32,24 @@ def tiny_manifest(tiny_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-curated")
     curate(tiny_tree, out, min_images=25, domain_classes=2, val_fraction=0.25, progress=False)
     return out / "manifest.json"
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    """moto's S3 API server on a free loopback port, for the training core's s3:// paths."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_test_env(monkeypatch) -> dict:
+    """Dummy credentials for the moto server, in this process's environment; returned for subprocesses."""
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env

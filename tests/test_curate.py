@@ -119,33 +119,19 @@ def test_worker_processes_give_the_same_manifest(tiny_tree, tiny_manifest, tmp_p
     assert (tmp_path / "manifest.json").read_bytes() == tiny_manifest.read_bytes()
 
 
-def test_s3_tree_curates_like_the_local_one(tiny_tree, tiny_manifest, tmp_path, monkeypatch):
-    import socket
-
+def test_s3_tree_curates_like_the_local_one(tiny_tree, tiny_manifest, tmp_path, moto_url, aws_test_env):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        for k, v in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            monkeypatch.setenv(k, v)
-        url = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=url)
-        s3.create_bucket(Bucket="images")
-        for p in sorted(tiny_tree.rglob("*")):
-            if p.is_file():
-                s3.upload_file(str(p), "images", f"raw/{p.relative_to(tiny_tree).as_posix()}")
-        m = curate("s3://images/raw", tmp_path, min_images=25, domain_classes=2, val_fraction=0.25,
-                   progress=False, endpoint_url=url)
-        local = json.loads(tiny_manifest.read_text())
-        assert m["data_root"] == "s3://images/raw"
-        assert m["fingerprint"] == local["fingerprint"]
-        for key in ("classes", "domain_classes", "excluded_classes", "skipped_files"):
-            assert m[key] == local[key]
-        assert _lists(tmp_path) == _lists(tiny_manifest.parent)
-    finally:
-        server.stop()
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    s3.create_bucket(Bucket="images")
+    for p in sorted(tiny_tree.rglob("*")):
+        if p.is_file():
+            s3.upload_file(str(p), "images", f"raw/{p.relative_to(tiny_tree).as_posix()}")
+    m = curate("s3://images/raw", tmp_path, min_images=25, domain_classes=2, val_fraction=0.25,
+               progress=False, endpoint_url=moto_url)
+    local = json.loads(tiny_manifest.read_text())
+    assert m["data_root"] == "s3://images/raw"
+    assert m["fingerprint"] == local["fingerprint"]
+    for key in ("classes", "domain_classes", "excluded_classes", "skipped_files"):
+        assert m[key] == local[key]
+    assert _lists(tmp_path) == _lists(tiny_manifest.parent)

@@ -146,31 +146,17 @@ def test_missing_manifest_is_a_clear_failure(tmp_path):
     assert "FileNotFoundError" in json.loads((tmp_path / "ckpt" / "FAILED").read_text())["reason"]
 
 
-def test_checkpoints_to_s3(tiny_manifest, tmp_path):
-    import socket
-
+def test_checkpoints_to_s3(tiny_manifest, moto_url, aws_test_env):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    try:
-        env = {**ENV, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-        url = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                          aws_secret_access_key="test")
-        s3.create_bucket(Bucket="ckpt")
-        cmd = _cmd(tiny_manifest, "s3://ckpt/run-1", 1, "--s3-endpoint-url", url, np=0)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="run-1/")["Contents"]}
-        assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json",
-                "run-1/epochs/0001/COMMITTED"} <= keys
-        assert any(k.startswith("run-1/logs/") for k in keys)
-        best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
-        assert best["path"] == "s3://ckpt/run-1/epochs/0001"
-    finally:
-        server.stop()
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    s3.create_bucket(Bucket="ckpt")
+    cmd = _cmd(tiny_manifest, "s3://ckpt/run-1", 1, "--s3-endpoint-url", moto_url, np=0)
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **aws_test_env}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="run-1/")["Contents"]}
+    assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json",
+            "run-1/epochs/0001/COMMITTED"} <= keys
+    assert any(k.startswith("run-1/logs/") for k in keys)
+    best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
+    assert best["path"] == "s3://ckpt/run-1/epochs/0001"

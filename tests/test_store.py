@@ -1,36 +1,15 @@
 import json
-import socket
 
 import pytest
 
 from training import store as st
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path, s3_endpoint, monkeypatch):
+def root(request, tmp_path, moto_url, aws_test_env):
     if request.param == "local":
         return str(tmp_path / "store"), st.Store()
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    store = st.Store(endpoint_url=s3_endpoint)
+    store = st.Store(endpoint_url=moto_url)
     bucket = f"b{abs(hash(str(tmp_path))) % 10**8}"
     store.s3.create_bucket(Bucket=bucket)
     return f"s3://{bucket}/ckpt", store
