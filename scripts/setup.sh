@@ -63,7 +63,8 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
 fi
 
 # 3. The project itself, editable, so `python -m training.…` works from anywhere.
-if ! "$VENV/bin/python" -c "import training, os, sys; sys.exit(0 if os.path.dirname(training.__file__).startswith('$ROOT') else 1)" 2>/dev/null; then
+# Checked from / so that the clone's own folders on the current path do not pass for an installed package.
+if ! (cd / && "$VENV/bin/python" -c "import training, plugins, localcloud, os, sys; sys.exit(0 if all(os.path.dirname(m.__file__).startswith('$ROOT/') for m in (training, plugins, localcloud)) else 1)") 2>/dev/null; then
   log "installing the project (editable)"
   "$PIP" install -q --no-deps --no-build-isolation -e .
 fi
