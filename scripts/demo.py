@@ -381,7 +381,8 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
         say(f"fine-tune job {job['TrainingJobName']}: {job['TrainingJobStatus']}; "
             + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
         if "scratch:validation:accuracy" in metrics:
-            say(f"transfer vs scratch (same architecture, same budget): "
+            say(f"transfer vs scratch on all domain training images (same architecture, same budget; the "
+                f"report compares at 5, 20 and 50 images per class): "
                 f"{metrics.get('validation:accuracy', 0):.3f} vs {metrics['scratch:validation:accuracy']:.3f}")
     endpoints = sm.list_endpoints()["Endpoints"]
     url = f"http://127.0.0.1:{state['localcloud_port']}"
