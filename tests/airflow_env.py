@@ -217,3 +217,37 @@ def _token(client) -> str:
     if resp.status_code in (200, 201) and "access_token" in resp.json():
         return resp.json()["access_token"]
     raise RuntimeError(f"no API token from /auth/token: {resp.status_code} {resp.text[:200]}")
+
+
+def assert_parses_clean(dag_file: Path, dag_id: str) -> None:
+    """Parse ``dag_file`` in a fresh interpreter where any socket raises: no import error, the DAG is there,
+    and neither TensorFlow, Keras nor Horovod was imported (DAG parsing must stay light and offline)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import socket, sys
+        from airflow.dag_processing.dagbag import DagBag
+
+        class NoSocket(socket.socket):
+            def __init__(self, *a, **k):
+                raise RuntimeError("a socket was opened while parsing")
+
+        def no_connection(*a, **k):
+            raise RuntimeError("a connection was opened while parsing")
+
+        socket.socket = NoSocket
+        socket.create_connection = no_connection
+        socket.getaddrinfo = no_connection
+        bag = DagBag(dag_folder={str(dag_file)!r})
+        assert bag.import_errors == {{}}, bag.import_errors
+        assert {dag_id!r} in bag.dags
+        heavy = [m for m in ("tensorflow", "keras", "horovod") if m in sys.modules]
+        assert not heavy, heavy
+        print("parsed-clean")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "parsed-clean" in out.stdout

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 from botocore.validate import ParamValidator
 
+from airflow_env import assert_parses_clean
 from airflow_env import (DAGS_FOLDER, api_client, load_dagbag, reset_config_cache, run_dag, setup_airflow,
                          sync_dags_to_db)
 from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
@@ -101,31 +98,7 @@ def test_task_graph(dag):
 
 
 def test_parsing_imports_no_tensorflow_and_opens_no_socket(pipeline):
-    code = textwrap.dedent(f"""
-        import socket, sys
-        from airflow.dag_processing.dagbag import DagBag
-
-        class NoSocket(socket.socket):
-            def __init__(self, *a, **k):
-                raise RuntimeError("a socket was opened while parsing")
-
-        def no_connection(*a, **k):
-            raise RuntimeError("a connection was opened while parsing")
-
-        socket.socket = NoSocket
-        socket.create_connection = no_connection
-        socket.getaddrinfo = no_connection
-        bag = DagBag(dag_folder={str(DAG_FILE)!r})
-        assert bag.import_errors == {{}}, bag.import_errors
-        assert {DAG_ID!r} in bag.dags
-        heavy = [m for m in ("tensorflow", "keras", "horovod") if m in sys.modules]
-        assert not heavy, heavy
-        print("parsed-clean")
-    """)
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "parsed-clean" in out.stdout
+    assert_parses_clean(DAG_FILE, DAG_ID)
 
 
 INVALID_CONFS = [
