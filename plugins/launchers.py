@@ -78,6 +78,7 @@ class LocalCommandOperator(BaseOperator):
         self.env = env
         self.cwd = cwd
         self._hook = None
+        self._killed = False
 
     def command(self) -> list[str]:
         return [str(a) for a in self.argv]
@@ -92,7 +93,11 @@ class LocalCommandOperator(BaseOperator):
         from airflow.providers.standard.hooks.subprocess import SubprocessHook
 
         self._hook = SubprocessHook()
+        self._killed = False
         result = self._hook.run_command(self.command(), env=self.environment(), cwd=self.cwd)
+        # A stopped command may still exit 0 (horovodrun can, once its workers are gone): never a success.
+        if self._killed:
+            raise AirflowException(f"{self.command()[0]} was stopped (exit code {result.exit_code})")
         if result.exit_code != 0:
             raise AirflowException(self.on_failure_reason(result.exit_code, result.output))
         return None
@@ -100,6 +105,7 @@ class LocalCommandOperator(BaseOperator):
     def on_kill(self) -> None:
         proc = self._hook.sub_process if self._hook else None
         if proc is not None and proc.poll() is None:
+            self._killed = True
             self.log.info("stopping %s (pid %d) and its children", self.command()[0], proc.pid)
             _terminate_tree(proc.pid, KILL_GRACE_SECONDS, self.log)
 
