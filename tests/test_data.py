@@ -80,3 +80,55 @@ def test_load_split_uses_manifest_lists(tiny_manifest):
     assert dom.class_names == [c["name"] for c in m["domain_classes"]]
     assert len(train) == sum(c["train"] for c in m["classes"])
     assert all(p.startswith(m["data_root"]) for p in train.paths)
+
+
+def test_decode_and_resize_passes_images_at_size_through_unchanged():
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    png = tf.io.encode_png(pixels)
+    assert np.array_equal(tdata.decode_and_resize(png, (24, 24)).numpy(), pixels)
+    # Resizing rounds to nearest: a flat image stays exactly flat.
+    flat = tf.io.encode_png(np.full((40, 30, 3), 77, np.uint8))
+    assert np.all(tdata.decode_and_resize(flat, (16, 16)).numpy() == 77)
+
+
+def test_augment_image_is_a_seeded_flip_and_bounded_shift():
+    image = tf.constant(np.arange(20 * 20 * 3, dtype=np.int64).reshape(20, 20, 3) % 251 + 1, tf.uint8)
+    outs = [tdata.augment_image(image, tf.constant([3, k], tf.int64)).numpy() for k in range(40)]
+    again = tdata.augment_image(image, tf.constant([3, 5], tf.int64)).numpy()
+    assert np.array_equal(outs[5], again)  # same seed, same image
+    src = image.numpy()
+    flips = shifts = 0
+    for out in outs:
+        assert out.shape == (20, 20, 3) and out.dtype == np.uint8
+        # The content is the source (or its mirror) moved by at most 2 px per axis, zero-filled at the edges.
+        matches = [(f, dy, dx) for f in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(out, _shifted(src[:, ::-1] if f else src, dy, dx))]
+        assert len(matches) == 1, "not a flip + shift of the source"
+        f, dy, dx = matches[0]
+        flips += f
+        shifts += (dy, dx) != (0, 0)
+    assert 5 < flips < 35 and shifts > 20  # both transforms are actually drawn
+
+
+def _shifted(a, dy, dx):
+    out = np.zeros_like(a)
+    h, w = a.shape[:2]
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_training_pipeline_is_reproducible_and_augmented(tiny_manifest):
+    m = json.loads(tiny_manifest.read_text())
+    train = tdata.load_split(m, tiny_manifest.parent, "train")
+
+    def first(seed, cache):
+        ds = tdata.make_dataset(train, (16, 16), 8, training=True, seed=seed, cache=cache, drop_remainder=True)
+        return next(iter(ds))[0].numpy()
+
+    assert np.array_equal(first(1, False), first(1, False))
+    assert np.array_equal(first(1, True), first(1, True))
+    assert not np.array_equal(first(1, False), first(2, False))
+    plain = np.concatenate([x.numpy() for x, _, _ in tdata.make_dataset(train, (16, 16), 8, training=False)])
+    # Augmented images are transformed copies of the plain ones, not the plain ones themselves.
+    batch = first(1, True)
+    assert sum(any(np.array_equal(img, p) for p in plain) for img in batch) < len(batch)

@@ -37,7 +37,7 @@ def test_int8_export_is_smaller_and_calibrated(finetuned, world, tmp_path):
     i8 = tmp_path / "i8.tflite"
     edge.export(finetuned["model_dir"], f16, "float16")
     info = edge.export(finetuned["model_dir"], i8, "int8", validation_dir=world["validation"],
-                       representative_dir=world["train"], representative_count=16)
+                       representative_dir=world["train"], representative_count=64)
     assert info["input"]["dtype"] == "uint8"
     assert i8.stat().st_size < f16.stat().st_size
     assert info["parity"]["top1_agreement"] >= info["parity"]["min_agreement"] == 0.95

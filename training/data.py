@@ -24,51 +24,53 @@ AUTOTUNE = tf.data.AUTOTUNE
 def decode_and_resize(contents: tf.Tensor, image_size) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP bytes (any colour mode) -> ``uint8[H, W, 3]``.
 
-    Bilinear for mild scaling; area averaging when shrinking more than 2x, which avoids aliasing at a
-    fraction of the cost of an antialiased bilinear kernel.
+    Images already at ``image_size`` pass through untouched (no float round trip). Otherwise bilinear for mild
+    scaling, area averaging when shrinking more than 2x (no aliasing, at a fraction of the cost of an
+    antialiased kernel). Both are convex combinations of pixels, so the result needs rounding, not clipping.
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    shrink = tf.reduce_max(shape / tf.constant(image_size, tf.float32))
-    image = tf.cond(shrink > 2.0,
+    size = tf.constant(image_size, tf.int32)
+    shape = tf.shape(image)[:2]
+
+    def resize():
+        shrink = tf.reduce_max(tf.cast(shape, tf.float32) / tf.cast(size, tf.float32))
+        x = tf.cond(shrink > 2.0,
                     lambda: tf.image.resize(image, image_size, method="area"),
                     lambda: tf.image.resize(image, image_size, method="bilinear"))
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        return tf.cast(x + 0.5, tf.uint8)
+
+    out = tf.cond(tf.reduce_all(tf.equal(shape, size)), lambda: image, resize)
+    out.set_shape([*image_size, 3])
+    return out
 
 
-def augment_batch(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Per-image random flip, translation (up to 10%), brightness and contrast, on a whole batch at once.
+def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random horizontal flip and translation (up to 10% each way, zero-filled) of one ``uint8`` image.
 
-    Vectorised over the batch (one op per step instead of one per image) and stateless: the same seed gives
-    the same batch. Flip and translation are one projective transform applied to the uint8 pixels.
+    Geometry only, all on ``uint8`` (a slice and a zero pad: reflected edges cost a kernel several times
+    slower than the decode), so it costs a fraction of the decode. Photometric jitter (brightness, contrast)
+    happens inside the model at training time, fused with its input scaling: on the accelerator, where it is
+    free, instead of float passes here. Stateless: the same ``seed`` (``int64[2]``) gives the same image.
     """
-    n = tf.shape(images)[0]
-    h, w = images.shape[1], images.shape[2]
-    s = tf.random.experimental.stateless_split(seed, 4)
-    flip = tf.cast(tf.random.stateless_uniform([n, 1], s[0]) < 0.5, tf.float32)
-    shift = tf.random.stateless_uniform([n, 2], s[1], -0.1, 0.1) * tf.constant([w, h], tf.float32)
-    ones, zeros = tf.ones([n, 1]), tf.zeros([n, 1])
-    # Output pixel (x, y) samples input (a0*x + a2, y + b2): a0 = -1 mirrors, a2/b2 translate.
-    a0 = 1.0 - 2.0 * flip
-    a2 = flip * (w - 1) - shift[:, :1]
-    transforms = tf.concat([a0, zeros, a2, zeros, ones, -shift[:, 1:], zeros, zeros], axis=1)
-    x = tf.raw_ops.ImageProjectiveTransformV3(images=images, transforms=transforms, output_shape=[h, w],
-                                              fill_value=0.0, interpolation="NEAREST", fill_mode="REFLECT")
-    brightness = tf.random.stateless_uniform([n, 1, 1, 1], s[2], -20.0, 20.0)
-    contrast = tf.random.stateless_uniform([n, 1, 1, 1], s[3], 0.8, 1.2)
-    x = tf.cast(x, tf.float32)
-    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    # (x - mean) * contrast + mean + brightness, folded into one multiply-add.
-    x = x * contrast + (mean * (1.0 - contrast) + brightness)
-    return tf.cast(tf.clip_by_value(x, 0, 255), tf.uint8)
+    h, w = image.shape[0], image.shape[1]
+    limit = tf.constant([max(1, h // 10), max(1, w // 10)])
+    u = tf.random.stateless_uniform([3], seed)  # one draw: vertical shift, horizontal shift, flip
+    # Per-axis shift in [-limit, limit]; > 0 moves the content down / right.
+    shift = tf.cast(tf.floor(u[:2] * tf.cast(2 * limit + 1, tf.float32)), tf.int32) - limit
+    kept = tf.constant([h, w]) - tf.abs(shift)
+    image = tf.slice(image, tf.concat([tf.maximum(-shift, 0), [0]], 0), tf.concat([kept, [3]], 0))
+    pad = tf.stack([tf.maximum(shift, 0), tf.maximum(-shift, 0)], axis=1)
+    image = tf.pad(image, tf.concat([pad, [[0, 0]]], 0))
+    image.set_shape([h, w, 3])
+    return tf.cond(u[2] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def augment_batches(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-    """Augment each batch with its own stateless seed (the batch counter), so runs are reproducible."""
-    counter = tf.data.Dataset.counter()
-    return tf.data.Dataset.zip((ds, counter)).map(
-        lambda el, c: (augment_batch(el[0], tf.stack([tf.cast(seed, tf.int64), c])), el[1], el[2]),
+def augment_elements(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Augment each ``(image, label, index)`` element with its own stateless seed (its position in the stream),
+    so every pass sees new variants and runs are reproducible."""
+    return ds.enumerate().map(
+        lambda k, el: (augment_image(el[0], tf.stack([tf.cast(seed, tf.int64), k])), el[1], el[2]),
         num_parallel_calls=AUTOTUNE)
 
 
@@ -128,19 +130,23 @@ def make_dataset(split: Split, image_size, batch_size: int, training: bool, seed
     opts.deterministic = True
     opts.experimental_optimization.map_parallelization = True
 
+    def load_augmented(k, i):  # k: position in the stream, the element's augmentation seed
+        image, label, i = load(i)
+        return augment_image(image, tf.stack([tf.constant(seed, tf.int64), k])), label, i
+
     ds = tf.data.Dataset.range(n)
     if training and not cache:
-        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
-    if cache:
-        ds = ds.cache()
+        # Decode and augment in one map: one function call per element.
+        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+        ds = ds.map(load_augmented, num_parallel_calls=AUTOTUNE).ignore_errors()
+    else:
+        ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
+        if cache:
+            ds = ds.cache()
         if training:
             ds = ds.shuffle(min(n, 50_000), seed=seed, reshuffle_each_iteration=True)
-    if training:
-        ds = ds.repeat()
+            ds = augment_elements(ds.repeat(), seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    if training:
-        ds = augment_batches(ds, seed)
     return ds.with_options(opts).prefetch(AUTOTUNE)
 
 

@@ -399,11 +399,14 @@ def recalibrate_batchnorm(model, dataset, max_batches: int) -> int:
     """
     import keras
 
+    from training.model import set_jitter
+
     bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
     if not bns or max_batches <= 0:
         return 0
     saved = [(l.momentum, l.trainable) for l in bns]
     used = 0
+    jitter = set_jitter(model, False)  # statistics of the images as inference sees them
     try:
         for l in bns:
             l.trainable = True  # a frozen BatchNorm always runs in inference mode and would not update
@@ -415,6 +418,7 @@ def recalibrate_batchnorm(model, dataset, max_batches: int) -> int:
     finally:
         for l, (m, t) in zip(bns, saved):
             l.momentum, l.trainable = m, t
+        set_jitter(model, jitter)
     return used
 
 
@@ -493,19 +497,20 @@ def _fit(model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: H
 def transfer_model(pre: Pretrained, num_classes: int, hp: Hyperparameters):
     import keras
 
-    from training.model import attach_head
+    from training.model import attach_head, set_jitter
 
     base = pre.model
     features = base.get_layer(pre.meta.get("feature_layer", "features")).output
     outputs = attach_head(features, num_classes, hp.dropout)
     model = keras.Model(base.input, outputs, name=f"{base.name}_finetuned")
+    set_jitter(model, hp.augment)
     return model
 
 
 def scratch_model(template, hp: Hyperparameters, num_classes: int, image_size):
     import keras
 
-    from training.model import build_model
+    from training.model import build_model, set_jitter
 
     if template is not None:
         model = keras.models.clone_model(template)  # same architecture, freshly initialised weights
@@ -515,6 +520,7 @@ def scratch_model(template, hp: Hyperparameters, num_classes: int, image_size):
         layer.trainable = True
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = hp.bn_momentum
+    set_jitter(model, hp.augment)
     return model
 
 

@@ -21,6 +21,54 @@ ARCHS = ("small_resnet", "resnet50")
 BN_MOMENTUM = 0.9
 
 
+@keras.saving.register_keras_serializable(package="tlpipe")
+class Preprocess(layers.Layer):
+    """``uint8`` pixels -> ``[-1, 1]``; at training time also a random brightness and contrast per image.
+
+    The jitter is folded into the same multiply-add as the scaling, so photometric augmentation costs one
+    mean per image on the accelerator instead of several float passes in the CPU input pipeline. It is not
+    clipped: a jittered pixel may land slightly outside ``[-1, 1]``, which the network does not mind.
+    Inference (``training=False``, and therefore every exported model) is the plain scaling. ``jitter`` turns
+    the augmentation off (fine-tuning without augmentation, BatchNorm re-estimation).
+    """
+
+    def __init__(self, brightness: float = 20.0, contrast: float = 0.2, jitter: bool = True, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.brightness, self.contrast, self.jitter, self.seed = brightness, contrast, jitter, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        from keras import ops
+
+        x = ops.cast(x, self.compute_dtype)
+        if not (training and self.jitter):
+            return x * (1.0 / 127.5) - 1.0
+        shape = (ops.shape(x)[0], 1, 1, 1)
+        c = keras.random.uniform(shape, 1.0 - self.contrast, 1.0 + self.contrast, dtype=self.compute_dtype,
+                                 seed=self.seed_generator)
+        b = keras.random.uniform(shape, -self.brightness, self.brightness, dtype=self.compute_dtype,
+                                 seed=self.seed_generator)
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        # ((x - mean) * c + mean + b) / 127.5 - 1, as one multiply-add per pixel.
+        return x * (c / 127.5) + ((mean * (1.0 - c) + b) / 127.5 - 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "brightness": self.brightness, "contrast": self.contrast,
+                "jitter": self.jitter, "seed": self.seed}
+
+
+def set_jitter(model: keras.Model, on: bool) -> bool:
+    """Switch the training-time photometric jitter of ``model``'s input layer; returns the previous setting."""
+    layer = next((l for l in model.layers if isinstance(l, Preprocess)), None)
+    if layer is None:
+        return False
+    previous, layer.jitter = layer.jitter, on
+    return previous
+
+
 def _residual_block(x, filters: int, stride: int, name: str):
     shortcut = x
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
@@ -57,7 +105,7 @@ def build_model(num_classes: int, image_size: tuple[int, int] = (64, 64), arch: 
     if arch not in ARCHS:
         raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
     inputs = keras.Input(shape=(*image_size, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = Preprocess(name="preprocess")(inputs)
     if arch == "small_resnet":
         x, blocks = _small_resnet(x, width)
     else:

@@ -100,7 +100,7 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
     import tensorflow as tf
 
-    from training.data import AUTOTUNE, augment_batches, decode_and_resize
+    from training.data import AUTOTUNE, augment_elements, decode_and_resize
 
     image_size = tuple(int(s) for s in image_size)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -120,10 +120,8 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     if cache:
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = augment_elements(ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat(), seed)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
-    if training:
-        ds = augment_batches(ds, seed)
     return ds.prefetch(AUTOTUNE)
 
 
