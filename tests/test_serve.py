@@ -322,3 +322,28 @@ def test_output_handler_returns_top_k_labels(handlers, monkeypatch):
     with pytest.raises(handlers.PredictionError, match="Invalid JPEG") as err:
         handlers.output_handler(TFSResponse(400, {"error": "Invalid JPEG data"}), ctx(None))
     assert err.value.status == 400
+
+
+def test_a_batch_waits_for_recently_active_clients_only_up_to_the_limit():
+    fake = FakeModel()
+    clients = {"n": 3}
+    b = MicroBatcher(fake.predict, max_batch_size=8, max_wait_ms=30_000, workers=1,
+                     active_clients=lambda: clients["n"])
+    try:
+        jobs = [b.submit([b"a"], announced=False)]
+        time.sleep(0.2)
+        assert not fake.batches  # three clients are active: the first request waits for the others
+        jobs += [b.submit([b"b"], announced=False), b.submit([b"c"], announced=False)]
+        for job in jobs:
+            assert job.done.wait(30)
+        assert [len(x) for x in fake.batches] == [3]
+        clients["n"] = 1  # a lone client: no wait at all
+        lone = b.submit([b"d"], announced=False)
+        assert lone.done.wait(5) and [len(x) for x in fake.batches] == [3, 1]
+    finally:
+        b.close()
+    quick = MicroBatcher(fake.predict, max_batch_size=8, max_wait_ms=50, workers=1, active_clients=lambda: 5)
+    try:
+        assert quick.submit([b"e"], announced=False).done.wait(10)  # gives up after max_wait, not forever
+    finally:
+        quick.close()

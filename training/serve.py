@@ -19,8 +19,9 @@ anything else with 500; a body over ``--max-payload-mb`` (SageMaker's 6 MB) gets
 Every error body is JSON: ``{"error": "..."}``.
 
 Dynamic micro-batching: requests that arrive together are run as one batch of up to ``--max-batch-size``
-images. A batch waits at most ``--max-wait-ms`` for requests that are already being received, and not at all
-when none are, so a lone request pays no batching delay. ``--workers`` threads run batches (TensorFlow
+images. A batch waits at most ``--max-wait-ms`` for requests that are already being received, and for the
+clients that sent a request in the last second (keep-alive connections under load come straight back), but
+not at all when neither is pending, so a lone client pays no batching delay. ``--workers`` threads run batches (TensorFlow
 releases the GIL, so more than one overlaps on machines with the cores for it); ``--threads`` sets
 TensorFlow's per-op threads. If an image in a batch fails to decode, the batch's requests are retried one by
 one, so only the bad request fails.
@@ -147,8 +148,11 @@ class _Job:
 class MicroBatcher:
     """Groups concurrent requests' images into batches for ``predict`` (a list of bytes -> array [N, K])."""
 
-    def __init__(self, predict, max_batch_size: int = 32, max_wait_ms: float = 5.0, workers: int = 1):
+    def __init__(self, predict, max_batch_size: int = 32, max_wait_ms: float = 5.0, workers: int = 1,
+                 active_clients=None):
         self.predict = predict
+        # How many clients are likely to send again soon (a callable); a batch waits for that many requests.
+        self.active_clients = active_clients or (lambda: 0)
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self._cv = threading.Condition()
@@ -215,7 +219,9 @@ class MicroBatcher:
                     n += len(job.images)
                     continue
                 remaining = deadline - time.monotonic()
-                if self._arriving <= 0 or self._closed or remaining <= 0:
+                if self._closed or remaining <= 0:
+                    break
+                if self._arriving <= 0 and len(batch) >= self.active_clients():
                     break
                 self._cv.wait(remaining)
             return batch
@@ -265,6 +271,19 @@ class Server(ThreadingHTTPServer):
         self.failed: str | None = None
         self._inflight = 0
         self._inflight_cv = threading.Condition()
+        self._last_request: dict[int, float] = {}  # connection -> when it last sent a predict request
+
+    RECENT = 1.0  # seconds: a connection that sent a request this recently counts as an active client
+
+    def client_request(self, conn_id: int) -> None:
+        self._last_request[conn_id] = time.monotonic()
+
+    def client_gone(self, conn_id: int) -> None:
+        self._last_request.pop(conn_id, None)
+
+    def active_clients(self) -> int:
+        since = time.monotonic() - self.RECENT
+        return sum(1 for t in list(self._last_request.values()) if t >= since)
 
     def enter(self) -> None:
         with self._inflight_cv:
@@ -291,7 +310,8 @@ class Server(ThreadingHTTPServer):
             model = Model(Path(self.args.model_dir), self.args.threads)
             model.warm_up()
             a = self.args
-            self.batcher = MicroBatcher(model.predict, a.max_batch_size, a.max_wait_ms, a.workers)
+            self.batcher = MicroBatcher(model.predict, a.max_batch_size, a.max_wait_ms, a.workers,
+                                        active_clients=self.active_clients)
             self.model = model
             self.ready.set()
             log(f"model {model.name} version {model.version} loaded in {time.perf_counter() - t0:.1f}s "
@@ -369,6 +389,10 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, close: bool = False):
         self._send(status, json.dumps({"error": message}), close=close)
 
+    def finish(self):
+        self.server.client_gone(id(self))
+        super().finish()
+
     def do_GET(self):
         path = self.path.split("?", 1)[0]
         if path == "/ping":
@@ -398,6 +422,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._body_read = False
         server.enter()
+        server.client_request(id(self))
         server.batcher.arriving()
         announced = True
         try:
