@@ -152,8 +152,8 @@ def run(quick: bool = False) -> dict[str, Result]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host",
-                             "127.0.0.1", "--port", str(port), "--max-batch-size", str(CLIENTS)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "127.0.0.1", "--port", str(port), "--max-batch-size", str(CLIENTS), *os.environ.get("BENCH_SERVE_ARGS", "").split()],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
         deadline = time.monotonic() + 120
@@ -171,7 +171,8 @@ def run(quick: bool = False) -> dict[str, Result]:
         sv_lat, sv_tput = _served(port, blobs, n)
     finally:
         proc.terminate()
-        proc.wait(30)
+        server_log, _ = proc.communicate(timeout=30)
+    batching = re.search(r"(\d+) images in (\d+) batches \(mean ([\d.]+)\)", server_log or "")
     in_p50, sv_p50 = statistics.median(in_lat), statistics.median(sv_lat)
     return {
         "serving.p50_latency_batch1": Result(sv_p50, in_p50, None, "ms",
@@ -181,5 +182,6 @@ def run(quick: bool = False) -> dict[str, Result]:
                                              "server vs in-process"),
         "serving.throughput_16_clients": Result(sv_tput, in_tput, 0.8, "images/s",
                                                 f"{CLIENTS} concurrent clients vs in-process predict in batches "
-                                                f"of {CLIENTS}"),
+                                                f"of {CLIENTS}; server's mean batch "
+                                                f"{batching.group(3) if batching else '?'}"),
     }

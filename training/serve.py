@@ -606,7 +606,10 @@ def main(argv=None) -> int:
     server.server_close()
     if server.failed:
         return 1
-    log("stopped" + ("" if drained else f" (requests still running after {args.grace_seconds:g}s were dropped)"))
+    b = server.batcher
+    served = f"; {b.images} images in {b.batches} batches (mean {b.images / b.batches:.1f})" if b and b.batches else ""
+    log("stopped" + served + ("" if drained else
+                              f" (requests still running after {args.grace_seconds:g}s were dropped)"))
     return 0
 
 
