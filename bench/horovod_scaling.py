@@ -59,6 +59,7 @@ def run(quick: bool = False) -> dict[str, Result]:
                                                   "vs two independent 1-process runs at the same time"),
     }
     variants = {
+        "per_gradient_allreduce": (["--allreduce-groups", "0"], {}),
         "batch32": (["--batch-size", "32"], {}),
         "batch128": (["--batch-size", "128"], {}),
         "fp16_allreduce": (["--fp16-allreduce"], {}),
@@ -66,7 +67,7 @@ def run(quick: bool = False) -> dict[str, Result]:
         "cycle_time_1ms": ([], {"HOROVOD_CYCLE_TIME": "1"}),
     }
     if quick:
-        variants = {k: variants[k] for k in ("batch128", "fp16_allreduce")}
+        variants = {k: variants[k] for k in ("per_gradient_allreduce", "fp16_allreduce")}
     for name, (extra, env) in variants.items():
         value = run_one(manifest, 2, steps, epochs, extra, env)
         out[f"horovod.tuning.{name}"] = Result(value, two, None, "images/s", "2x1 with this change vs 2x1 default")

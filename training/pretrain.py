@@ -64,6 +64,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (GPUs)")
     p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
+    p.add_argument("--allreduce-groups", type=int, default=1,
+                   help="gradient allreduce groups per step (1: one grouped allreduce of every gradient, which "
+                        "pays the per-collective latency once; 0: one allreduce per gradient, fused by Horovod "
+                        "as they come ready)")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads per worker (0: TF decides)")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training list")
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
@@ -210,7 +214,7 @@ def train(args: argparse.Namespace) -> int:
             probs = model(images, training=True)
             loss = loss_fn(tf.one_hot(labels, num_classes), probs)
             scaled = optimizer.scale_loss(loss) if args.mixed_precision else loss
-        tape = hvd.DistributedGradientTape(tape, compression=compression)
+        tape = hvd.DistributedGradientTape(tape, compression=compression, num_groups=args.allreduce_groups)
         grads = tape.gradient(scaled, [v.value for v in model.trainable_variables])
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), labels), tf.float32))
