@@ -347,3 +347,18 @@ def test_a_batch_waits_for_recently_active_clients_only_up_to_the_limit():
         assert quick.submit([b"e"], announced=False).done.wait(10)  # gives up after max_wait, not forever
     finally:
         quick.close()
+
+
+def test_active_clients_are_shared_among_workers():
+    fake = FakeModel()
+    fake.release.clear()
+    b = MicroBatcher(fake.predict, max_batch_size=16, max_wait_ms=30_000, workers=2, active_clients=lambda: 4)
+    try:
+        jobs = [b.submit([bytes([65 + k])], announced=False) for k in range(4)]
+        fake.release.set()
+        for job in jobs:
+            assert job.done.wait(30)
+        # Four active clients over two workers: two batches of two, not one batch of four.
+        assert sorted(len(x) for x in fake.batches) == [2, 2]
+    finally:
+        b.close()
