@@ -160,3 +160,25 @@ def test_checkpoints_to_s3(tiny_manifest, moto_url, aws_test_env):
     assert any(k.startswith("run-1/logs/") for k in keys)
     best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
     assert best["path"] == "s3://ckpt/run-1/epochs/0001"
+
+
+def test_bind_to_cores_gives_each_local_rank_its_own_slice():
+    import os
+
+    from training.pretrain import bind_to_cores
+
+    before = os.sched_getaffinity(0)
+    try:
+        cores = sorted(before)
+        slices = []
+        for r in range(2):
+            slices.append(bind_to_cores(r, 2))
+            assert os.sched_getaffinity(0) == slices[-1]
+            os.sched_setaffinity(0, before)
+        if len(cores) >= 2:
+            assert slices[0] and slices[1] and not slices[0] & slices[1]
+            assert slices[0] | slices[1] <= before
+        else:
+            assert slices[0] == slices[1] == before
+    finally:
+        os.sched_setaffinity(0, before)

@@ -64,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (GPUs)")
     p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
+    p.add_argument("--bind-cores", default="auto", choices=["auto", "on", "off"],
+                   help="pin each rank to its slice of the host's cores (auto: when several ranks share a host)")
     p.add_argument("--allreduce-groups", type=int, default=1,
                    help="gradient allreduce groups per step (1: one grouped allreduce of every gradient, which "
                         "pays the per-collective latency once; 0: one allreduce per gradient, fused by Horovod "
@@ -101,6 +103,19 @@ def _local_copy(store: st.Store, uri: str, tmp: Path) -> Path:
     return Path(uri)
 
 
+def bind_to_cores(local_rank: int, local_size: int) -> set[int]:
+    """Pin this process (and the threads it starts) to its own slice of the cores it may use.
+
+    Ranks on one host then stop preempting each other: in synchronous training every preemption of one rank
+    stalls all of them at the next allreduce (MPI's ``--bind-to core``; worth about 5% with 2 ranks on 2 cores).
+    """
+    cores = sorted(os.sched_getaffinity(0))
+    per = max(1, len(cores) // local_size)
+    mine = set(cores[local_rank * per:(local_rank + 1) * per]) or set(cores)
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def train(args: argparse.Namespace) -> int:
     import numpy as np
     import tensorflow as tf
@@ -111,6 +126,8 @@ def train(args: argparse.Namespace) -> int:
     import horovod.tensorflow as hvd
 
     hvd.init()
+    if args.bind_cores == "on" or (args.bind_cores == "auto" and hvd.local_size() > 1):
+        bind_to_cores(hvd.local_rank(), hvd.local_size())
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
