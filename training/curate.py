@@ -21,6 +21,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import operator
 import os
 import sys
 import tempfile
@@ -51,6 +52,30 @@ class ClassScan:
     files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, size) of valid images
     formats: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    # Filled by ``finish``: what the lists and the fingerprint need, as ready-made text.
+    count: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    train_lines: str = ""  # "rel\tclass\n" per training file
+    val_lines: str = ""
+    fingerprint: bytes = b""  # "rel\0size\n" per valid file, in scan order
+    finished: bool = False
+
+    def finish(self, val_fraction: float) -> "ClassScan":
+        """Split and format the class's files, and drop the per-file list.
+
+        Runs where the scan ran (a worker process, for local trees), so the parent only writes ready text.
+        """
+        rels = [r for r, _ in self.files]
+        self.fingerprint = "".join(f"{r}\0{size}\n" for r, size in self.files).encode()
+        train, val = split_files(rels, val_fraction)
+        suffix = f"\t{self.name}\n"
+        self.count, self.n_train, self.n_val = len(rels), len(train), len(val)
+        self.train_lines = suffix.join(train) + suffix if train else ""
+        self.val_lines = suffix.join(val) + suffix if val else ""
+        self.files = []
+        self.finished = True
+        return self
 
 
 def _split_key(rel: str) -> str:
@@ -71,40 +96,52 @@ def split_files(rels: list[str], val_fraction: float) -> tuple[list[str], list[s
     return sorted(ordered[n_val:]), sorted(ordered[:n_val])
 
 
-def _iter_files(root: str):
-    """Path of every regular file below ``root``, depth first, in name order (no stat: d_type suffices)."""
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
-            continue
-        subdirs = []
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            if e.is_dir(follow_symlinks=True):
-                subdirs.append(e.path)
-            elif e.is_file(follow_symlinks=True):
-                yield e.path
-        stack.extend(reversed(subdirs))
+def scan_and_finish(task: tuple[str, str, float]) -> ClassScan:
+    root, name, val_fraction = task
+    return scan_class((root, name)).finish(val_fraction)
 
 
 def scan_class(task: tuple[str, str]) -> ClassScan:
-    """Check every file of one class folder (runs in a worker process)."""
+    """Check every file of one class folder (runs in a worker process).
+
+    Depth first, in name order, hidden entries skipped, symlinks followed. Each directory is opened once and its
+    files are opened relative to it (``dir_fd``), and the directory entries' types come from ``scandir`` with no
+    stat, which together make the walk cost little next to the one read per file.
+    """
     root, name = task
     scan = ClassScan(name)
-    prefix = len(root) + 1
-    for path in _iter_files(os.path.join(root, name)):
-        rel = path[prefix:].replace(os.sep, "/")
-        fmt, reason, size = check_image(path)
-        if fmt is None:
-            scan.skipped.append((rel, reason))
-        else:
-            scan.files.append((rel, size))
-            scan.formats[fmt] += 1
+    stack = [(os.path.join(root, name), f"{name}/")]  # relative paths start at the dataset root
+    while stack:
+        path, rel = stack.pop()
+        try:
+            dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        try:
+            entries = sorted(os.scandir(dfd), key=_by_name)
+            subdirs = []
+            for e in entries:
+                n = e.name
+                if n.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=True):
+                    subdirs.append((os.path.join(path, n), f"{rel}{n}/"))
+                elif e.is_file(follow_symlinks=True):
+                    fmt, reason, size = check_image(n, dir_fd=dfd)
+                    if fmt is None:
+                        scan.skipped.append((rel + n, reason))
+                    else:
+                        scan.files.append((rel + n, size))
+                        scan.formats[fmt] += 1
+        except OSError:
+            continue
+        finally:
+            os.close(dfd)
+        stack.extend(reversed(subdirs))
     return scan
+
+
+_by_name = operator.attrgetter("name")
 
 
 def _s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None = None):
@@ -167,17 +204,17 @@ def _s3_class_names(uri: str, endpoint_url: str | None = None) -> list[str]:
     return [n for n in Store(endpoint_url).list_dirs(uri) if not n.startswith(".")]
 
 
-def _scans(root: str, names: list[str], workers: int):
-    """ClassScans in class order; several processes check files when ``workers`` > 1."""
-    tasks = [(root, n) for n in names]
+def _scans(root: str, names: list[str], workers: int, val_fraction: float):
+    """Finished ClassScans in class order; several processes check files when ``workers`` > 1."""
+    tasks = [(root, n, val_fraction) for n in names]
     if workers <= 1 or len(names) < 2:
-        yield from map(scan_class, tasks)
+        yield from map(scan_and_finish, tasks)
         return
     import multiprocessing as mp
 
     with mp.get_context("fork").Pool(workers) as pool:
         # Ordered and lazy: results stream back one class at a time, so memory stays bounded.
-        yield from pool.imap(scan_class, tasks, chunksize=1)
+        yield from pool.imap(scan_and_finish, tasks, chunksize=1)
 
 
 def parse_domain_classes(value: str) -> int | list[str]:
@@ -213,7 +250,8 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
     writers = {k: gzip.open(tmp / v, "wt", encoding="utf-8", compresslevel=5) for k, v in LIST_FILES.items()
                if k not in ("domain_train", "domain_val")}
     # Dropped classes are spooled to disk until the domain classes are chosen, so memory stays bounded.
-    spool = gzip.open(tmp / "dropped.spool.gz", "wt", encoding="utf-8", compresslevel=1)
+    spools = {k: gzip.open(tmp / f"dropped-{k}.spool.gz", "wt", encoding="utf-8", compresslevel=1)
+              for k in ("train", "val")}
     fingerprint = hashlib.sha256()
     kept, dropped = [], []
     skipped_sample: list[dict] = []
@@ -231,7 +269,7 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
         # little next to checking (on 2 cores, 2 workers scan about 1.7x as fast as 1).
         workers = workers or (os.cpu_count() or 1)
         scans = (_s3_scans(data_dir, class_names, workers, endpoint_url) if remote
-                 else _scans(str(data_dir), class_names, workers))
+                 else _scans(str(data_dir), class_names, workers, val_fraction))
         for scan in scans:
             name = scan.name
             for rel, reason in scan.skipped:
@@ -239,34 +277,28 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
                 reasons[reason.split(":")[0]] += 1
                 if len(skipped_sample) < MANIFEST_SKIPPED_LIMIT:
                     skipped_sample.append({"path": rel, "reason": reason})
-            total_files += len(scan.files)
+            if not scan.finished:
+                scan.finish(val_fraction)
+            total_files += scan.count
             formats.update(scan.formats)
-            rels = [r for r, _ in scan.files]
-            for rel, size in scan.files:
-                fingerprint.update(f"{rel}\0{size}\n".encode())
-            train, val = split_files(rels, val_fraction)
-            entry = {"name": name, "count": len(rels), "train": len(train), "val": len(val)}
-            if len(rels) >= min_images:
+            fingerprint.update(scan.fingerprint)
+            entry = {"name": name, "count": scan.count, "train": scan.n_train, "val": scan.n_val}
+            if scan.count >= min_images:
                 kept.append(entry)
-                for r in train:
-                    writers["train"].write(f"{r}\t{name}\n")
-                for r in val:
-                    writers["val"].write(f"{r}\t{name}\n")
+                writers["train"].write(scan.train_lines)
+                writers["val"].write(scan.val_lines)
             else:
                 dropped.append(entry)
-                for r in train:
-                    spool.write(f"train\t{r}\t{name}\n")
-                for r in val:
-                    spool.write(f"val\t{r}\t{name}\n")
+                spools["train"].write(scan.train_lines)
+                spools["val"].write(scan.val_lines)
             if bar:
                 bar.update(1)
                 bar.set_postfix(kept=len(kept), dropped=len(dropped))
     finally:
         if bar:
             bar.close()
-        for w in writers.values():
+        for w in [*writers.values(), *spools.values()]:
             w.close()
-        spool.close()
 
     try:
         if total_files == 0:
@@ -279,14 +311,13 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
             )
         domain = choose_domain_classes(dropped, kept, domain_classes, min_domain_images)
         domain_names = {c["name"] for c in domain}
-        with gzip.open(tmp / "dropped.spool.gz", "rt", encoding="utf-8") as src, \
-                gzip.open(tmp / LIST_FILES["domain_train"], "wt", encoding="utf-8") as dtrain, \
-                gzip.open(tmp / LIST_FILES["domain_val"], "wt", encoding="utf-8") as dval:
-            for line in src:
-                split, rel, name = line.rstrip("\n").split("\t")
-                if name in domain_names:
-                    (dtrain if split == "train" else dval).write(f"{rel}\t{name}\n")
-        (tmp / "dropped.spool.gz").unlink()
+        for split in ("train", "val"):
+            with gzip.open(tmp / f"dropped-{split}.spool.gz", "rt", encoding="utf-8") as src, \
+                    gzip.open(tmp / LIST_FILES[f"domain_{split}"], "wt", encoding="utf-8") as dst:
+                for line in src:
+                    if line.rstrip("\n").rsplit("\t", 1)[-1] in domain_names:
+                        dst.write(line)
+            (tmp / f"dropped-{split}.spool.gz").unlink()
 
         params = {
             "min_images": min_images,

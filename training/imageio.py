@@ -48,10 +48,13 @@ def _complete(fmt: str, head: bytes, tail: bytes, size: int) -> bool:
 CHUNK = 65536  # small images are read whole in one call: head and tail without a stat
 
 
-def check_image(path: str | os.PathLike) -> tuple[str | None, str | None, int]:
-    """Return ``(format, None, size)`` for a usable image, or ``(None, reason, size)`` for one to skip."""
+def check_image(path: str | os.PathLike, dir_fd: int | None = None) -> tuple[str | None, str | None, int]:
+    """Return ``(format, None, size)`` for a usable image, or ``(None, reason, size)`` for one to skip.
+
+    ``dir_fd``: ``path`` is a name in that open directory (a one-component lookup instead of a full path walk).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
     except OSError as err:
         return None, f"unreadable: {err.strerror}", 0
     try:
