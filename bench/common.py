@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("TLPIPE_BENCH_DIR", ROOT / "var" / "bench"))
-RESULTS = ROOT / "bench" / "results.json"
+RESULTS = Path(os.environ.get("TLPIPE_BENCH_RESULTS", ROOT / "bench" / "results.json"))
 BIN = Path(sys.executable).parent
 
 
