@@ -66,12 +66,18 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(u[2] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def augment_elements(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Dataset:
     """Augment each ``(image, label, index)`` element with its own stateless seed (its position in the stream),
-    so every pass sees new variants and runs are reproducible."""
-    return ds.enumerate().map(
-        lambda k, el: (augment_image(el[0], tf.stack([tf.cast(seed, tf.int64), k])), el[1], el[2]),
-        num_parallel_calls=AUTOTUNE)
+    so every pass sees new variants and runs are reproducible.
+
+    ``load``, if given, first turns each element (a file index, a record) into ``(image, label, index)`` in the
+    same map: decoding and augmenting then cost one function call per element.
+    """
+    def augment(k, el):
+        image, label, index = load(el) if load else el
+        return augment_image(image, tf.stack([tf.cast(seed, tf.int64), k])), label, index
+
+    return ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
 
 
 @dataclass
@@ -130,15 +136,10 @@ def make_dataset(split: Split, image_size, batch_size: int, training: bool, seed
     opts.deterministic = True
     opts.experimental_optimization.map_parallelization = True
 
-    def load_augmented(k, i):  # k: position in the stream, the element's augmentation seed
-        image, label, i = load(i)
-        return augment_image(image, tf.stack([tf.constant(seed, tf.int64), k])), label, i
-
     ds = tf.data.Dataset.range(n)
     if training and not cache:
-        # Decode and augment in one map: one function call per element.
-        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-        ds = ds.map(load_augmented, num_parallel_calls=AUTOTUNE).ignore_errors()
+        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = augment_elements(ds, seed, load).ignore_errors()
     else:
         ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
         if cache:

@@ -100,7 +100,7 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
     import tensorflow as tf
 
-    from training.data import AUTOTUNE, augment_elements, augment_image, decode_and_resize
+    from training.data import AUTOTUNE, augment_elements, decode_and_resize
 
     image_size = tuple(int(s) for s in image_size)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -117,13 +117,9 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     if len(shards) < size:
         ds = ds.shard(size, rank)
     if training and not cache:
-        # Shuffle the records, then parse, decode and augment in one map: one function call per element.
-        def parse_augmented(k, record):
-            image, label, zero = parse(record)
-            return augment_image(image, tf.stack([tf.constant(seed, tf.int64), k])), label, zero
-
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-        ds = ds.map(parse_augmented, num_parallel_calls=AUTOTUNE).ignore_errors()
+        # Shuffle the records, then parse, decode and augment in one map.
+        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = augment_elements(ds, seed, parse).ignore_errors()
     else:
         ds = ds.map(parse, num_parallel_calls=AUTOTUNE).ignore_errors()
         if cache:
