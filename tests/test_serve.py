@@ -115,7 +115,11 @@ def test_classifies_real_images_in_both_content_types(server, world, reference, 
             assert [p["label"] for p in preds] == [labels[j] for j in np.argsort(-expected)]
             np.testing.assert_allclose([p["probability"] for p in preds], np.sort(expected)[::-1], atol=1e-4)
         answers.append(doc["predictions"][0])
-    assert all(a == answers[0] for a in answers)
+    # The same answer whatever the content type; float noise only (a 2-image request is a batch of 2, and
+    # oneDNN's kernels for another batch size may round differently in the last digits).
+    for a in answers[1:]:
+        assert [p["label"] for p in a] == [p["label"] for p in answers[0]]
+        np.testing.assert_allclose([p["probability"] for p in a], [p["probability"] for p in answers[0]], atol=1e-5)
     status, _, doc = invoke(server.port, data, "application/x-image",
                             headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=1"})
     assert status == 200 and len(doc["predictions"][0]) == 1
