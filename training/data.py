@@ -80,6 +80,26 @@ def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Datas
     return ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
 
 
+def load_elements(ds: tf.data.Dataset, load, training: bool, cache: bool, seed: int, shuffle_buffer: int,
+                  cached_shuffle_buffer: int | None = None) -> tf.data.Dataset:
+    """Sources (file indices, records) -> ``(image, label, index)`` elements, undecodable ones dropped.
+
+    Training without a cache shuffles the sources and repeats, then loads and augments in one map; otherwise
+    the loaded images are cached (if asked), and training shuffles, repeats and augments them after the cache,
+    so every pass gets new variants.
+    """
+    if training and not cache:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        return augment_elements(ds, seed, load).ignore_errors()
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(cached_shuffle_buffer or shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = augment_elements(ds.repeat(), seed)
+    return ds
+
+
 @dataclass
 class Split:
     paths: list[str]
@@ -136,17 +156,8 @@ def make_dataset(split: Split, image_size, batch_size: int, training: bool, seed
     opts.deterministic = True
     opts.experimental_optimization.map_parallelization = True
 
-    ds = tf.data.Dataset.range(n)
-    if training and not cache:
-        ds = ds.shuffle(min(n, 200_000), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = augment_elements(ds, seed, load).ignore_errors()
-    else:
-        ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
-        if cache:
-            ds = ds.cache()
-        if training:
-            ds = ds.shuffle(min(n, 50_000), seed=seed, reshuffle_each_iteration=True)
-            ds = augment_elements(ds.repeat(), seed)
+    ds = load_elements(tf.data.Dataset.range(n), load, training, cache, seed,
+                       shuffle_buffer=min(n, 200_000), cached_shuffle_buffer=min(n, 50_000))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     return ds.with_options(opts).prefetch(AUTOTUNE)
 

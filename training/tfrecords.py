@@ -100,7 +100,7 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
     import tensorflow as tf
 
-    from training.data import AUTOTUNE, augment_elements, decode_and_resize
+    from training.data import AUTOTUNE, decode_and_resize, load_elements
 
     image_size = tuple(int(s) for s in image_size)
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
@@ -116,16 +116,7 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
                           deterministic=not training)
     if len(shards) < size:
         ds = ds.shard(size, rank)
-    if training and not cache:
-        # Shuffle the records, then parse, decode and augment in one map.
-        ds = ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = augment_elements(ds, seed, parse).ignore_errors()
-    else:
-        ds = ds.map(parse, num_parallel_calls=AUTOTUNE).ignore_errors()
-        if cache:
-            ds = ds.cache()
-        if training:
-            ds = augment_elements(ds.shuffle(10_000, seed=seed, reshuffle_each_iteration=True).repeat(), seed)
+    ds = load_elements(ds, parse, training, cache, seed, shuffle_buffer=10_000)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
