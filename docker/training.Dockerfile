@@ -88,15 +88,14 @@ ARG USER_GID=1000
 RUN groupadd --gid "${USER_GID}" "${USER_NAME}" \
  && useradd --uid "${USER_UID}" --gid "${USER_GID}" --create-home --shell /bin/bash "${USER_NAME}"
 
-# sshd for MPIJob workers: the user's own config and host keys (generated here, readable only by the user).
+# sshd for MPIJob workers: the user's own config and an empty host-key directory. start-sshd generates the host
+# keys when each worker starts: keys made at build time would be shared by every container of the image.
 COPY docker/mpi/ssh_config /etc/ssh/ssh_config.d/mpijob.conf
 COPY --chown=1000:1000 docker/mpi/sshd_config /home/mpiuser/.sshd_config
+COPY --chmod=0755 docker/mpi/start-sshd /usr/local/bin/start-sshd
 RUN mkdir -p /home/mpiuser/.sshd \
- && ssh-keygen -q -t ed25519 -N "" -f /home/mpiuser/.sshd/ssh_host_ed25519_key \
- && ssh-keygen -q -t rsa -b 3072 -N "" -f /home/mpiuser/.sshd/ssh_host_rsa_key \
  && chown -R "${USER_UID}:${USER_GID}" /home/mpiuser/.sshd \
- && chmod 700 /home/mpiuser/.sshd \
- && chmod 600 /home/mpiuser/.sshd/ssh_host_ed25519_key /home/mpiuser/.sshd/ssh_host_rsa_key
+ && chmod 700 /home/mpiuser/.sshd
 
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:${PATH} \

@@ -517,6 +517,9 @@ class Endpoints:
                         f"localcloud has no serve command for image '{record['Image']}' of production variant "
                         f"{record['VariantName']}. Map it with --images or LOCALCLOUD_IMAGES."
                     )
+                refusal = commands.refusal({}, record["Environment"])
+                if refusal:
+                    raise DeployFailure(refusal)
                 vdir = Path(record["Dir"])
                 model_dir = vdir / "model"
                 if fresh or not model_dir.exists():
@@ -525,7 +528,7 @@ class Endpoints:
                     vdir.mkdir(parents=True)
                     self._fetch_model(record.get("ModelDataUrl"), vdir, model_dir)
                 port = procs.free_port()
-                env = dict(os.environ)
+                env = procs.base_environment()
                 env.update(commands.render_env(root=str(vdir), model_dir=str(model_dir), port=str(port)))
                 env.update(
                     {

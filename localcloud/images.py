@@ -8,11 +8,20 @@ image URI maps to the commands that image would run, as argv lists::
         {
           "match": "tlpipe-sagemaker",
           "train": ["{python}", "-m", "training.finetune"],
-          "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+          "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--host", "127.0.0.1",
+                    "--port", "{port}"],
           "env": {"EXTRA": "value"}
         }
       ]
     }
+
+A training job or model runs only the command its entry names. A request that would change it is refused with
+a ValidationException unless the entry's ``allow`` list names the field: ``ContainerEntrypoint`` and
+``ContainerArguments`` (training jobs), ``CommandEnvironment`` (``Environment`` variables that change what a
+process runs, such as ``LD_PRELOAD``, ``PYTHONPATH``, ``PYTHONSTARTUP``, ``PATH`` or ``BASH_ENV``). Other
+environment variables and hyperparameters pass as on SageMaker::
+
+    {"match": "my-debug-image", "train": [...], "allow": ["ContainerEntrypoint", "ContainerArguments"]}
 
 ``match`` is a shell-style glob compared with the whole image URI and with its repository name (the last
 path component without tag or digest), so ``tlpipe-sagemaker`` matches
@@ -31,24 +40,35 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ALLOWABLE = ("ContainerEntrypoint", "ContainerArguments", "CommandEnvironment")
+# Variables through which a caller could make the interpreter, the dynamic loader or a shell run other code.
+COMMAND_ENVIRONMENT = re.compile(
+    r"^(LD_\w*|DYLD_\w*|PYTHON(?!UNBUFFERED$|HASHSEED$|IOENCODING$)\w*|PERL\w*|RUBY\w*|NODE_OPTIONS|"
+    r"JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|BASH_ENV|ENV|BASH_FUNC_.*|SHELLOPTS|BASHOPTS|PS4|IFS|PATH|GCONV_PATH|"
+    r"HOSTALIASES|OPENSSL_CONF|OPENSSL_ENGINES|TF_\w*PLUGIN\w*|HOROVOD_\w*COMMAND\w*)$",
+    re.IGNORECASE,
+)
 
 DEFAULT_ENTRIES = [
     {
         "match": "tlpipe-sagemaker",
         "train": ["{python}", "-m", "training.finetune"],
-        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--host", "127.0.0.1",
+                  "--port", "{port}"],
         "env": {},
     },
     {
         # The managed TensorFlow Serving container: the fine-tuned artifact is built for it, and
         # training.serve runs the artifact's own code/inference.py handlers the way it does.
         "match": "tensorflow-inference",
-        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--port", "{port}"],
+        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--host", "127.0.0.1",
+                  "--port", "{port}"],
         "env": {},
     },
 ]
@@ -60,6 +80,22 @@ class ImageCommands:
     train: list[str] | None
     serve: list[str] | None
     env: dict[str, str] = field(default_factory=dict)
+    allow: frozenset[str] = frozenset()
+
+    def refusal(self, fields: dict, environment: dict | None) -> str | None:
+        """Why a request may not run on this image (None: it may): a field or variable that changes the command
+        the map names, unless the entry allows it."""
+        for name in ("ContainerEntrypoint", "ContainerArguments"):
+            if fields.get(name) and name not in self.allow:
+                return (f"{name} is not accepted for image '{self.image}': localcloud runs only the command its "
+                        f"image map names (allow it with \"allow\": [\"{name}\"] in that entry)")
+        if "CommandEnvironment" not in self.allow:
+            risky = sorted(k for k in (environment or {}) if COMMAND_ENVIRONMENT.match(str(k)))
+            if risky:
+                return (f"Environment variable(s) {', '.join(risky)} would change the command of image "
+                        f"'{self.image}' and are not accepted (allow them with \"allow\": "
+                        f"[\"CommandEnvironment\"] in its image map entry)")
+        return None
 
     def train_argv(self, root: str) -> list[str]:
         return _render(self.train or [], root=root)
@@ -99,6 +135,10 @@ class ImageMap:
                     isinstance(entry[key], list) and entry[key] and all(isinstance(a, str) for a in entry[key])
                 ):
                     raise ValueError(f"image map entry {entry['match']!r}: {key!r} must be a non-empty argv list")
+            unknown = set(entry.get("allow") or ()) - set(ALLOWABLE)
+            if unknown:
+                raise ValueError(f"image map entry {entry['match']!r}: 'allow' takes {', '.join(ALLOWABLE)}, "
+                                 f"not {', '.join(sorted(unknown))}")
         self.entries = [*entries, *DEFAULT_ENTRIES]
 
     @classmethod
@@ -124,5 +164,6 @@ class ImageMap:
                     train=entry.get("train"),
                     serve=entry.get("serve"),
                     env={str(k): str(v) for k, v in (entry.get("env") or {}).items()},
+                    allow=frozenset(entry.get("allow") or ()),
                 )
         return None

@@ -101,6 +101,9 @@ class TrainingJobs:
             raise validation(
                 f"localcloud has no training command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
             )
+        refusal = commands.refusal(body["AlgorithmSpecification"], body.get("Environment"))
+        if refusal:
+            raise validation(refusal)
         job_arn = arn(region, "training-job", name)
         now = time.time()
         doc = {k: v for k, v in body.items() if k != "Tags"}
@@ -283,6 +286,9 @@ class TrainingJobs:
             )
         argv = commands.train_argv(root=str(paths["ml"]))
         spec = doc["AlgorithmSpecification"]
+        refusal = commands.refusal(spec, doc.get("Environment"))  # the map may have changed since CreateTrainingJob
+        if refusal:
+            raise JobFailure(f"ClientError: {refusal}")
         if spec.get("ContainerEntrypoint"):
             argv = list(spec["ContainerEntrypoint"])
         if spec.get("ContainerArguments"):
@@ -333,8 +339,10 @@ class TrainingJobs:
                         continue
                     rel = relative_key(prefix, key)
                     target = (dest / rel).resolve()
-                    if not rel or not str(target).startswith(str(dest.resolve()) + os.sep):
-                        continue
+                    if not rel or not target.is_relative_to(dest.resolve()) or any(
+                            part in ("", ".", "..") for part in rel.split("/")):
+                        raise JobFailure(f"ClientError: Data download failed: object key '{key}' under {uri} "
+                                         f"would be written outside the channel directory")
                     target.parent.mkdir(parents=True, exist_ok=True)
                     s3.download_file(bucket, key, str(target))
                     found += 1
@@ -446,7 +454,7 @@ class TrainingJobs:
             sm[f"SM_CHANNEL_{channel.upper()}"] = path
         for key, value in hps.items():
             sm[f"SM_HP_{key.upper()}"] = str(value)
-        env = dict(os.environ)
+        env = procs.base_environment()
         env.update(commands.render_env(root=str(ml)))
         env.update(sm)
         env.update({k: str(v) for k, v in (doc.get("Environment") or {}).items()})

@@ -18,6 +18,17 @@ import psutil
 
 log = logging.getLogger("localcloud.procs")
 
+# What a container command inherits from localcloud's own environment: enough to find the interpreter and run
+# it as configured, none of the caller's secrets or connections (a container on SageMaker starts from its image's
+# environment, not from the caller's).
+INHERITED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "PYTHONPATH",
+             "OMP_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
+
+
+def base_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in INHERITED or k.startswith("LC_")}
+
+
 # CloudWatch Logs limits: 256 KiB per event, 10,000 events or 1 MiB per PutLogEvents batch.
 MAX_EVENT_BYTES = 256 * 1024 - 26
 MAX_BATCH_EVENTS = 10_000

@@ -214,6 +214,9 @@ class SageMaker:
             raise validation(
                 f"localcloud has no serve command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
             )
+        refusal = commands.refusal({}, container.get("Environment"))
+        if refusal:
+            raise validation(refusal)
         url = container.get("ModelDataUrl")
         if url is not None and not url.startswith("s3://"):
             raise validation("ModelDataUrl must be an s3:// URL.")

@@ -4,12 +4,15 @@ Requests are routed by what identifies the service on AWS:
 
 - ``X-Amz-Target: SageMaker.*``, or a request signed for ``sagemaker`` -> the SageMaker control plane
   (:mod:`localcloud.sagemaker`);
-- ``POST /endpoints/<name>/invocations`` signed for ``sagemaker`` (the runtime signs with the same name) or
-  unsigned (``curl``) -> the SageMaker runtime;
+- ``POST /endpoints/<name>/invocations`` signed for ``sagemaker`` (the runtime signs with the same name)
+  -> the SageMaker runtime;
 - everything else -> moto's server application mounted in-process (S3, CloudWatch Logs, STS, IAM, ...),
   which itself routes by the signed service name and host, as ``moto_server`` does.
 
-Any credentials are accepted. ``GET /_localcloud/health`` answers once the server is ready.
+Every request must be SigV4-signed with the one access key localcloud was started with
+(:mod:`localcloud.auth`; ``LOCALCLOUD_ACCESS_KEY_ID`` / ``LOCALCLOUD_SECRET_ACCESS_KEY``, by default
+``test`` / ``test``, written to ``ready.json``). Browsers get no CORS answers unless ``cors_origins`` names
+their origin. ``GET /_localcloud/health`` (no secrets in it) answers once the server is ready.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -30,6 +33,7 @@ from botocore.config import Config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from .auth import AccessKey, Denied, Verifier
 from .endpoints import Endpoints
 from .images import ImageMap
 from .jobs import TrainingJobs
@@ -40,7 +44,6 @@ from .state import State
 log = logging.getLogger("localcloud")
 
 INTERNAL_HEADER = "X-Localcloud-Internal"
-_SIGNED_SERVICE = re.compile(r"Credential=[^/,]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 _LOGS_WRITES = re.compile(r"^Logs_\d+\.(Put|Create|Delete)")
 
 
@@ -51,17 +54,14 @@ class Settings:
     invoke_timeout: float = 60.0  # SageMaker's InvokeEndpoint limit
     poll_interval: float = 0.5
     snapshot_interval: float = 10.0  # seconds between S3/Logs snapshots while something changed
+    access_key: AccessKey = field(default_factory=AccessKey)  # the only credentials requests may be signed with
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call localcloud (none by default)
 
 
 class _Handler(MotoRequestHandler):
     def log_request(self, code="-", size="-"):
         if log.isEnabledFor(logging.DEBUG):
             super().log_request(code, size)
-
-
-def signed_service(environ: dict) -> str | None:
-    match = _SIGNED_SERVICE.search(environ.get("HTTP_AUTHORIZATION", ""))
-    return match.group(1).lower() if match else None
 
 
 class LocalCloud:
@@ -94,6 +94,7 @@ class LocalCloud:
         self.endpoints = Endpoints(self)
         self.sagemaker = SageMaker(self)
         self.moto = DomainDispatcherApplication(create_backend_app)
+        self.verifier = Verifier(self.settings.access_key)
         self._token = secrets.token_hex(16)
         self._ready = False
         self._dirty = threading.Event()
@@ -107,6 +108,29 @@ class LocalCloud:
 
     # -- routing -----------------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
+        origin = environ.get("HTTP_ORIGIN")
+        allowed = origin is not None and origin in self.settings.cors_origins
+        if environ.get("REQUEST_METHOD") == "OPTIONS" and origin is not None:
+            return self._preflight(environ, start_response, allowed)
+        return self._route(environ, _without_cors(start_response, origin if allowed else None))
+
+    def _preflight(self, environ, start_response, allowed: bool):
+        """CORS preflight: answered only for a configured origin; any other gets 403 and no CORS headers."""
+        if not allowed:
+            start_response("403 Forbidden", [("Content-Length", "0")])
+            return [b""]
+        headers = [
+            ("Access-Control-Allow-Origin", environ["HTTP_ORIGIN"]),
+            ("Access-Control-Allow-Methods", "GET, PUT, POST, DELETE, HEAD"),
+            ("Access-Control-Allow-Headers", environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")),
+            ("Access-Control-Max-Age", "600"),
+            ("Vary", "Origin"),
+            ("Content-Length", "0"),
+        ]
+        start_response("200 OK", headers)
+        return [b""]
+
+    def _route(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/_localcloud/health":
             body = json.dumps({"status": "ready" if self._ready else "starting", "url": self.url}).encode()
@@ -118,19 +142,25 @@ class LocalCloud:
             start_response("503 Service Unavailable",
                            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
+        try:
+            service = self.verifier.verify(environ)
+        except Denied as denied:
+            status, headers, body = denied.render()
+            log.warning("refused %s %s: %s", environ.get("REQUEST_METHOD"), path, denied.code)
+            start_response(status, headers)
+            return [body]
         target = environ.get("HTTP_X_AMZ_TARGET", "")
-        service = signed_service(environ)
         host = environ.get("HTTP_HOST", "")
         method = environ.get("REQUEST_METHOD", "GET")
         if target.startswith("SageMaker."):
             return self.sagemaker.control(environ, start_response)
         if RUNTIME_PATH.match(path) and method == "POST" and (
-            service in (None, "sagemaker") or host.startswith("runtime.sagemaker.")
+            service == "sagemaker" or host.startswith("runtime.sagemaker.")
         ):
             return self.sagemaker.runtime(environ, start_response)
         if service == "sagemaker" or host.startswith("api.sagemaker."):
             return self.sagemaker.control(environ, start_response)
-        if (service in (None, "s3") and method in ("PUT", "POST", "DELETE")) or _LOGS_WRITES.match(target):
+        if (service == "s3" and method in ("PUT", "POST", "DELETE")) or _LOGS_WRITES.match(target):
             self._dirty.set()
         return self.moto(environ, start_response)
 
@@ -138,8 +168,10 @@ class LocalCloud:
     def client(self, service: str):
         with self._clients_lock:
             if service not in self._clients:
+                key = self.settings.access_key
                 session = boto3.session.Session(
-                    aws_access_key_id="localcloud", aws_secret_access_key="localcloud", region_name="us-east-1"
+                    aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret_access_key,
+                    region_name="us-east-1",
                 )
                 client = session.client(
                     service,
@@ -163,7 +195,7 @@ class LocalCloud:
     def start(self) -> str:
         self._server = make_server(self.host, self.port, self, threaded=True, request_handler=_Handler)
         self.port = self._server.server_port
-        # Bound to every interface: clients on this machine (and localcloud itself) use loopback.
+        # Bound to every interface only when asked (the container image): clients here use loopback.
         host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
         self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="localcloud-http", daemon=True)
@@ -177,9 +209,14 @@ class LocalCloud:
         self._ready = True
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="localcloud-snapshot", daemon=True)
         self._snapshotter.start()
-        ready = {"url": self.url, "pid": os.getpid(), "port": self.port}
+        key = self.settings.access_key
+        ready = {"url": self.url, "pid": os.getpid(), "port": self.port, "region": "us-east-1",
+                 "access_key_id": key.access_key_id, "secret_access_key": key.secret_access_key}
         tmp = self.data_dir / "ready.json.tmp"
-        tmp.write_text(json.dumps(ready))
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the secret key
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(ready))
         os.replace(tmp, self.data_dir / "ready.json")
         return self.url
 
@@ -221,6 +258,18 @@ class LocalCloud:
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
         log.info("stopped")
+
+
+def _without_cors(start_response, origin: str | None):
+    """Drop the CORS headers moto adds to every answer; a configured origin gets its own back."""
+
+    def wrapped(status, headers, exc_info=None):
+        kept = [(k, v) for k, v in headers if not k.lower().startswith("access-control-")]
+        if origin is not None:
+            kept += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return start_response(status, kept, exc_info)
+
+    return wrapped
 
 
 def wait_ready(data_dir: str | os.PathLike, timeout: float = 60.0, pid: int | None = None) -> dict:

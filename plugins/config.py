@@ -145,7 +145,7 @@ class KubernetesConfig(Section):
 class MPIJobConfig(Section):
     ssh_port: int = Field(default=2222, ge=1024, le=65535)
     ssh_auth_mount_path: str = "/home/mpiuser/.ssh"
-    sshd_command: tuple[str, ...] = ("/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
+    sshd_command: tuple[str, ...] = ("/usr/local/bin/start-sshd", "-De", "-f", "/home/mpiuser/.sshd_config")
     hostfile: str = "/etc/mpi/hostfile"
     launcher_creation_policy: Literal["AtStartup", "WaitForWorkersReady"] = "WaitForWorkersReady"
     clean_pod_policy: Literal["None", "Running", "All"] = "Running"

@@ -3,7 +3,10 @@
 All three run exactly ``TrainingSpec.argv()``:
 
 - ``LocalTrainingOperator``: ``horovodrun -np N <venv python> -m training.pretrain …`` as a subprocess of the task
-  (the standard provider's SubprocessHook); killing the task stops Horovod and every worker it started.
+  (the standard provider's SubprocessHook); killing the task stops Horovod and every worker it started. The
+  processes get an allow-listed environment (``training_environment``), never the task's secrets or
+  connections; Horovod's Gloo launcher writes every variable onto each worker's command line, so the checkpoint
+  store's credentials go in 0600 files (``TLPIPE_S3_CREDENTIALS_DIR``, see ``training.store``), removed after.
 - ``TrainingPodOperator``: a KubernetesPodOperator whose pod (GPUs, node selector, tolerations, data PVC,
   memory-backed /dev/shm, restricted securityContext) is built from the spec at run time.
 - ``CreateMPIJobOperator`` / ``DeleteMPIJobOperator``: the provider's resource operators applied to the MPIJob
@@ -14,8 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -31,6 +37,24 @@ from plugins.config import KubernetesConfig
 from plugins.training_spec import TrainingSpec
 
 KILL_GRACE_SECONDS = 20
+# What training processes may inherit from the task's environment: the interpreter's and the libraries' own
+# settings (threads, TensorFlow, Horovod, NCCL, CUDA) and where S3 is, never credentials, Airflow's
+# configuration (database URL, JWT secret, fernet key) or its connections and variables.
+TRAINING_ENV_NAMES = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "PYTHONPATH",
+    "PYTHONHASHSEED", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE", "TLPIPE_S3_ENDPOINT_URL",
+})
+TRAINING_ENV_PREFIXES = ("LC_", "OMP_", "KMP_", "MKL_", "TF_", "HOROVOD_", "NCCL_", "CUDA_", "GLOO_", "OMPI_",
+                         "PMIX_", "UCX_", "MALLOC_")
+_SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|_KEY$|_CONN$|^AIRFLOW)", re.I)
+
+
+def training_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``source`` that training processes get (see ``TRAINING_ENV_NAMES``)."""
+    return {k: v for k, v in source.items()
+            if (k in TRAINING_ENV_NAMES or k.startswith(TRAINING_ENV_PREFIXES)) and not _SECRET_NAME.search(k)}
+
 
 
 def _as_spec(value: Any) -> TrainingSpec:
@@ -84,7 +108,7 @@ class LocalCommandOperator(BaseOperator):
         return [str(a) for a in self.argv]
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1", **(self.env or {})}
+        return {**training_environment(os.environ), "PYTHONUNBUFFERED": "1", **(self.env or {})}
 
     def on_failure_reason(self, exit_code: int, last_line: str) -> str:
         return f"{self.command()[0]} exited with code {exit_code}" + (f": {last_line}" if last_line else "")
@@ -124,6 +148,7 @@ class LocalTrainingOperator(LocalCommandOperator):
         super().__init__(argv=[], **kwargs)
         self.spec = spec
         self.checkpoint_conn_id = checkpoint_conn_id
+        self._secrets_dir: str | None = None
 
     def command(self) -> list[str]:
         return _as_spec(self.spec).argv()
@@ -132,13 +157,15 @@ class LocalTrainingOperator(LocalCommandOperator):
         env = super().environment()
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         spec = _as_spec(self.spec)
-        if spec.checkpoint_dir.startswith("s3://") and self.checkpoint_conn_id:
+        if spec.checkpoint_dir.startswith("s3://") and self.checkpoint_conn_id and self._secrets_dir:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+            from training.store import CREDENTIALS_DIR_ENV, write_credentials_dir
+
             creds = S3Hook(aws_conn_id=self.checkpoint_conn_id).get_credentials()
-            env.update({"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key})
-            if creds.token:
-                env["AWS_SESSION_TOKEN"] = creds.token
+            # Horovod: the Gloo launcher copies the environment into argv; a directory path is all it may see.
+            env[CREDENTIALS_DIR_ENV] = str(write_credentials_dir(
+                self._secrets_dir, creds.access_key, creds.secret_key, creds.token))
         return env
 
     def on_failure_reason(self, exit_code: int, last_line: str) -> str:
@@ -161,7 +188,12 @@ class LocalTrainingOperator(LocalCommandOperator):
         if spec.launcher != "local":
             raise AirflowException(f"the local launcher cannot run a {spec.launcher!r} spec")
         self.log.info("training with %d local Horovod process(es) into %s", spec.num_processes, spec.checkpoint_dir)
-        return super().execute(context)
+        self._secrets_dir = tempfile.mkdtemp(prefix="tlpipe-credentials-")  # 0700
+        try:
+            return super().execute(context)
+        finally:
+            shutil.rmtree(self._secrets_dir, ignore_errors=True)
+            self._secrets_dir = None
 
 
 class TrainingPodOperator(KubernetesPodOperator):
@@ -187,8 +219,7 @@ class TrainingPodOperator(KubernetesPodOperator):
             tolerations=pod_parts.tolerations(kube),
             volumes=pod_parts.volumes(kube),
             volume_mounts=pod_parts.volume_mounts(kube),
-            env_vars=pod_parts.training_env(),
-            env_from=pod_parts.env_from(kube),
+            env_vars=pod_parts.training_env(kube),
             security_context=pod_parts.pod_security_context(kube),
             container_security_context=pod_parts.container_security_context(),
             labels={**kube.labels, "app.kubernetes.io/name": "tlpipe-pretrain"},
@@ -255,8 +286,8 @@ def curate_pod_operator(*, task_id: str, argv: Any, kube: KubernetesConfig, **kw
         service_account_name=kube.service_account,
         automount_service_account_token=False,
         cmds=argv,
-        volumes=pod_parts.volumes(kube, shm=False),
-        volume_mounts=pod_parts.volume_mounts(kube, shm=False),
+        volumes=pod_parts.volumes(kube, shm=False, credentials=False),
+        volume_mounts=pod_parts.volume_mounts(kube, shm=False, credentials=False),
         container_resources=pod_parts.resources(kube.curate_resources),
         env_vars=pod_parts.training_env(),
         security_context=pod_parts.pod_security_context(kube),

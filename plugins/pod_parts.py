@@ -9,9 +9,14 @@ from __future__ import annotations
 from kubernetes.client import models as k8s
 
 from plugins.config import KubernetesConfig, Resources
+from training.store import CREDENTIALS_DIR_ENV
 
 DATA_VOLUME = "data"
 SHM_VOLUME = "dshm"
+# The checkpoint store's secret as files, not environment variables: Horovod copies the environment onto every
+# worker's command line (and over ssh to MPIJob workers), where any process on the node can read it.
+CREDENTIALS_VOLUME = "checkpoint-store-credentials"
+CREDENTIALS_DIR = "/var/run/secrets/tlpipe/checkpoint-store"
 
 
 def pod_security_context(kube: KubernetesConfig) -> k8s.V1PodSecurityContext:
@@ -42,9 +47,13 @@ def image_pull_secrets(kube: KubernetesConfig) -> list[k8s.V1LocalObjectReferenc
     return [k8s.V1LocalObjectReference(name=name) for name in kube.image_pull_secrets]
 
 
-def volumes(kube: KubernetesConfig, shm: bool = True) -> list[k8s.V1Volume]:
+def volumes(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1Volume]:
     out = [k8s.V1Volume(name=DATA_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
         claim_name=kube.data_volume.claim_name, read_only=kube.data_volume.read_only))]
+    if credentials and kube.checkpoint_secret:
+        # 0440: the pod's fsGroup owns the files, so the non-root user reads them and nobody else.
+        out.append(k8s.V1Volume(name=CREDENTIALS_VOLUME, secret=k8s.V1SecretVolumeSource(
+            secret_name=kube.checkpoint_secret, default_mode=0o440)))
     if shm:
         # NCCL and tf.data use /dev/shm; the container runtime's default 64 MiB is far too small.
         out.append(k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
@@ -52,9 +61,11 @@ def volumes(kube: KubernetesConfig, shm: bool = True) -> list[k8s.V1Volume]:
     return out
 
 
-def volume_mounts(kube: KubernetesConfig, shm: bool = True) -> list[k8s.V1VolumeMount]:
+def volume_mounts(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1VolumeMount]:
     out = [k8s.V1VolumeMount(name=DATA_VOLUME, mount_path=kube.data_volume.mount_path,
                              read_only=kube.data_volume.read_only)]
+    if credentials and kube.checkpoint_secret:
+        out.append(k8s.V1VolumeMount(name=CREDENTIALS_VOLUME, mount_path=CREDENTIALS_DIR, read_only=True))
     if shm:
         out.append(k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
     return out
@@ -69,18 +80,15 @@ def resources(res: Resources, gpus: int = 0, gpu_resource: str = "nvidia.com/gpu
     return k8s.V1ResourceRequirements(limits=limits, requests=requests)
 
 
-def env_from(kube: KubernetesConfig) -> list[k8s.V1EnvFromSource]:
-    if not kube.checkpoint_secret:
-        return []
-    return [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=kube.checkpoint_secret))]
-
-
-def training_env() -> list[k8s.V1EnvVar]:
-    return [
+def training_env(kube: KubernetesConfig | None = None) -> list[k8s.V1EnvVar]:
+    env = [
         k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
         k8s.V1EnvVar(name="TF_CPP_MIN_LOG_LEVEL", value="2"),
         k8s.V1EnvVar(name="HOME", value="/tmp"),
     ]
+    if kube is not None and kube.checkpoint_secret:
+        env.append(k8s.V1EnvVar(name=CREDENTIALS_DIR_ENV, value=CREDENTIALS_DIR))
+    return env
 
 
 def to_dict(obj) -> dict:

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -191,7 +193,7 @@ def test_training_image_runs_as_the_pods_user(training, pipeline):
 def test_training_image_sshd_matches_the_mpijob_settings(training, pipeline):
     runtime, mpi, kube = training.final, pipeline["mpijob"], pipeline["kubernetes"]
     sshd_binary, _, _, config_path = mpi["sshd_command"]
-    assert sshd_binary == "/usr/sbin/sshd" and any("openssh-server" in r for r in runtime.runs())
+    assert sshd_binary == "/usr/local/bin/start-sshd" and any("openssh-server" in r for r in runtime.runs())
     copy = next(i for i in runtime.all("COPY") if i.args()[-1] == config_path)
     assert copy.flags()["chown"] == f"{kube['run_as_user']}:{kube['run_as_group']}"
     sshd = read_ssh_config(ROOT / copy.args()[0])
@@ -206,16 +208,40 @@ def test_training_image_sshd_matches_the_mpijob_settings(training, pipeline):
     assert sshd["authorizedkeysfile"] == [f"{mpi['ssh_auth_mount_path']}/authorized_keys"]
     assert sshd["usepam"] == ["no"] and sshd["strictmodes"] == ["no"]
     assert sshd["passwordauthentication"] == ["no"] and sshd["permitrootlogin"] == ["no"]
-    keygen = next(r for r in runtime.runs() if "ssh-keygen" in r)
+    # No host key is made at build time: every container of the image would share it.
+    assert not any("ssh-keygen" in r for stage in training.stages.values() for r in stage.runs()), \
+        "host keys must not be baked into the image"
+    start = next(i for i in runtime.all("COPY") if i.args()[-1] == sshd_binary)
+    assert start.args()[0] == "docker/mpi/start-sshd" and start.flags()["chmod"] == "0755"
     for key in sshd["hostkey"]:
-        # Generated at build time, owned by the user, and not under the operator's secret mount.
-        assert f"-f {key}" in keygen, f"host key {key} is not generated"
         assert not key.startswith(mpi["ssh_auth_mount_path"] + "/")
         assert key.startswith(home + "/")
     key_dir = os.path.dirname(sshd["hostkey"][0])
-    assert f'chown -R "${{USER_UID}}:${{USER_GID}}" {key_dir}' in keygen
+    make_dir = next(r for r in runtime.runs() if f"mkdir -p {key_dir}" in r)
+    assert f'chown -R "${{USER_UID}}:${{USER_GID}}" {key_dir}' in make_dir and f"chmod 700 {key_dir}" in make_dir
     assert os.path.dirname(sshd["pidfile"][0]) == key_dir
     assert any(c.args()[0] == "docker/mpi/ssh_config" for c in runtime.all("COPY"))
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
+def test_worker_sshd_makes_its_own_host_keys_at_start(tmp_path):
+    """Each worker container generates fresh host keys (0600, its user's) before exec'ing sshd with its args."""
+    def start(key_dir):
+        out = subprocess.run(["sh", str(ROOT / "docker/mpi/start-sshd"), "-De", "-p", "2222"], check=True,
+                             capture_output=True, text=True,
+                             env={"PATH": os.environ["PATH"], "TLPIPE_SSH_HOST_KEY_DIR": str(key_dir),
+                                  "TLPIPE_SSHD": "echo"})
+        return out.stdout.strip(), {p.name: p.read_bytes() for p in key_dir.iterdir()}
+
+    args, first = start(tmp_path / "a")
+    assert args == "-De -p 2222"  # sshd gets the MPIJob's arguments unchanged
+    assert set(first) == {f"ssh_host_{t}_key{s}" for t in ("ed25519", "rsa") for s in ("", ".pub")}
+    for name in ("ssh_host_ed25519_key", "ssh_host_rsa_key"):
+        assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == 0o600
+    _, second = start(tmp_path / "b")
+    assert first["ssh_host_ed25519_key"] != second["ssh_host_ed25519_key"]  # two workers, two identities
+    _, again = start(tmp_path / "a")
+    assert again == first  # a restarted container keeps the keys it (or a per-job secret) already has
 
 
 # -- SageMaker image ------------------------------------------------------------------------------------------

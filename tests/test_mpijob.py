@@ -61,10 +61,14 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
     assert cfg.kubernetes.gpu_resource not in (lc.resources.limits or {})
 
     wc = worker.spec.containers[0]
-    assert wc.command[0] == "/usr/sbin/sshd" and wc.command[-2:] == ["-p", "2222"]
+    assert wc.command[0] == "/usr/local/bin/start-sshd" and wc.command[-2:] == ["-p", "2222"]
     assert [(p.name, p.container_port) for p in wc.ports] == [("ssh", 2222)]
     assert wc.resources.limits[cfg.kubernetes.gpu_resource] == "4"
-    assert {m.mount_path for m in wc.volume_mounts} == {"/data", "/dev/shm"}
+    assert {m.mount_path for m in wc.volume_mounts} == {"/data", "/dev/shm", "/var/run/secrets/tlpipe/checkpoint-store"}
+    for container in (wc, launcher.spec.containers[0]):  # the store's keys as files on both, never in env
+        assert not container.env_from
+        assert {e.name: e.value for e in container.env}["TLPIPE_S3_CREDENTIALS_DIR"] == \
+            "/var/run/secrets/tlpipe/checkpoint-store"
     shm = next(v for v in worker.spec.volumes if v.name == "dshm")
     assert shm.empty_dir.medium == "Memory"
     assert worker.spec.node_selector == cfg.kubernetes.node_selector

@@ -52,8 +52,16 @@ def test_dry_run_pod(kube_cfg, spec):
     volumes = {v.name: v for v in s.volumes}
     assert volumes["data"].persistent_volume_claim.claim_name == "tlpipe-data"
     assert volumes["dshm"].empty_dir.medium == "Memory" and volumes["dshm"].empty_dir.size_limit == "8Gi"
-    assert {m.name: m.mount_path for m in c.volume_mounts} == {"data": "/data", "dshm": "/dev/shm"}
-    assert [e.secret_ref.name for e in c.env_from] == ["tlpipe-checkpoint-store"]
+    assert {m.name: m.mount_path for m in c.volume_mounts} == {
+        "data": "/data", "dshm": "/dev/shm", "checkpoint-store-credentials": "/var/run/secrets/tlpipe/checkpoint-store"}
+    # The store's secret arrives as read-only files, never as environment variables (Horovod copies those onto
+    # every worker's command line).
+    assert volumes["checkpoint-store-credentials"].secret.secret_name == "tlpipe-checkpoint-store"
+    assert volumes["checkpoint-store-credentials"].secret.default_mode == 0o440
+    assert not c.env_from
+    env = {e.name: e.value for e in c.env}
+    assert env["TLPIPE_S3_CREDENTIALS_DIR"] == "/var/run/secrets/tlpipe/checkpoint-store"
+    assert not any(e.value_from for e in c.env) and not any("SECRET" in name for name in env)
     assert [r.name for r in s.image_pull_secrets] == ["tlpipe-registry"]
     assert s.service_account_name == "tlpipe-training" and s.restart_policy == "Never"
     assert s.termination_grace_period_seconds == 60

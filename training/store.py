@@ -5,7 +5,10 @@ directory (the embedded profile) and an S3-compatible store (on-prem object stor
 no TensorFlow, so the Airflow side (the best-checkpoint sensor) can use it at task time.
 
 S3 endpoint and credentials come from the usual boto3 sources; ``TLPIPE_S3_ENDPOINT_URL`` (or
-``AWS_ENDPOINT_URL``) points it at a non-AWS endpoint.
+``AWS_ENDPOINT_URL``) points it at a non-AWS endpoint. ``TLPIPE_S3_CREDENTIALS_DIR`` names a directory holding
+the files ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally ``AWS_SESSION_TOKEN`` (a Kubernetes
+secret mounted as a volume, or the local launcher's 0600 files): credentials that never pass through an
+environment, which Horovod's launchers copy onto every worker's command line.
 """
 from __future__ import annotations
 
@@ -17,6 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
+
+
+class UnsafeKey(ValueError):
+    """An object key that would be written outside the directory it is downloaded into."""
+
+
+def safe_destination(root: str | Path, relative: str, key: str) -> Path:
+    """``root/relative`` for the object ``key``; refuses keys that resolve outside ``root`` (``..``, ``.``,
+    absolute, empty segments, backslashes, NUL), so a planted key cannot write anywhere else on this machine."""
+    parts = relative.split("/")
+    if (not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative
+            or any(part in ("", ".", "..") for part in parts)):
+        raise UnsafeKey(f"refusing to download object {key!r}: its path {relative!r} would resolve outside "
+                        f"{root} ('..', '.', absolute or empty path segments)")
+    root = Path(root)
+    dest = root.joinpath(*parts)
+    if not dest.resolve().is_relative_to(root.resolve()):  # a symlink inside root pointing out
+        raise UnsafeKey(f"refusing to download object {key!r}: {dest} resolves outside {root}")
+    return dest
 
 
 def is_s3(uri: str) -> bool:
@@ -37,6 +59,38 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+CREDENTIALS_DIR_ENV = "TLPIPE_S3_CREDENTIALS_DIR"
+CREDENTIAL_FILES = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+                    "AWS_SESSION_TOKEN": "aws_session_token"}
+
+
+def write_credentials_dir(directory: str | Path, access_key: str, secret_key: str, token: str | None = None) -> Path:
+    """The files ``file_credentials`` reads, each readable by this user only."""
+    directory = Path(directory)
+    values = {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_SESSION_TOKEN": token}
+    for name, value in values.items():
+        if value:
+            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(value)
+    return directory
+
+
+def file_credentials(directory: str | None = None) -> dict[str, str]:
+    """boto3 client arguments from ``TLPIPE_S3_CREDENTIALS_DIR``; empty when it is not set."""
+    directory = directory or os.environ.get(CREDENTIALS_DIR_ENV)
+    if not directory:
+        return {}
+    out = {}
+    for name, argument in CREDENTIAL_FILES.items():
+        path = Path(directory, name)
+        if path.is_file():
+            out[argument] = path.read_text().strip()
+    if "aws_access_key_id" not in out or "aws_secret_access_key" not in out:
+        raise FileNotFoundError(f"{CREDENTIALS_DIR_ENV}={directory} lacks AWS_ACCESS_KEY_ID or AWS_SECRET_ACCESS_KEY")
+    return out
+
+
 def s3_client(endpoint_url: str | None = None):
     import boto3
     from botocore.config import Config
@@ -46,6 +100,7 @@ def s3_client(endpoint_url: str | None = None):
         "s3",
         endpoint_url=endpoint_url or None,
         config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
+        **file_credentials(),
     )
 
 
@@ -177,13 +232,20 @@ class Store:
             raise
 
     def download_dir(self, uri: str, local_dir: str | Path) -> Path:
+        """Copy everything below ``uri`` into ``local_dir``. Every key is checked before anything is written:
+        one that would land outside ``local_dir`` fails the whole download (``UnsafeKey``, naming the key)."""
         local_dir = Path(local_dir)
         if is_s3(uri):
             bucket, prefix = split_s3(uri)
-            for rel, _size in self.walk_files(uri):
-                dest = local_dir / rel
+            prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+            planned = []
+            for rel, size in self.walk_files(uri):
+                if rel.endswith("/") and size == 0 and rel.strip("/"):
+                    continue  # a "folder" marker object, as consoles create: nothing to write
+                planned.append((prefix + rel, safe_destination(local_dir, rel, prefix + rel)))
+            for key, dest in planned:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", str(dest))
+                self.s3.download_file(bucket, key, str(dest))
             return local_dir
         shutil.copytree(uri, local_dir, dirs_exist_ok=True)
         return local_dir
