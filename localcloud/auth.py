@@ -101,10 +101,10 @@ def protocol_of(environ: dict, service: str | None) -> str:
     """How the addressed service renders errors: ``s3``, ``json`` or ``query``."""
     if environ.get("HTTP_X_AMZ_TARGET") or service in ("sagemaker", "logs"):
         return "json"
+    if service is None and environ.get("PATH_INFO", "").startswith("/endpoints/"):
+        return "json"  # the SageMaker runtime
     if service in ("sts", "iam") or environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
         return "query"
-    if service is None and environ.get("PATH_INFO", "").startswith("/endpoints/"):
-        return "json"
     return "s3"
 
 
@@ -195,6 +195,9 @@ class Verifier:
             return self._verify_header(environ, auth)
         if "X-Amz-Signature=" in query:
             return self._verify_presigned(environ)
+        if "AWSAccessKeyId=" in query:
+            raise Denied("s3", "AccessDenied", "only Signature Version 4 (AWS4-HMAC-SHA256) is accepted; presign with "
+                         "botocore.config.Config(signature_version='s3v4')")
         raise _deny(protocol_of(environ, None), 0)
 
     def _scope(self, credential: str, protocol: str) -> tuple[str, str, str]:

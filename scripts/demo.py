@@ -6,6 +6,10 @@
 
 Everything lives under ``var/`` in the project: the demo dataset, Airflow's home, localcloud's state, logs
 (``var/log``) and pidfiles (``var/run``). ``up`` is idempotent: it reuses what is already running.
+
+Secrets (the admin password, Airflow's JWT secret, localcloud's access key) are generated once per install and
+kept in ``var/run/demo.json``; everything the demo writes is readable by this user only (umask 077), and no
+secret is printed. Every service listens on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -111,32 +115,50 @@ def wait_for(what: str, check, timeout: float, proc_name: str | None = None, int
 
 
 # -- configuration of the services ---------------------------------------------------------------------------
+def write_private(path: Path, text: str) -> None:
+    """Write a file only this user can read (0600), whatever the umask, replacing it atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def demo_state(args) -> dict:
-    if STATE.exists():
-        state = json.loads(STATE.read_text())
-        if pid_of("localcloud") or pid_of("airflow"):
-            return state
+    previous = json.loads(STATE.read_text()) if STATE.exists() else {}
+    if previous and (pid_of("localcloud") or pid_of("airflow")):
+        return previous
     state = {
         "localcloud_port": free_port(args.localcloud_port),
         "airflow_port": free_port(args.airflow_port),
-        "password": (json.loads(STATE.read_text())["password"] if STATE.exists() else secrets.token_urlsafe(12)),
+        "password": previous.get("password") or secrets.token_urlsafe(12),
         "jwt_secret": secrets.token_hex(32),
+        # localcloud accepts requests signed with this key only; generated once per install, like the password.
+        "localcloud_access_key_id": previous.get("localcloud_access_key_id") or "LC" + secrets.token_hex(9).upper(),
+        "localcloud_secret_access_key": previous.get("localcloud_secret_access_key") or secrets.token_urlsafe(30),
     }
-    RUN.mkdir(parents=True, exist_ok=True)
-    STATE.write_text(json.dumps(state, indent=2))
+    write_private(STATE, json.dumps(state, indent=2))
     return state
 
 
 def aws_env(state: dict) -> dict:
-    return {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1",
+    return {"AWS_ACCESS_KEY_ID": state["localcloud_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"], "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": f"http://127.0.0.1:{state['localcloud_port']}"}
+
+
+def localcloud_env(state: dict, env: dict) -> dict:
+    return {**env, "LOCALCLOUD_ACCESS_KEY_ID": state["localcloud_access_key_id"],
+            "LOCALCLOUD_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"]}
 
 
 def airflow_env(state: dict) -> dict:
     home = VAR / "airflow"
     (home / "plugins").mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({"admin": state["password"]}))
+    write_private(passwords, json.dumps({"admin": state["password"]}))
     endpoint = f"http://127.0.0.1:{state['localcloud_port']}"
     # Only this demo's Airflow settings: nothing inherited from another Airflow set up in this shell.
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_", "TLPIPE"))}
@@ -158,6 +180,7 @@ def airflow_env(state: dict) -> dict:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(state["airflow_port"]),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{state['airflow_port']}",
         "AIRFLOW__API_AUTH__JWT_SECRET": state["jwt_secret"],
@@ -165,7 +188,8 @@ def airflow_env(state: dict) -> dict:
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
         "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": "demo", "password": "demo",
+            "conn_type": "aws", "login": state["localcloud_access_key_id"],
+            "password": state["localcloud_secret_access_key"],
             "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "NO_COLOR": "1",
@@ -208,6 +232,9 @@ class Api:
 # -- the demo --------------------------------------------------------------------------------------------------
 def up(args) -> int:
     t_start = time.monotonic()
+    os.umask(0o077)  # Airflow's database, logs, checkpoints: this user's only, on a shared host too
+    VAR.mkdir(parents=True, exist_ok=True)
+    VAR.chmod(0o700)
     state = demo_state(args)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
            **aws_env(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -224,7 +251,7 @@ def up(args) -> int:
     lc_url = f"http://127.0.0.1:{state['localcloud_port']}"
     if pid_of("localcloud") is None:
         start("localcloud", [py, "-m", "localcloud", "--port", str(state["localcloud_port"]),
-                             "--data-dir", str(VAR / "localcloud")], env)
+                             "--data-dir", str(VAR / "localcloud")], localcloud_env(state, env))
 
     def lc_ready():
         import httpx
@@ -240,7 +267,7 @@ def up(args) -> int:
         start("airflow", [str(BIN / "airflow"), "standalone"], airflow_env(state))
     api = Api(af_url, state["password"])
     wait_for("the Airflow API", lambda: api.login() or True, 300, "airflow", interval=2)
-    say(f"Airflow UI at {af_url}  (user admin, password {state['password']})", "ok")
+    say(f"Airflow UI at {af_url}  (user admin, password in {STATE})", "ok")
     r = api.send("POST", "/pools", {"name": "gpu", "slots": 1, "description": "GPU training"})
     if r.status_code not in (200, 201, 409):
         r.raise_for_status()
@@ -347,7 +374,8 @@ def _sm_client(state: dict, service: str = "sagemaker"):
     import boto3
 
     return boto3.client(service, endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}",
-                        region_name="us-east-1", aws_access_key_id="demo", aws_secret_access_key="demo")
+                        region_name="us-east-1", aws_access_key_id=state["localcloud_access_key_id"],
+                        aws_secret_access_key=state["localcloud_secret_access_key"])
 
 
 def _show_sagemaker(state: dict, seen: dict) -> None:
@@ -391,20 +419,23 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
         name = e["EndpointName"]
         say(f"endpoint {name}: {e['EndpointStatus']}", "ok" if e["EndpointStatus"] == "InService" else "err")
         sample = _sample_image()
+        ready = VAR / "localcloud" / "ready.json"
         print(f"""
-  Classify an image through the endpoint with boto3:
+  Classify an image through the endpoint with boto3 (localcloud's key is in {ready}, mode 0600):
 
-    import boto3
-    rt = boto3.client("sagemaker-runtime", endpoint_url="{url}", region_name="us-east-1",
-                      aws_access_key_id="demo", aws_secret_access_key="demo")
+    import boto3, json
+    lc = json.load(open("{ready}"))
+    rt = boto3.client("sagemaker-runtime", endpoint_url=lc["url"], region_name=lc["region"],
+                      aws_access_key_id=lc["access_key_id"], aws_secret_access_key=lc["secret_access_key"])
     r = rt.invoke_endpoint(EndpointName="{name}", ContentType="application/x-image",
                            Body=open("{sample}", "rb").read())
     print(r["Body"].read().decode())
 
-  or with curl:
+  or with curl, which signs the request itself:
 
-    curl -s -X POST -H 'Content-Type: application/x-image' --data-binary @{sample} \\
-      {url}/endpoints/{name}/invocations
+    curl -s -X POST --aws-sigv4 aws:amz:us-east-1:sagemaker \\
+      --user "$(python3 -c 'import json; d = json.load(open("{ready}")); print(d["access_key_id"] + ":" + d["secret_access_key"])')" \\
+      -H 'Content-Type: application/x-image' --data-binary @{sample} {url}/endpoints/{name}/invocations
 """)
     if report.exists():
         say(f"transfer-vs-scratch report: {report}")
@@ -417,7 +448,7 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
         if lineage:
             say(f"deploy: {lineage.get('status')}: {lineage.get('reason')}")
     ok = dep is None or dep["state"] == "success"
-    say(f"Airflow UI: http://127.0.0.1:{state['airflow_port']} (admin / {state['password']}); "
+    say(f"Airflow UI: http://127.0.0.1:{state['airflow_port']} (admin; password in {STATE}); "
         f"pipeline wall time {seconds / 60:.1f} min; {PRETRAIN_DAG} {pre['state']}"
         + (f", {DEPLOY_DAG} {dep['state']}" if dep else ""), "ok" if ok else "err")
 

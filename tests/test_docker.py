@@ -284,12 +284,13 @@ def test_sagemaker_entrypoints_exec_the_project_modules(tmp_path):
     assert json.loads(train.stdout) == ["-m", "training.finetune"]
     serve = subprocess.run([str(ROOT / "docker/sagemaker/serve")], env=env, capture_output=True, text=True)
     argv = json.loads(serve.stdout)
-    assert argv == ["-m", "training.serve", "--model-dir", "/opt/ml/model", "--port", "8080"]
+    assert argv == ["-m", "training.serve", "--model-dir", "/opt/ml/model", "--host", "0.0.0.0", "--port", "8080"]
     # The arguments mean what the contract needs to the server's own parser.
     from training.serve import parse_args
 
     args = parse_args(argv[2:])
-    assert (args.model_dir, args.port) == ("/opt/ml/model", 8080)
+    assert (args.model_dir, args.host, args.port) == ("/opt/ml/model", "0.0.0.0", 8080)
+    assert parse_args([]).host == "127.0.0.1"  # only the container entrypoint listens beyond loopback
     # Multi-container endpoints tell the container its port.
     moved = subprocess.run([str(ROOT / "docker/sagemaker/serve")], env={**env, "SAGEMAKER_BIND_TO_PORT": "9091"},
                            capture_output=True, text=True)

@@ -36,8 +36,10 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
         assert "pretrain epoch 6:" in out
 
         state = json.loads((var / "run" / "demo.json").read_text())
+        _check_demo_secrets_and_binds(var, state, out)
         url = f"http://127.0.0.1:{state['localcloud_port']}"
-        kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t")
+        kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id=state["localcloud_access_key_id"],
+                  aws_secret_access_key=state["localcloud_secret_access_key"])
         sm, rt = boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
         endpoint = sm.describe_endpoint(EndpointName="tlpipe-domain")
         assert endpoint["EndpointStatus"] == "InService"
@@ -61,6 +63,29 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
     finally:
         subprocess.run([*demo, "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert not list((var / "run").glob("*.pid")), "demo-down left services running"
+
+
+def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
+    """Secrets per install in files only this user reads, never printed; every service on loopback only."""
+    import stat
+
+    import psutil
+
+    for path in (var / "run" / "demo.json", var / "airflow" / "passwords.json", var / "airflow" / "airflow.db",
+                 var / "localcloud" / "ready.json"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
+    assert stat.S_IMODE(var.stat().st_mode) == 0o700
+    logs = out + "".join(p.read_text(errors="replace") for p in (var / "log").glob("*.log"))
+    for secret in (state["password"], state["jwt_secret"], state["localcloud_secret_access_key"]):
+        assert secret not in logs, "a demo secret was printed"
+    with pytest.raises(Exception):  # localcloud refuses unsigned and wrongly signed requests
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}", region_name="us-east-1",
+                     aws_access_key_id="test", aws_secret_access_key="test").list_buckets()
+    listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    for port in (state["airflow_port"], state["localcloud_port"]):
+        assert listening.get(port) == "127.0.0.1", f"port {port} listens on {listening.get(port)}"
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+import subprocess
 import tarfile
 import urllib.error
 import urllib.request
@@ -14,6 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
     COLOURS,
+    REGION,
     ROLE_ARN,
     TEST_IMAGE,
     image_bytes,
@@ -26,6 +29,17 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
 )
 
 BUCKET = "tlpipe-localcloud-api"
+
+
+def signed_headers(url: str, body: bytes, headers: dict, service: str = "sagemaker") -> dict:
+    """``headers`` plus a SigV4 signature with localcloud's test key, as any AWS SDK would add."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method="POST", url=url + "/", data=body, headers=headers)
+    SigV4Auth(Credentials("test", "test"), service, REGION).add_auth(request)
+    return dict(request.headers.items())
 
 
 def unique(prefix: str) -> str:
@@ -287,7 +301,7 @@ def test_endpoint_create_invoke_update_rollback_delete(localcloud, clients, tmp_
     assert server_processes(localcloud.data_dir, name) == []
 
 
-def test_variants_weights_and_unsigned_invocations(localcloud, clients):
+def test_variants_weights_and_signed_invocations_only(localcloud, clients):
     sm, s3, runtime = clients["sagemaker"], clients["s3"], clients["sagemaker-runtime"]
     models = []
     for version in ("1", "2"):
@@ -319,13 +333,28 @@ def test_variants_weights_and_unsigned_invocations(localcloud, clients):
     assert response["InvokedProductionVariant"] == "Shadow"
     assert json.loads(response["Body"].read())["model_version"] == "2"
 
-    # What `curl -X POST --data-binary @image.png` sends: no signature at all.
+    # What `curl -X POST --data-binary @image.png` sends: no signature at all. Refused, as AWS refuses it.
     request = urllib.request.Request(
         f"{localcloud.url}/endpoints/{name}/invocations", data=data, headers={"Content-Type": "image/png"}, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        assert answer.headers["x-Amzn-Invoked-Production-Variant"] == "Primary"
-        assert json.loads(answer.read())["predictions"] == [{"label": "red"}]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    assert json.loads(refused.value.read())["__type"] == "MissingAuthenticationTokenException"
+    # The README's example: curl signs the request itself.
+    if shutil.which("curl"):
+        image = localcloud.data_dir.parent / "red.png"
+        image.write_bytes(data)
+        headers, answer = localcloud.data_dir.parent / "headers.txt", localcloud.data_dir.parent / "answer.json"
+        subprocess.run(
+            ["curl", "-sS", "-D", str(headers), "-o", str(answer), "-X", "POST",
+             f"{localcloud.url}/endpoints/{name}/invocations",
+             "--aws-sigv4", f"aws:amz:{REGION}:sagemaker", "--user", "test:test",
+             "-H", "Content-Type: image/png", "--data-binary", f"@{image}"],
+            capture_output=True, text=True, timeout=60, check=True)
+        head = headers.read_text()
+        assert " 200 " in head.splitlines()[0] and "x-Amzn-Invoked-Production-Variant: Primary" in head, head
+        assert json.loads(answer.read_text())["predictions"] == [{"label": "red"}]
     sm.delete_endpoint(EndpointName=name)
 
 
@@ -475,11 +504,12 @@ def test_malformed_requests_get_aws_shaped_errors(localcloud, clients):
         "Member must satisfy regular expression pattern: ^[a-zA-Z0-9](-*[a-zA-Z0-9])*",
     )
 
-    # A body that is not JSON at all, as a hand-written client might send.
+    # A body that is not JSON at all, as a hand-written (but signed) client might send.
     request = urllib.request.Request(
         localcloud.url,
         data=b"{not json",
-        headers={"X-Amz-Target": "SageMaker.DescribeModel", "Content-Type": "application/x-amz-json-1.1"},
+        headers=signed_headers(localcloud.url, b"{not json", {"X-Amz-Target": "SageMaker.DescribeModel",
+                                                               "Content-Type": "application/x-amz-json-1.1"}),
         method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as http_error:

@@ -27,6 +27,14 @@ another, and the Python HTTP work overlaps inference); ``--threads`` sets Tensor
 default the cores divided among the workers. If an image in a batch fails to decode, the batch's requests are
 retried one by one, so only the bad request fails.
 
+Limits against clients that would exhaust it: an image whose header (read before anything is decoded) gives
+more than ``--max-image-pixels`` (counting every GIF frame), or a request whose images add up to more than
+``--max-request-pixels``, is refused with 400; a connection has ``--header-timeout`` seconds from its first
+byte to send its headers and ``--idle-timeout`` seconds of silence before it is closed (a stalled body too);
+past ``--max-connections`` open connections a new one gets 503 and is closed. It binds to 127.0.0.1 unless
+``--host`` says otherwise; the image's ``serve`` entrypoint binds 0.0.0.0, as SageMaker's container contract
+needs.
+
 SIGTERM (or SIGINT) stops cleanly: ``/ping`` turns 503, the listener closes, requests in flight finish (up
 to ``--grace-seconds``), then the process exits 0.
 """
@@ -36,8 +44,11 @@ import argparse
 import base64
 import collections
 import importlib.util
+import io
 import json
 import os
+import resource
+import socket
 import signal
 import sys
 import threading
@@ -80,6 +91,31 @@ class TFSResponse:
 
 
 # -- the model ----------------------------------------------------------------------------------------------
+def image_pixels(raw: bytes) -> int:
+    """Pixels a decode of ``raw`` would produce (width × height × frames), from its header alone."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            width, height = img.size
+            frames = getattr(img, "n_frames", 1) if img.format == "GIF" else 1
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"unreadable image header: {err}") from None
+    return width * height * max(1, frames)
+
+
+def check_pixels(images: list[bytes], max_image: int, max_request: int) -> None:
+    """Refuse images that would decode into more memory than allowed, before decoding any of them."""
+    total = 0
+    for i, raw in enumerate(images):
+        pixels = image_pixels(raw)
+        if pixels > max_image:
+            raise ValueError(f"instance {i}: {pixels:,} pixels is over the {max_image:,}-pixel limit per image")
+        total += pixels
+    if total > max_request:
+        raise ValueError(f"the request's images hold {total:,} pixels, over the {max_request:,}-pixel limit")
+
+
 def latest_version(model_dir: Path) -> Path:
     """The highest numeric version directory holding a SavedModel, as TensorFlow Serving picks it."""
     versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
@@ -265,10 +301,14 @@ class MicroBatcher:
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
+    BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 35\r\n"
+            b"Connection: close\r\n\r\n" + b'{"error": "too many connections"}\r\n')
 
     def __init__(self, addr, args):
         super().__init__(addr, Handler)
         self.args = args
+        self._connections: set[int] = set()
+        self._connections_lock = threading.Lock()
         self.max_payload = int(args.max_payload_mb * 1024 * 1024)
         self.model: Model | None = None
         self.batcher: MicroBatcher | None = None
@@ -280,6 +320,27 @@ class Server(ThreadingHTTPServer):
         self._last_request: dict[int, float] = {}  # connection -> when it last sent a predict request
 
     RECENT = 1.0  # seconds: a connection that sent a request this recently counts as an active client
+
+    def verify_request(self, request, client_address) -> bool:
+        """Past ``--max-connections`` a new connection gets 503 and is closed, before a thread is spent on it."""
+        with self._connections_lock:
+            if len(self._connections) < self.args.max_connections:
+                self._connections.add(id(request))
+                return True
+        try:
+            request.settimeout(1.0)
+            request.sendall(self.BUSY)
+        except OSError:
+            pass
+        return False
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.discard(id(request))
+        super().shutdown_request(request)
+
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     def client_request(self, conn_id: int) -> None:
         self._last_request[conn_id] = time.monotonic()
@@ -343,6 +404,7 @@ class Server(ThreadingHTTPServer):
             if not isinstance(instances, list) or not instances:
                 raise ValueError("'instances' must be a non-empty list")
             images = [_instance_bytes(inst, self.model.input_name) for inst in instances]
+            check_pixels(images, self.args.max_image_pixels, self.args.max_request_pixels)
         except (ValueError, TypeError, KeyError) as err:
             if announced:
                 self.batcher.arrived()
@@ -373,11 +435,60 @@ def _instance_bytes(instance, input_name: str) -> bytes:
     raise ValueError(f'instances must be {{"b64": ...}} objects for the string input {input_name!r}')
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The connection's reads, each bounded by the handler's current deadline (see ``Handler.timeout_now``)."""
+
+    def __init__(self, sock: socket.socket, handler: "Handler"):
+        self._sock = sock
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(self._handler.timeout_now())
+        try:
+            n = self._sock.recv_into(buffer)
+        except socket.timeout:
+            raise TimeoutError("client too slow") from None
+        self._handler.received()
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tlpipe-serve"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
     server: Server
+    _header_deadline: float | None = None  # set by the first byte of a request, cleared once its headers are in
+
+    def setup(self):
+        super().setup()
+        # Every read waits at most until the current deadline: a client that trickles its headers (or goes quiet)
+        # loses the connection instead of holding a thread and a descriptor for ever.
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self), 64 * 1024)
+
+    def timeout_now(self) -> float:
+        idle = self.server.args.idle_timeout
+        if self._header_deadline is None:
+            return idle
+        return max(0.001, min(idle, self._header_deadline - time.monotonic()))
+
+    def received(self) -> None:
+        if self._header_deadline is None and self._between_requests:
+            self._header_deadline = time.monotonic() + self.server.args.header_timeout
+            self._between_requests = False
+
+    _between_requests = True
+
+    def handle_one_request(self):
+        self._between_requests, self._header_deadline = True, None
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._header_deadline = None  # headers are in; the body has --idle-timeout per read
+        return ok
 
     def log_message(self, fmt, *args):  # access log only when asked: it costs more than the request
         if self.server.args.access_log:
@@ -572,7 +683,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="SageMaker-compatible endpoint server for the fine-tuned model.")
     p.add_argument("command", nargs="?", choices=["serve"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (the image's serve entrypoint binds 0.0.0.0 for SageMaker)")
     p.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")),
                    help="0 picks a free port (printed)")
     p.add_argument("--max-batch-size", type=int, default=int(os.environ.get("TLPIPE_MAX_BATCH_SIZE", "32")))
@@ -582,14 +694,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="TensorFlow intra/inter-op threads (0: the cores divided among the workers)")
     p.add_argument("--max-payload-mb", type=float, default=6.0)
+    p.add_argument("--max-image-pixels", type=int, default=int(os.environ.get("TLPIPE_MAX_IMAGE_PIXELS", 4096 * 4096)),
+                   help="largest image (width × height × frames, from its header) decoded; larger gets 400")
+    p.add_argument("--max-request-pixels", type=int,
+                   default=int(os.environ.get("TLPIPE_MAX_REQUEST_PIXELS", 4 * 4096 * 4096)),
+                   help="largest sum of pixels over one request's images")
+    p.add_argument("--max-connections", type=int, default=int(os.environ.get("TLPIPE_MAX_CONNECTIONS", "256")),
+                   help="open connections served at once; more get 503 and are closed")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds from a request's first byte until its headers must be complete")
+    p.add_argument("--idle-timeout", type=float, default=60.0,
+                   help="seconds a connection may stay silent (between requests or mid-body) before it is closed")
     p.add_argument("--grace-seconds", type=float, default=20.0, help="how long SIGTERM waits for requests in flight")
     p.add_argument("--access-log", action="store_true")
     return p.parse_args(argv)
 
 
+def _raise_open_file_limit(connections: int) -> None:
+    """Room for every allowed connection plus the model's own files (the soft limit is often 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _raise_open_file_limit(args.max_connections)
     if not Path(args.model_dir).is_dir():
         log(f"error: model directory {args.model_dir} does not exist")
         return 1
