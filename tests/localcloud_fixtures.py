@@ -145,6 +145,20 @@ def localcloud(localcloud_server, monkeypatch):
     return localcloud_server
 
 
+def signed_headers(url: str, body: bytes, headers: dict, service: str = "sagemaker", method: str = "POST",
+                   key: str = "test", secret: str = "test") -> dict:
+    """``headers`` plus a SigV4 signature (localcloud's test key by default), as any AWS SDK would add them."""
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    request = AWSRequest(method=method, url=url if "/" in url[len("http://"):] else url + "/", data=body,
+                         headers=headers)
+    signer = S3SigV4Auth if service == "s3" else SigV4Auth
+    signer(Credentials(key, secret), service, REGION).add_auth(request)
+    return dict(request.headers.items())
+
+
 # -- data helpers ----------------------------------------------------------------------------------------------
 
 

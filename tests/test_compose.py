@@ -59,6 +59,10 @@ def test_stack_has_the_airflow3_services_and_localcloud(config):
     api_url = urlparse(services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert api_url.hostname == "airflow-apiserver" and api_url.path == "/execution/"
     assert services["airflow-apiserver"]["ports"][0]["target"] == api_url.port
+    # Published ports listen on loopback unless the operator says otherwise.
+    for svc in services.values():
+        for port in svc.get("ports") or []:
+            assert port["host_ip"] == "127.0.0.1", port
     init = " ".join(services["airflow-init"]["command"])
     assert "airflow db migrate" in init and "airflow pools set" in init and "gpu_pool" in init
 
@@ -100,9 +104,14 @@ def test_no_secret_in_any_environment(config):
     for name, svc in config["services"].items():
         for key, value in (svc.get("environment") or {}).items():
             if key == "AIRFLOW_CONN_AWS_DEFAULT":
-                # localcloud takes any key pair; this one is a placeholder, not an AWS credential.
-                assert json.loads(value)["password"] == "localcloud"
+                # localcloud's own pair (a placeholder, not an AWS credential): what the localcloud service accepts.
+                local = config["services"]["localcloud"]["environment"]
+                conn = json.loads(value)
+                assert (conn["login"], conn["password"]) == (local["LOCALCLOUD_ACCESS_KEY_ID"],
+                                                             local["LOCALCLOUD_SECRET_ACCESS_KEY"]) == ("test", "test")
                 continue
+            if name == "localcloud" and key.startswith("LOCALCLOUD_"):
+                continue  # checked with the connection above
             if SECRET_NAME.search(key):
                 assert key.endswith(("_CMD", "_FILE")), f"{name}: {key} holds a secret in the environment"
                 secret_file = value.split()[-1]

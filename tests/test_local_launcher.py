@@ -86,3 +86,47 @@ def test_killing_the_task_stops_horovod_and_every_worker(tiny_manifest, tmp_path
     assert outcome and isinstance(outcome[0], AirflowException)
     for proc in tree:
         assert not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE, proc
+
+
+def test_training_processes_get_no_airflow_secret_and_no_credential_on_a_command_line(tmp_path, monkeypatch):
+    """Horovod's Gloo launcher copies the environment onto every worker's command line, readable by any local
+    user (``ps -eo args``): the task's secrets must not be in that environment, and the checkpoint store's keys
+    arrive as 0600 files instead, removed when training ends."""
+    secrets = {
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret-value-1",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:db-password-2@127.0.0.1/airflow",
+        "AIRFLOW__CORE__FERNET_KEY": "fernet-key-value-3",
+        "AIRFLOW_CONN_AWS_DEFAULT": '{"conn_type": "aws", "login": "AKIADEFAULT", "password": "aws-default-4"}',
+        "AWS_SECRET_ACCESS_KEY": "ambient-secret-5",
+        "AIRFLOW_CONN_CHECKPOINT_STORE": '{"conn_type": "aws", "login": "AKIACKPT", "password": "ckpt-secret-6"}',
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "seen"
+    out.mkdir()
+    # Stands in for the interpreter: records what each rank sees while horovodrun and its shells are alive.
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/sh
+rank=${{HOROVOD_RANK:-x}}
+for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < "$f" 2>/dev/null; echo; done > {out}/$rank.cmdlines
+env > {out}/$rank.env
+cat "$TLPIPE_S3_CREDENTIALS_DIR/AWS_ACCESS_KEY_ID" "$TLPIPE_S3_CREDENTIALS_DIR/AWS_SECRET_ACCESS_KEY" > {out}/$rank.keys
+stat -c %a "$TLPIPE_S3_CREDENTIALS_DIR" "$TLPIPE_S3_CREDENTIALS_DIR/AWS_SECRET_ACCESS_KEY" > {out}/$rank.modes
+""")
+    fake.chmod(0o755)
+    spec = _spec("/data/manifest.json", "s3://checkpoints/run", python=str(fake))
+    LocalTrainingOperator(task_id="local", spec=spec, checkpoint_conn_id="checkpoint_store").execute({})
+
+    for rank in ("0", "1"):
+        cmdlines = (out / f"{rank}.cmdlines").read_text()
+        env = (out / f"{rank}.env").read_text()
+        assert "HOROVOD_RANK" in cmdlines, "the recording ran without horovodrun's shells around it"
+        for name, value in secrets.items():
+            secret = value.split('"password": "')[-1].split('"')[0] if "password" in value else value
+            assert secret not in cmdlines, f"{name} is on a command line"
+            assert secret not in env, f"{name} reached the training processes"
+        assert "AIRFLOW" not in env
+        assert (out / f"{rank}.keys").read_text() == "AKIACKPTckpt-secret-6"
+        assert (out / f"{rank}.modes").read_text().split() == ["700", "600"]
+        creds_dir = next(l.split("=", 1)[1] for l in env.splitlines() if l.startswith("TLPIPE_S3_CREDENTIALS_DIR="))
+        assert not Path(creds_dir).exists(), "the credentials outlived the training run"

@@ -22,6 +22,7 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
     image_bytes,
     localcloud,
     localcloud_server,
+    signed_headers,
     training_job_request,
     upload_dataset,
     wait_for_endpoint,
@@ -30,16 +31,6 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
 
 BUCKET = "tlpipe-localcloud-api"
 
-
-def signed_headers(url: str, body: bytes, headers: dict, service: str = "sagemaker") -> dict:
-    """``headers`` plus a SigV4 signature with localcloud's test key, as any AWS SDK would add."""
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    request = AWSRequest(method="POST", url=url + "/", data=body, headers=headers)
-    SigV4Auth(Credentials("test", "test"), service, REGION).add_auth(request)
-    return dict(request.headers.items())
 
 
 def unique(prefix: str) -> str:

@@ -95,11 +95,13 @@ def image_pixels(raw: bytes) -> int:
     """Pixels a decode of ``raw`` would produce (width × height × frames), from its header alone."""
     from PIL import Image, UnidentifiedImageError
 
+    # Pillow's own bomb check would refuse before the size is known; --max-image-pixels is the limit here.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(io.BytesIO(raw)) as img:
             width, height = img.size
             frames = getattr(img, "n_frames", 1) if img.format == "GIF" else 1
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"unreadable image header: {err}") from None
     return width * height * max(1, frames)
 

@@ -240,7 +240,7 @@ class Store:
             prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
             planned = []
             for rel, size in self.walk_files(uri):
-                if rel.endswith("/") and size == 0 and rel.strip("/"):
+                if size == 0 and (rel == "" or rel.endswith("/")):
                     continue  # a "folder" marker object, as consoles create: nothing to write
                 planned.append((prefix + rel, safe_destination(local_dir, rel, prefix + rel)))
             for key, dest in planned:
