@@ -68,7 +68,7 @@ def _naive_rate(paths, image_size, batch=64) -> float:
 
 
 def run(quick: bool = False) -> dict[str, Result]:
-    from training.curate import read_list
+    from training.contracts import read_list
 
     manifest = demo_manifest()
     m = json.loads(manifest.read_text())

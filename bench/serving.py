@@ -148,7 +148,7 @@ def _served_throughput(port: int, requests: list[bytes], seconds: float) -> floa
 
 
 def run(quick: bool = False) -> dict[str, Result]:
-    from training.curate import read_list
+    from training.contracts import read_list
 
     manifest = demo_manifest()
     m = json.loads(manifest.read_text())

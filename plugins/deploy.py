@@ -23,7 +23,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from plugins.assets import ASSET_NAME, PretrainedModelEvent
-from training.finetune import PRIMARY_METRIC
+from training.contracts import PRIMARY_METRIC
 
 LINEAGE_SCHEMA = "tlpipe.lineage/v1"
 # Tags (under the tlpipe: prefix) that the gate and retention read back.

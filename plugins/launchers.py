@@ -170,15 +170,15 @@ class LocalTrainingOperator(LocalCommandOperator):
 
     def on_failure_reason(self, exit_code: int, last_line: str) -> str:
         from plugins.sensors import checkpoint_store
-        from training.store import join
+        from training.contracts import CheckpointDir
 
         spec = _as_spec(self.spec)
         reason = f"horovodrun exited with code {exit_code}"
         try:
-            store = checkpoint_store(spec.checkpoint_dir, self.checkpoint_conn_id)
-            failed = join(spec.checkpoint_dir, "FAILED")
-            if store.exists(failed):
-                reason += f": {store.read_json(failed).get('reason')}"
+            recorded = CheckpointDir(spec.checkpoint_dir).failure_reason(
+                checkpoint_store(spec.checkpoint_dir, self.checkpoint_conn_id))
+            if recorded:
+                reason += f": {recorded}"
         except Exception as err:  # noqa: BLE001 - the exit code is the failure; the reason is a bonus
             self.log.warning("could not read %s/FAILED: %s", spec.checkpoint_dir, err)
         return reason

@@ -163,7 +163,7 @@ class S3Exporter:
         """Upload the domain classes' train/validation images as ``<split>/<class>/<file>`` under the fingerprint."""
         from boto3.s3.transfer import create_transfer_manager
 
-        from training.curate import read_list
+        from training.contracts import read_list
 
         manifest_path = Path(manifest_path)
         manifest = json.loads(manifest_path.read_text())

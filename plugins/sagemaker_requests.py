@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from plugins.config import S3Config, SageMakerConfig
-from training.finetune import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
+from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 MAX_NAME = 63
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")

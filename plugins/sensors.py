@@ -45,30 +45,30 @@ class BestCheckpointSensor(BaseSensorOperator):
 
     def poke(self, context) -> Any:
         from airflow.sdk import PokeReturnValue
-        from training.store import join
+        from training.contracts import CheckpointDir
 
         uri = str(self.checkpoint_uri).rstrip("/")
+        run_dir = CheckpointDir(uri)
         store = checkpoint_store(uri, self.conn_id)
-        failed = join(uri, "FAILED")
-        if store.exists(failed):
-            info = store.read_json(failed)
+        if store.exists(run_dir.failed):
+            info = store.read_json(run_dir.failed)
             raise AirflowFailException(f"training failed: {info.get('reason', 'no reason recorded')} "
-                                       f"(at {info.get('failed_at', '?')}; {failed})")
+                                       f"(at {info.get('failed_at', '?')}; {run_dir.failed})")
         missing = []
-        best = store.read_json(join(uri, "best.json")) if store.exists(join(uri, "best.json")) else None
+        best = run_dir.read_best(store)
         if best is None:
             missing.append("best.json")
         elif self.expected_manifest_sha256 and best.get("manifest_sha256") != self.expected_manifest_sha256:
             missing.append(f"best.json for manifest {str(self.expected_manifest_sha256)[:12]} "
                            f"(found one for {str(best.get('manifest_sha256'))[:12]})")
-        if not store.exists(join(uri, "COMPLETE")):
+        if not store.exists(run_dir.complete):
             missing.append("COMPLETE")
         self._missing = missing
         if missing:
             self.log.info("%s: waiting for %s", uri, " and ".join(missing))
             return PokeReturnValue(is_done=False)
         result = {
-            "uri": best.get("best_dir") or join(uri, "best"),
+            "uri": best.get("best_dir") or run_dir.best_dir,
             "epoch": int(best["epoch"]),
             "val_accuracy": float(best["val_accuracy"]),
             "manifest_sha256": best["manifest_sha256"],

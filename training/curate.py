@@ -29,17 +29,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.contracts import LIST_FILES, read_list  # noqa: F401 - read_list re-exported for the CLI's users
 from training.imageio import check_image
 
 SCHEMA_VERSION = 1
 MANIFEST_SKIPPED_LIMIT = 10_000  # the full list is always in skipped.tsv.gz
-LIST_FILES = {
-    "train": "train.tsv.gz",
-    "val": "val.tsv.gz",
-    "domain_train": "domain_train.tsv.gz",
-    "domain_val": "domain_val.tsv.gz",
-    "skipped": "skipped.tsv.gz",
-}
 
 
 class CurationError(RuntimeError):
@@ -378,16 +372,6 @@ def choose_domain_classes(dropped: list[dict], kept: list[dict], wanted: int | l
         raise CurationError(f"asked for {wanted} domain classes but only {len(eligible)} dropped classes have "
                             f"at least {min_images} images")
     return sorted(eligible[:wanted], key=lambda c: c["name"])
-
-
-def read_list(path: str | Path) -> list[tuple[str, str]]:
-    """(relative path, class) pairs of one of the gzipped file lists."""
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [tuple(line.rstrip("\n").split("\t", 1)) for line in fh if line.strip()]
-
-
-def manifest_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def main(argv=None) -> int:

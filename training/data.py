@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from training.curate import read_list
+from training.contracts import read_list
 
 AUTOTUNE = tf.data.AUTOTUNE
 

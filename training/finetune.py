@@ -110,25 +110,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC  # noqa: F401 - the job's contract
 from training.sagemaker import ContractError, TrainingEnv, extract_tar, user_hyperparameters
 
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": " train_loss=([0-9.]+)"},
-    {"Name": "train:accuracy", "Regex": " train_accuracy=([0-9.]+)"},
-    {"Name": "validation:loss", "Regex": " val_loss=([0-9.]+)"},
-    {"Name": "validation:accuracy", "Regex": " val_accuracy=([0-9.]+)"},
-    {"Name": "scratch:validation:loss", "Regex": " scratch_val_loss=([0-9.]+)"},
-    {"Name": "scratch:validation:accuracy", "Regex": " scratch_val_accuracy=([0-9.]+)"},
-    {"Name": "transfer:gain", "Regex": " transfer_gain=(-?[0-9.]+)"},
-    {"Name": "test:loss", "Regex": " test_loss=([0-9.]+)"},
-    {"Name": "test:accuracy", "Regex": " test_accuracy=([0-9.]+)"},
-    {"Name": "scratch:test:loss", "Regex": " scratch_test_loss=([0-9.]+)"},
-    {"Name": "scratch:test:accuracy", "Regex": " scratch_test_accuracy=([0-9.]+)"},
-    {"Name": "transfer:test_gain", "Regex": " transfer_test_gain=(-?[0-9.]+)"},
-]
-# The metric the deploy DAG's quality gate reads from FinalMetricDataList.
-PRIMARY_METRIC = "validation:accuracy"
-CHANNELS = ("pretrained", "train", "validation")
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 

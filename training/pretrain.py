@@ -13,7 +13,7 @@ into ``C`` (a local path or ``s3://…``):
   C/logs/          TensorBoard event files
   C/COMPLETE       when all epochs are done, or C/FAILED with the reason when training fails
 
-Rerunning the same command after a kill resumes after the last committed epoch.
+(The names are ``training.contracts.CheckpointDir``'s, which the Airflow side reads with.) Rerunning the same command after a kill resumes after the last committed epoch.
 
 Keras 3 note: ``horovod.tensorflow.keras`` targets Keras 2, so this uses ``horovod.tensorflow`` directly and
 hands Horovod each Keras variable's backing ``tf.Variable`` (``v.value``).
@@ -34,8 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from training import store as st
-
-EPOCH_DIGITS = 4
+from training.contracts import CheckpointDir
 
 
 def utcnow() -> str:
@@ -78,24 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# -- checkpoint directory -----------------------------------------------------------------------------------
-def epoch_uri(ckpt: str, epoch: int) -> str:
-    return st.join(ckpt, "epochs", f"{epoch:0{EPOCH_DIGITS}d}")
-
-
-def last_committed_epoch(store: st.Store, ckpt: str) -> int:
-    """Highest epoch whose directory is complete (COMMITTED present); 0 when none."""
-    for name in reversed(store.list_dirs(st.join(ckpt, "epochs"))):
-        if name.isdigit() and store.exists(st.join(ckpt, "epochs", name, "COMMITTED")):
-            return int(name)
-    return 0
-
-
-def read_best(store: st.Store, ckpt: str) -> dict | None:
-    uri = st.join(ckpt, "best.json")
-    return store.read_json(uri) if store.exists(uri) else None
-
-
+# -- checkpoint directory (its layout: training.contracts.CheckpointDir) -------------------------------------
 def _local_copy(store: st.Store, uri: str, tmp: Path) -> Path:
     """A local directory with the contents of ``uri`` (the directory itself when it is local)."""
     if st.is_s3(uri):
@@ -143,6 +125,7 @@ def train(args: argparse.Namespace) -> int:
     is_chief = rank == 0
     store = st.Store(args.s3_endpoint_url)
     ckpt = args.checkpoint_dir.rstrip("/") if st.is_s3(args.checkpoint_dir) else str(Path(args.checkpoint_dir).resolve())
+    run_dir = CheckpointDir(ckpt)
     workdir = Path(tempfile.mkdtemp(prefix=f"pretrain-r{rank}-"))
 
     def log(msg: str) -> None:
@@ -190,20 +173,20 @@ def train(args: argparse.Namespace) -> int:
     # -- model, optimizer, resume --------------------------------------------------------------------------
     state = {"resume_from": 0, "best": None}
     if is_chief:
-        state["resume_from"] = last_committed_epoch(store, ckpt)
-        state["best"] = read_best(store, ckpt)
-        if store.exists(st.join(ckpt, "FAILED")):
-            store.delete(st.join(ckpt, "FAILED"))
+        state["resume_from"] = run_dir.last_committed_epoch(store)
+        state["best"] = run_dir.read_best(store)
+        if store.exists(run_dir.failed):
+            store.delete(run_dir.failed)
     state = hvd.broadcast_object(state, root_rank=0, name="resume_state")
     start = state["resume_from"]
     best = state["best"]
 
     total_steps = steps_per_epoch * args.epochs
     if start:
-        src = _local_copy(store, epoch_uri(ckpt, start), workdir / "resume")
+        src = _local_copy(store, run_dir.epoch(start), workdir / "resume")
         model = keras.models.load_model(src / "model.keras")
         optimizer = model.optimizer
-        log(f"resuming after epoch {start} from {epoch_uri(ckpt, start)}")
+        log(f"resuming after epoch {start} from {run_dir.epoch(start)}")
     else:
         model = build_model(len(class_names), image_size, args.model, args.dropout, args.width)
         schedule = WarmupCosine(args.learning_rate * size, int(args.warmup_epochs * steps_per_epoch), total_steps)
@@ -265,8 +248,8 @@ def train(args: argparse.Namespace) -> int:
         f"cache {'on' if cache else 'off'}")
     if start >= args.epochs:
         log(f"nothing to do: {start} epochs already committed")
-    if is_chief and start < args.epochs and store.exists(st.join(ckpt, "COMPLETE")):
-        store.delete(st.join(ckpt, "COMPLETE"))
+    if is_chief and start < args.epochs and store.exists(run_dir.complete):
+        store.delete(run_dir.complete)
 
     train_iter = iter(train_ds)
     # Skipped files are named from the file lists; TFRecord readers only count them (val images seen).
@@ -323,7 +306,7 @@ def train(args: argparse.Namespace) -> int:
         if args.fail_at_epoch and epoch == args.fail_at_epoch:
             raise RuntimeError(f"injected failure at epoch {epoch}")
         if is_chief:
-            best = _commit_epoch(store, ckpt, model, metrics, {**meta_base, "epoch": epoch}, best, workdir)
+            best = _commit_epoch(store, run_dir, model, metrics, {**meta_base, "epoch": epoch}, best, workdir)
             with tb.as_default(step=epoch):
                 for k in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"):
                     tf.summary.scalar(k, metrics[k])
@@ -342,42 +325,43 @@ def train(args: argparse.Namespace) -> int:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(v)).tobytes())
     print(f"[pretrain] rank {rank} weights sha256 {digest.hexdigest()}", flush=True)
     if is_chief:
-        store.write_json(st.join(ckpt, "COMPLETE"), {"epochs": args.epochs, "best_epoch": best and best["epoch"],
+        store.write_json(run_dir.complete, {"epochs": args.epochs, "best_epoch": best and best["epoch"],
                                                      "finished_at": utcnow()})
-        log(f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> {st.join(ckpt, 'best')}")
+        log(f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> {run_dir.best_dir}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def _commit_epoch(store: st.Store, ckpt: str, model, metrics: dict, meta: dict, best: dict | None, workdir: Path) -> dict:
+def _commit_epoch(store: st.Store, run_dir: CheckpointDir, model, metrics: dict, meta: dict, best: dict | None,
+                  workdir: Path) -> dict:
     """Write the epoch directory, then best/ and best.json if this epoch is the most accurate so far."""
-    local = workdir / f"epoch-{metrics['epoch']:0{EPOCH_DIGITS}d}"
+    local = workdir / f"epoch-{metrics['epoch']:0{run_dir.EPOCH_DIGITS}d}"
     local.mkdir(parents=True, exist_ok=True)
     model.save(local / "model.keras")
     (local / "meta.json").write_text(json.dumps({**meta, "val_accuracy": metrics["val_accuracy"]}, indent=2))
     (local / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    uri = epoch_uri(ckpt, metrics["epoch"])
+    uri = run_dir.epoch(metrics["epoch"])
     store.upload_dir(local, uri)
-    store.write_json(st.join(uri, "COMMITTED"), {"committed_at": utcnow()})
+    store.write_json(run_dir.committed_marker(metrics["epoch"]), {"committed_at": utcnow()})
     if best is None or metrics["val_accuracy"] > best["val_accuracy"]:
         best_dir = workdir / "best"
         shutil.rmtree(best_dir, ignore_errors=True)
         best_dir.mkdir()
         for name in ("model.keras", "meta.json", "metrics.json"):
             shutil.copy2(local / name, best_dir / name)
-        store.upload_dir(best_dir, st.join(ckpt, "best"))
+        store.upload_dir(best_dir, run_dir.best_dir)
         best = {
             "epoch": metrics["epoch"],
             "val_accuracy": metrics["val_accuracy"],
             "val_loss": metrics["val_loss"],
             "path": uri,
-            "best_dir": st.join(ckpt, "best"),
+            "best_dir": run_dir.best_dir,
             "manifest_sha256": meta["manifest_sha256"],
             "manifest_fingerprint": meta["manifest_fingerprint"],
             "created_at": (best or {}).get("created_at", utcnow()),
             "updated_at": utcnow(),
         }
-        store.write_json(st.join(ckpt, "best.json"), best)  # last, atomically
+        store.write_json(run_dir.best_json, best)  # last, atomically
     shutil.rmtree(local, ignore_errors=True)
     return best
 
@@ -396,7 +380,7 @@ def main(argv=None) -> int:
         if int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))) == 0:
             try:
                 st.Store(args.s3_endpoint_url).write_json(
-                    st.join(args.checkpoint_dir, "FAILED"), {"reason": reason, "failed_at": utcnow()})
+                    CheckpointDir(args.checkpoint_dir).failed, {"reason": reason, "failed_at": utcnow()})
             except Exception as write_err:  # noqa: BLE001
                 print(f"[pretrain] could not write FAILED: {write_err}", file=sys.stderr)
         print(f"[pretrain] failed: {reason}", file=sys.stderr, flush=True)

@@ -41,6 +41,8 @@ import sys
 import time
 from pathlib import Path
 
+from training.contracts import CheckpointDir
+
 DEMO_CURATE = ["--min-images", "120", "--domain-classes", "4", "--val-fraction", "0.2"]
 DEMO_PRETRAIN_EPOCHS = 20
 
@@ -63,7 +65,7 @@ def demo_inputs(workdir: Path, workers: int = 2) -> tuple[Path, Path]:
         _run([py, "-m", "training.synth_data", "--out", str(raw)])
     if not (curated / "manifest.json").is_file():
         _run([py, "-m", "training.curate", "--data-dir", str(raw), "--out", str(curated), *DEMO_CURATE])
-    if not (ckpt / "COMPLETE").is_file():
+    if not Path(CheckpointDir(str(ckpt)).complete).is_file():
         pretrain = [py, "-m", "training.pretrain", "--manifest", str(curated / "manifest.json"),
                     "--checkpoint-dir", str(ckpt), "--epochs", str(DEMO_PRETRAIN_EPOCHS), "--threads", "1"]
         horovodrun = shutil.which("horovodrun") or str(Path(py).with_name("horovodrun"))
@@ -71,12 +73,12 @@ def demo_inputs(workdir: Path, workers: int = 2) -> tuple[Path, Path]:
             _run([horovodrun, "-np", str(workers), *pretrain])
         else:
             _run(pretrain[:-2])
-    return curated / "manifest.json", ckpt / "best"
+    return curated / "manifest.json", Path(CheckpointDir(str(ckpt)).best_dir)
 
 
 def domain_channels(manifest_path: Path, out: Path, data_root: str | None = None) -> dict[str, Path]:
     """ImageFolder trees of the manifest's domain lists (symbolic links to the images): train, validation."""
-    from training.curate import read_list
+    from training.contracts import read_list
 
     manifest = json.loads(Path(manifest_path).read_text())
     root = Path(data_root or manifest["data_root"])

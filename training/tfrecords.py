@@ -21,7 +21,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from training.curate import read_list
+from training.contracts import read_list
 
 
 def _shard_name(split: str, i: int, n: int) -> str:

@@ -1,0 +1,118 @@
+"""What the Airflow side and the training jobs agree on, in one place, importable without TensorFlow or Airflow.
+
+- The curated manifest's list files: ``LIST_FILES`` names them, ``read_list`` reads one.
+- The checkpoint directory of a pretraining run (``CheckpointDir``)::
+
+    C/epochs/NNNN/   one immutable directory per epoch; its COMMITTED marker is written last
+    C/best/          the most accurate epoch so far (model.keras + meta.json: the transfer-learning input)
+    C/best.json      which epoch best/ holds; written last, atomically
+    C/COMPLETE       all epochs done; or C/FAILED with {"reason": ...} when training failed
+
+  ``training.pretrain`` writes it; the best-checkpoint sensor, the local launcher, the export and the report read
+  it, all through the names and helpers here.
+- The fine-tune job's input channels and the metric definitions SageMaker scans its log with.
+
+DAG files import this module (through the plugins), never the job modules themselves.
+"""
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+from training import store as st
+
+# -- the curated manifest -----------------------------------------------------------------------------------
+LIST_FILES = {
+    "train": "train.tsv.gz",
+    "val": "val.tsv.gz",
+    "domain_train": "domain_train.tsv.gz",
+    "domain_val": "domain_val.tsv.gz",
+    "skipped": "skipped.tsv.gz",
+}
+
+
+def read_list(path: str | Path) -> list[tuple[str, str]]:
+    """(relative path, class) pairs of one of the gzipped file lists."""
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return [tuple(line.rstrip("\n").split("\t", 1)) for line in fh if line.strip()]
+
+
+# -- the checkpoint directory -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointDir:
+    """Names and URIs of one run's checkpoint directory (a local path or an s3:// URI)."""
+
+    uri: str
+
+    EPOCHS = "epochs"
+    COMMITTED = "COMMITTED"
+    BEST = "best"
+    BEST_JSON = "best.json"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    EPOCH_DIGITS = 4
+
+    def path(self, *parts: str) -> str:
+        return st.join(self.uri, *parts)
+
+    def epoch(self, epoch: int) -> str:
+        return self.path(self.EPOCHS, f"{epoch:0{self.EPOCH_DIGITS}d}")
+
+    def committed_marker(self, epoch: int) -> str:
+        return st.join(self.epoch(epoch), self.COMMITTED)
+
+    @property
+    def best_dir(self) -> str:
+        return self.path(self.BEST)
+
+    @property
+    def best_json(self) -> str:
+        return self.path(self.BEST_JSON)
+
+    @property
+    def complete(self) -> str:
+        return self.path(self.COMPLETE)
+
+    @property
+    def failed(self) -> str:
+        return self.path(self.FAILED)
+
+    # -- reading, with a training.store.Store ---------------------------------------------------------
+    def last_committed_epoch(self, store: st.Store) -> int:
+        """Highest epoch whose directory is complete (its COMMITTED marker present); 0 when none."""
+        for name in reversed(store.list_dirs(self.path(self.EPOCHS))):
+            if name.isdigit() and store.exists(self.committed_marker(int(name))):
+                return int(name)
+        return 0
+
+    def read_best(self, store: st.Store) -> dict | None:
+        return store.read_json(self.best_json) if store.exists(self.best_json) else None
+
+    def failure_reason(self, store: st.Store) -> str | None:
+        """The reason FAILED records, or None when the run has not failed."""
+        if not store.exists(self.failed):
+            return None
+        return str(store.read_json(self.failed).get("reason") or "unknown reason")
+
+
+# -- the fine-tune job --------------------------------------------------------------------------------------
+# Input channels the job requires (``test`` is optional).
+CHANNELS = ("pretrained", "train", "validation")
+# What SageMaker scans the job's log for (MetricDefinitions); the job prints these ``name=value`` pairs.
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": " train_loss=([0-9.]+)"},
+    {"Name": "train:accuracy", "Regex": " train_accuracy=([0-9.]+)"},
+    {"Name": "validation:loss", "Regex": " val_loss=([0-9.]+)"},
+    {"Name": "validation:accuracy", "Regex": " val_accuracy=([0-9.]+)"},
+    {"Name": "scratch:validation:loss", "Regex": " scratch_val_loss=([0-9.]+)"},
+    {"Name": "scratch:validation:accuracy", "Regex": " scratch_val_accuracy=([0-9.]+)"},
+    {"Name": "transfer:gain", "Regex": " transfer_gain=(-?[0-9.]+)"},
+    {"Name": "test:loss", "Regex": " test_loss=([0-9.]+)"},
+    {"Name": "test:accuracy", "Regex": " test_accuracy=([0-9.]+)"},
+    {"Name": "scratch:test:loss", "Regex": " scratch_test_loss=([0-9.]+)"},
+    {"Name": "scratch:test:accuracy", "Regex": " scratch_test_accuracy=([0-9.]+)"},
+    {"Name": "transfer:test_gain", "Regex": " transfer_test_gain=(-?[0-9.]+)"},
+]
+# The metric the deploy DAG's quality gate reads from FinalMetricDataList.
+PRIMARY_METRIC = "validation:accuracy"
