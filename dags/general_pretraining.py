@@ -30,10 +30,10 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TaskGroup, TriggerRule, dag, get_current_context, task
 
-from plugins import pretraining as steps
-from plugins.assets import pretrained_model_asset
-from plugins.config import get_config
-from plugins.launchers import (
+from plugins.tlpipe.pretraining import steps
+from plugins.tlpipe.assets import pretrained_model_asset
+from plugins.tlpipe.config import get_config
+from plugins.tlpipe.pretraining.launchers import (
     CreateMPIJobOperator,
     DeleteMPIJobOperator,
     LocalCommandOperator,
@@ -41,8 +41,8 @@ from plugins.launchers import (
     TrainingPodOperator,
     curate_pod_operator,
 )
-from plugins.params import pretraining_params
-from plugins.sensors import BestCheckpointSensor, MPIJobSensor, sensor_defaults
+from plugins.tlpipe.pretraining.params import pretraining_params
+from plugins.tlpipe.pretraining.sensors import BestCheckpointSensor, MPIJobSensor, sensor_defaults
 
 cfg = get_config()
 PRETRAINED_MODEL = pretrained_model_asset(cfg)
@@ -52,7 +52,7 @@ TRAINING = {"pool": cfg.airflow.gpu_pool, "pool_slots": cfg.airflow.gpu_pool_slo
 
 
 def _exporter():
-    from plugins.s3_export import S3Exporter
+    from plugins.tlpipe.pretraining.export import S3Exporter
 
     return S3Exporter(get_config().s3)
 

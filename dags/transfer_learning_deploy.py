@@ -38,17 +38,17 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TaskGroup, TriggerRule, conf, dag, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from plugins import deploy as decide
-from plugins import deploy_steps as steps
-from plugins.assets import pretrained_model_asset
-from plugins.config import get_config
-from plugins.deploy_operators import (
+from plugins.tlpipe.deploy import decisions as decide
+from plugins.tlpipe.deploy import steps
+from plugins.tlpipe.assets import pretrained_model_asset
+from plugins.tlpipe.config import get_config
+from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
     DeployEndpointOperator,
     DeployModelOperator,
     FinetuneTrainingOperator,
 )
-from plugins.deploy_params import deploy_params
+from plugins.tlpipe.deploy.params import deploy_params
 
 cfg = get_config()
 PRETRAINED_MODEL = pretrained_model_asset(cfg)
@@ -61,7 +61,7 @@ DEPLOY_TASKS = ["deploy.create_model", "deploy.create_endpoint_config", "deploy.
 
 
 def _exporter():
-    from plugins.s3_export import S3Exporter
+    from plugins.tlpipe.pretraining.export import S3Exporter
 
     return S3Exporter(get_config().s3)
 

@@ -38,6 +38,6 @@ ENV PYTHONPATH=/opt/airflow \
     AIRFLOW__CORE__LOAD_EXAMPLES=False
 
 # Fails the build if a DAG or the production configuration does not load in this image.
-RUN python -c "from plugins.config import load_config; load_config('production')" \
+RUN python -c "from plugins.tlpipe.config import load_config; load_config('production')" \
  && python -c "import sys; from airflow.dag_processing.dagbag import DagBag; \
 bag = DagBag('/opt/airflow/dags', include_examples=False); sys.exit(str(bag.import_errors) if bag.import_errors else 0)"

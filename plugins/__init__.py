@@ -1,5 +1,5 @@
-"""Airflow-side code of the pipeline: configuration, launch specs, operators, sensors and S3 export.
+"""Airflow's plugins folder, as the image, docker-compose.yaml, ``make demo`` and the tests all set it.
 
-Modules import neither TensorFlow nor anything that opens a connection, so DAG files can import them at parse
-time; clients are created inside ``execute``/``poke``.
+``tlpipe_plugin.py`` is the one module Airflow's plugins manager loads (it registers the ``tlpipe`` plugin);
+``.airflowignore`` keeps it out of the library, ``plugins.tlpipe``, which the DAGs import as a package.
 """

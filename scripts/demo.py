@@ -156,7 +156,7 @@ def localcloud_env(state: dict, env: dict) -> dict:
 
 def airflow_env(state: dict) -> dict:
     home = VAR / "airflow"
-    (home / "plugins").mkdir(parents=True, exist_ok=True)
+    home.mkdir(parents=True, exist_ok=True)
     passwords = home / "passwords.json"
     write_private(passwords, json.dumps({"admin": state["password"]}))
     endpoint = f"http://127.0.0.1:{state['localcloud_port']}"
@@ -172,8 +172,8 @@ def airflow_env(state: dict) -> dict:
         "TLPIPE__CHECKPOINTS__ROOT": str(VAR / "checkpoints"),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        # The project's plugins/ is a package imported by the DAGs, not an Airflow plugins folder.
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        # The plugins folder that ships (as in the image and docker-compose.yaml): the tlpipe plugin loads from it.
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = PROJECT_ROOT / "dags"
+PLUGINS_FOLDER = PROJECT_ROOT / "plugins"
 HOME_VAR = "TLPIPE_TEST_AIRFLOW_HOME"
 
 
@@ -45,7 +46,7 @@ def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, st
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
             "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
             "kwargs": {"path": str(dags_folder)}}]),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),  # the one that ships
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -91,7 +92,7 @@ def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS
     settings.reconfigure_orm()
     db.initdb()
     _ENV = AirflowTestEnv(home=home, db_path=home / "airflow.db", dags_folder=Path(dags_folder), env=environ)
-    from plugins.config import get_config
+    from plugins.tlpipe.config import get_config
 
     cfg = get_config()
     for name, slots in {cfg.airflow.gpu_pool: max(cfg.airflow.gpu_pool_slots, 1), **(pools or {})}.items():
@@ -137,8 +138,7 @@ def ensure_pool(name: str, slots: int) -> None:
 
 def reset_config_cache() -> None:
     """Forget the cached pipeline configuration (after changing TLPIPE_* variables)."""
-    from plugins import config
-
+    from plugins.tlpipe import config
     config._cached.cache_clear()
 
 

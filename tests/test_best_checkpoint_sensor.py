@@ -9,7 +9,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from airflow_env import aws_connection
-from plugins.sensors import BestCheckpointSensor
+from plugins.tlpipe.pretraining.sensors import BestCheckpointSensor
 from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 
 BEST = {"epoch": 2, "val_accuracy": 0.75, "val_loss": 0.6, "path": "x/epochs/0002", "manifest_sha256": "m" * 64,

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from plugins.config import DEFAULT_CONFIG, PROJECT_ROOT, env_overrides, get_config, load_config
+from plugins.tlpipe.config import DEFAULT_CONFIG, PROJECT_ROOT, env_overrides, get_config, load_config
 
 
 def test_local_profile_is_the_two_core_demo():

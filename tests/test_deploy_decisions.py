@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from botocore.stub import Stubber
 
-from plugins import deploy as d
-from plugins import deploy_steps as steps
-from plugins.deploy_lock import EndpointLock, EndpointLocked, decide
+from plugins.tlpipe.deploy import decisions as d
+from plugins.tlpipe.deploy import steps
+from plugins.tlpipe.deploy.lock import EndpointLock, EndpointLocked, decide
 from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
 
 EVENT = {
@@ -329,7 +329,7 @@ def test_rollback_that_does_not_restore_is_reported():
 
 # -- the retry-safe, killable operators ----------------------------------------------------------------------
 def _training_operator(moto_server, name):
-    from plugins.deploy_operators import FinetuneTrainingOperator
+    from plugins.tlpipe.deploy.operators import FinetuneTrainingOperator
 
     s3 = moto_server.client("s3")
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
@@ -386,7 +386,7 @@ def test_training_retry_waits_on_a_running_job(moto_server, moto_connection, mon
 def test_killing_the_task_stops_the_job():
     import boto3
 
-    from plugins.deploy_operators import FinetuneJobTrigger, FinetuneTrainingOperator
+    from plugins.tlpipe.deploy.operators import FinetuneJobTrigger, FinetuneTrainingOperator
 
     sm = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     op = FinetuneTrainingOperator(task_id="finetune", config={"TrainingJobName": "kill-ft-1"})
@@ -414,7 +414,7 @@ def test_killing_the_task_stops_the_job():
             return AsyncClient()
 
     trigger = FinetuneJobTrigger(job_name="kill-ft-1", job_type="Training", waiter_delay=1, waiter_max_attempts=2)
-    assert trigger.serialize()[0] == "plugins.deploy_operators.FinetuneJobTrigger"
+    assert trigger.serialize()[0] == "plugins.tlpipe.deploy.operators.FinetuneJobTrigger"
     trigger.hook = lambda: Hook()
     asyncio.run(trigger.on_kill())
     assert calls == [{"TrainingJobName": "kill-ft-1"}]
@@ -424,7 +424,7 @@ def test_operators_defer_on_the_killable_trigger():
     from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
     from airflow.sdk.exceptions import TaskDeferred
 
-    from plugins.deploy_operators import FinetuneJobTrigger, FinetuneTrainingOperator
+    from plugins.tlpipe.deploy.operators import FinetuneJobTrigger, FinetuneTrainingOperator
 
     op = FinetuneTrainingOperator(task_id="finetune", config={"TrainingJobName": "j"}, deferrable=True,
                                   check_interval=30, max_ingestion_time=9000)
@@ -436,7 +436,7 @@ def test_operators_defer_on_the_killable_trigger():
 
 
 def test_model_and_config_operators_reuse_what_an_earlier_try_created(moto_server, moto_connection):
-    from plugins.deploy_operators import DeployEndpointConfigOperator, DeployModelOperator
+    from plugins.tlpipe.deploy.operators import DeployEndpointConfigOperator, DeployModelOperator
 
     model = {"ModelName": "reuse-ft-1-model", "ExecutionRoleArn": ROLE,
              "PrimaryContainer": {"Image": "img", "ModelDataUrl": "s3://b/m.tar.gz"}}

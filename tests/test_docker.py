@@ -26,7 +26,7 @@ SOURCE_DIRS = ("training/", "plugins/", "dags/", "config/", "localcloud/")
 def pipeline() -> dict:
     """config/pipeline.yaml's production profile merged over its defaults (what the cluster runs)."""
     sys.path.insert(0, str(ROOT))
-    from plugins.config import load_config
+    from plugins.tlpipe.config import load_config
 
     return load_config("production", environ={}).model_dump(mode="json")
 
@@ -376,15 +376,18 @@ def test_airflow_image_runs_the_plugins_and_dags_without_tensorflow(tmp_path):
         sys.meta_path.insert(0, Block())
         home = pathlib.Path(sys.argv[1])
         wanted = set()
-        files = sorted((home / "plugins").glob("*.py")) + sorted((home / "dags").glob("*.py"))
+        files = sorted((home / "plugins").rglob("*.py")) + sorted((home / "dags").glob("*.py"))
         for path in files:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("training"):
                     wanted.add(node.module)
                 elif isinstance(node, ast.Import):
                     wanted.update(a.name for a in node.names if a.name.startswith("training"))
-        modules = sorted(wanted) + [f"plugins.{p.stem}" for p in sorted((home / "plugins").glob("*.py"))
-                                    if p.stem != "__init__"]
+        def module(path):
+            parts = path.relative_to(home).with_suffix("").parts
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+        modules = sorted(wanted) + [module(p) for p in sorted((home / "plugins").rglob("*.py"))]
         for name in modules:
             importlib.import_module(name)
         for path in sorted((home / "dags").glob("*.py")):
@@ -399,4 +402,4 @@ def test_airflow_image_runs_the_plugins_and_dags_without_tensorflow(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = proc.stdout.split()
-    assert "training.store" in imported and "plugins.launchers" in imported
+    assert "training.store" in imported and "plugins.tlpipe.pretraining.launchers" in imported

@@ -34,7 +34,7 @@ def dag(pipeline):
 
 
 def test_dag_shape(dag):
-    from plugins.config import get_config
+    from plugins.tlpipe.config import get_config
 
     cfg = get_config()
     assert dag.max_active_runs == 1 and not dag.catchup
@@ -50,7 +50,7 @@ def test_dag_shape(dag):
 
 
 def test_task_graph_branches_on_the_launcher(dag):
-    from plugins.pretraining import LAUNCH_TASKS, SKIP_TASK
+    from plugins.tlpipe.pretraining.steps import LAUNCH_TASKS, SKIP_TASK
 
     def down(task_id):
         return dag.get_task(task_id).downstream_task_ids
@@ -156,8 +156,7 @@ def test_local_launcher_trains_exports_publishes_then_skips(dag, pipeline, s3_en
 
 
 def test_mpijob_failure_fails_the_run_and_deletes_the_job(dag, pipeline):
-    from plugins import mpijob
-
+    from plugins.tlpipe.pretraining import mpijob
     namespace = "ml-training"
     with KubeServer() as kube:
         kubernetes_connection(kube.url, namespace=namespace)

@@ -47,7 +47,7 @@ def render():
 
 @pytest.fixture(scope="module")
 def cfg():
-    from plugins.config import load_config
+    from plugins.tlpipe.config import load_config
 
     return load_config("production", environ={})
 
@@ -171,8 +171,8 @@ def _deploy_run(dag, moto, hooks, s3, endpoint: str, accuracy: float):
     """One run of the deploy DAG; ``s3`` is a client outside the recording, for what the test itself reads."""
     from airflow_env import run_dag
 
-    from plugins.config import get_config
-    from plugins.smoke_test import list_validation_samples, select_samples
+    from plugins.tlpipe.config import get_config
+    from plugins.tlpipe.deploy.smoke_test import list_validation_samples, select_samples
 
     cfg = get_config()
     latest_key = f"{cfg.s3.prefix}/pretrained/latest.json"
@@ -217,9 +217,9 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
                 mp.setenv(key, value)
             reset_config_cache()
             setup_airflow()
-            from plugins.assets import PretrainedModelEvent
-            from plugins.config import get_config
-            from plugins.s3_export import S3Exporter
+            from plugins.tlpipe.assets import PretrainedModelEvent
+            from plugins.tlpipe.config import get_config
+            from plugins.tlpipe.pretraining.export import S3Exporter
 
             live = get_config()
             import boto3

@@ -44,7 +44,7 @@ def by_kind(objects: list[dict]) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def kube_cfg():
-    from plugins.config import load_config
+    from plugins.tlpipe.config import load_config
 
     return load_config("production", environ={}).kubernetes
 
@@ -204,7 +204,7 @@ def production_dag(tmp_path_factory):
         bag = load_dagbag(DAGS_FOLDER / DAG_FILE)
         assert bag.import_errors == {}
         dag = next(iter(bag.dags.values()))
-        from plugins.config import get_config
+        from plugins.tlpipe.config import get_config
 
         yield dag, get_config()
 
@@ -223,8 +223,7 @@ def resolved(task, dag, cfg, launcher: str, workers: int):
     """The task with its XCom inputs replaced by what the DAG's ``prepare`` task returns for a run."""
     from airflow.sdk.definitions.xcom_arg import XComArg
 
-    from plugins import pretraining as steps
-
+    from plugins.tlpipe.pretraining import steps
     params = {name: dag.params[name] for name in dag.params}
     prepared = steps.prepare_run(cfg, {**params, "launcher": launcher, "workers": workers, "gpus_per_worker": 1},
                                  dag.dag_id, f"manual__{launcher}")  # one run per launcher: same MPIJob name
@@ -272,8 +271,7 @@ def recorded(production_dag):
     from airflow_env import kubernetes_connection
     from kube_mock import KubeServer
 
-    from plugins import mpijob
-
+    from plugins.tlpipe.pretraining import mpijob
     dag, cfg = production_dag
     ns = cfg.kubernetes.namespace
     tasks = kubernetes_tasks(dag)
@@ -387,8 +385,7 @@ def test_the_dags_pods_pass_pod_security_restricted(production_dag, monkeypatch)
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from airflow_env import kubernetes_connection
 
-    from plugins import mpijob
-
+    from plugins.tlpipe.pretraining import mpijob
     dag, cfg = production_dag
     # Building a pod reads the connection; nothing is sent (no server listens there).
     monkeypatch.delenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", raising=False)

@@ -11,8 +11,8 @@ import pytest
 
 from airflow.sdk.exceptions import AirflowException
 
-from plugins.launchers import LocalTrainingOperator
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.pretraining.launchers import LocalTrainingOperator
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -9,9 +9,9 @@ from pydantic import ValidationError
 
 from airflow_env import kubernetes_connection
 from kube_mock import KubeServer
-from plugins import mpijob
-from plugins.config import load_config
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.pretraining import mpijob
+from plugins.tlpipe.config import load_config
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 NS = "ml-training"
 
@@ -121,8 +121,8 @@ def kube(monkeypatch):
 def test_create_watch_delete_against_an_api_server(kube, job):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from plugins.launchers import CreateMPIJobOperator, DeleteMPIJobOperator
-    from plugins.sensors import MPIJobSensor
+    from plugins.tlpipe.pretraining.launchers import CreateMPIJobOperator, DeleteMPIJobOperator
+    from plugins.tlpipe.pretraining.sensors import MPIJobSensor
 
     text = job.to_yaml()
     create = CreateMPIJobOperator(task_id="create", yaml_conf=text, namespace=NS)
@@ -160,8 +160,8 @@ def test_create_watch_delete_against_an_api_server(kube, job):
 
 
 def test_killing_the_watch_deletes_the_job(kube, job):
-    from plugins.launchers import CreateMPIJobOperator
-    from plugins.sensors import MPIJobSensor
+    from plugins.tlpipe.pretraining.launchers import CreateMPIJobOperator
+    from plugins.tlpipe.pretraining.sensors import MPIJobSensor
 
     CreateMPIJobOperator(task_id="create", yaml_conf=job.to_yaml(), namespace=NS).execute({})
     MPIJobSensor(task_id="watch", name=job.metadata.name, namespace=NS).on_kill()

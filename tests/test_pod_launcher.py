@@ -8,9 +8,9 @@ from kubernetes.client import models as k8s
 
 from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
 from kube_mock import KubeServer
-from plugins.config import load_config
-from plugins.launchers import TrainingPodOperator, pod_failure_reason
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.config import load_config
+from plugins.tlpipe.pretraining.launchers import TrainingPodOperator, pod_failure_reason
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
 
 

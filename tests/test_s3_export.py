@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from plugins.config import S3Config
-from plugins.s3_export import MODEL_FILES, S3Exporter, build_model_tarball
+from plugins.tlpipe.config import S3Config
+from plugins.tlpipe.pretraining.export import MODEL_FILES, S3Exporter, build_model_tarball
 from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 from training.curate import read_list
 

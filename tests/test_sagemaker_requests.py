@@ -6,9 +6,9 @@ import copy
 import pytest
 from botocore.validate import ParamValidator
 
-from plugins import deploy_steps as steps
-from plugins import sagemaker_requests as req
-from plugins.config import load_config
+from plugins.tlpipe.deploy import steps
+from plugins.tlpipe.deploy import sagemaker_requests as req
+from plugins.tlpipe.config import load_config
 from training.finetune import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 RUN_ID = "asset_triggered__2025-06-01T12:00:00.123456+00:00"
@@ -25,7 +25,7 @@ EVENT = {
 
 
 def params_of(cfg, **overrides) -> dict:
-    from plugins.deploy_params import deploy_params
+    from plugins.tlpipe.deploy.params import deploy_params
 
     values = {name: param.value for name, param in deploy_params(cfg).items()}
     values.update(overrides)

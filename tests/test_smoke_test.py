@@ -9,7 +9,7 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from plugins import smoke_test as st
+from plugins.tlpipe.deploy import smoke_test as st
 from transfer_learning_deploy_fixtures import moto_server  # noqa: F401  (fixture)
 
 

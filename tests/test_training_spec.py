@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from plugins.config import load_config
-from plugins.pretraining import LAUNCH_TASKS, RunParams, prepare_run, resolve_launcher, run_key
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.config import load_config
+from plugins.tlpipe.pretraining.steps import LAUNCH_TASKS, RunParams, prepare_run, resolve_launcher, run_key
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 BASE = dict(manifest="/data/curated/r1/manifest.json", checkpoint_dir="s3://ckpt/pretrain/r1", epochs=48,
             model="resnet50", image_size=224, batch_size=64, learning_rate=0.0005)

@@ -57,7 +57,7 @@ def dag(pipeline):
 
 
 def test_dag_shape(dag):
-    from plugins.config import get_config
+    from plugins.tlpipe.config import get_config
 
     cfg = get_config()
     assert dag.max_active_runs == 1 and not dag.catchup
@@ -185,8 +185,7 @@ def _object(moto, uri: str) -> dict:
 
 def _check_requests(hooks) -> None:
     """Every SageMaker request the runs sent: botocore's model, and the project's rules for the ones it builds."""
-    from plugins import sagemaker_requests as req
-
+    from plugins.tlpipe.deploy import sagemaker_requests as req
     model = req.service_model()
     for operation, params in hooks.requests:
         report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
@@ -196,7 +195,7 @@ def _check_requests(hooks) -> None:
 
 
 def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(dag, moto_server, monkeypatch):
-    from plugins.sagemaker_requests import tag_dict
+    from plugins.tlpipe.deploy.sagemaker_requests import tag_dict
 
     latest = _publish_latest(moto_server)
     sm = moto_server.client("sagemaker")

@@ -83,7 +83,7 @@ def render(template, values: dict[str, str]):
 
 def render_all(profile: str = "production") -> dict[str, dict]:
     sys.path.insert(0, str(ROOT))
-    from plugins.config import load_config
+    from plugins.tlpipe.config import load_config
 
     values = values_from_config(load_config(profile))
     return {name: render(json.loads(path.read_text()), values) for name, path in TEMPLATES.items()}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from plugins.config import PipelineConfig
+from plugins.tlpipe.config import PipelineConfig
 
 LAUNCHERS = ["auto", "pod", "mpijob", "local"]
 MODELS = ["small_resnet", "resnet50"]

@@ -1,5 +1,5 @@
 """What the deploy DAG's Python tasks do: read and change SageMaker/S3 state around the decisions in
-``plugins.deploy``. Clients come from Airflow connections (``s3.aws_conn_id``, which may carry an
+``plugins.tlpipe.deploy.decisions``. Clients come from Airflow connections (``s3.aws_conn_id``, which may carry an
 ``endpoint_url``) and are created only when a task runs.
 
     prepare_finetune     Params + triggering event -> inputs, resource names, the CreateTrainingJob request
@@ -18,10 +18,10 @@ import math
 from dataclasses import asdict
 from typing import Any, Callable, Mapping
 
-from plugins import deploy as decide
-from plugins import sagemaker_requests as requests
-from plugins.config import PipelineConfig
-from plugins.deploy_operators import describe_or_none
+from plugins.tlpipe.deploy import decisions as decide
+from plugins.tlpipe.deploy import sagemaker_requests as requests
+from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.deploy.operators import describe_or_none
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def verify_endpoint(client, endpoint: str, expected_config: str) -> dict:
 
 def smoke_test_endpoint(cfg: PipelineConfig, runtime, s3, *, endpoint: str, validation_uri: str,
                         training_accuracy: float) -> dict:
-    from plugins.smoke_test import run_smoke_test
+    from plugins.tlpipe.deploy.smoke_test import run_smoke_test
 
     sm = cfg.sagemaker
     report = run_smoke_test(runtime, s3, endpoint=endpoint, validation_uri=validation_uri,
@@ -273,7 +273,7 @@ def write_lineage(exporter, endpoint: str, job: str, record: Mapping[str, Any]) 
 
 # -- the run's outcome ----------------------------------------------------------------------------------------
 def endpoint_lock(cfg: PipelineConfig, endpoint: str, owner: Mapping[str, Any]):
-    from plugins.deploy_lock import EndpointLock
+    from plugins.tlpipe.deploy.lock import EndpointLock
 
     key = cfg.s3.key("locks", "endpoints", f"{endpoint}.json")
     return EndpointLock(s3_client(cfg.s3.aws_conn_id), cfg.s3.bucket, key, owner)

@@ -109,8 +109,7 @@ class MPIJobSensor(BaseSensorOperator):
         return KubernetesHook(conn_id=self.kubernetes_conn_id)
 
     def poke(self, context) -> bool:
-        from plugins import mpijob
-
+        from plugins.tlpipe.pretraining import mpijob
         obj = self._hook().get_custom_object(group=mpijob.GROUP, version=mpijob.VERSION, plural=mpijob.PLURAL,
                                              name=self.name, namespace=self.namespace)
         status = mpijob.MPIJobStatus.model_validate(obj.get("status") or {})
@@ -125,8 +124,7 @@ class MPIJobSensor(BaseSensorOperator):
         return status.condition("Succeeded") is not None
 
     def on_kill(self) -> None:
-        from plugins import mpijob
-
+        from plugins.tlpipe.pretraining import mpijob
         try:
             self._hook().delete_custom_object(group=mpijob.GROUP, version=mpijob.VERSION, plural=mpijob.PLURAL,
                                               name=self.name, namespace=self.namespace)

@@ -26,8 +26,9 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
 )
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
-from plugins.deploy import TRANSITIONAL, plan_training_job
-from plugins.sagemaker_requests import job_attempt_name
+from plugins.tlpipe.deploy import links
+from plugins.tlpipe.deploy.decisions import TRANSITIONAL, plan_training_job
+from plugins.tlpipe.deploy.sagemaker_requests import job_attempt_name
 
 MAX_JOB_ATTEMPTS = 20
 
@@ -73,6 +74,8 @@ class FinetuneJobTrigger(SageMakerTrigger):
 class FinetuneTrainingOperator(SageMakerTrainingOperator):
     """Retry-safe, killable ``SageMakerTrainingOperator`` (see the module docstring)."""
 
+    operator_extra_links = (links.SageMakerTrainingJobLink(),)
+
     def __init__(self, *, max_job_attempts: int = MAX_JOB_ATTEMPTS, **kwargs):
         kwargs["check_if_job_exists"] = False  # the attempt plan below replaces the timestamp suffix
         super().__init__(**kwargs)
@@ -98,6 +101,7 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
         plan = plan_training_job(names, statuses)
         self.log.info(plan.reason)
         self._job_name = plan.name
+        links.persist(links.SageMakerTrainingJobLink, context, self, job_name=plan.name)
         if plan.action == "create":
             self.config["TrainingJobName"] = plan.name
             return super().execute(context)
@@ -174,8 +178,11 @@ class DeployEndpointConfigOperator(SageMakerEndpointConfigOperator):
 class DeployEndpointOperator(SageMakerEndpointOperator):
     """``SageMakerEndpointOperator(operation="create")``: create, else update (the provider decides), retry-safe."""
 
+    operator_extra_links = (links.SageMakerEndpointLink(),)
+
     def execute(self, context) -> dict:
         name, target = self.config["EndpointName"], self.config["EndpointConfigName"]
+        links.persist(links.SageMakerEndpointLink, context, self, endpoint_name=name)
         found = describe_or_none(self.hook.conn.describe_endpoint, EndpointName=name)
         pending = ((found or {}).get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
         if found and found.get("EndpointStatus") == "InService" and found.get("EndpointConfigName") == target:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.config import ModelArch
+from plugins.tlpipe.config import ModelArch
 
 ResolvedLauncher = Literal["pod", "mpijob", "local"]
 

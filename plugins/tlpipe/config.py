@@ -1,6 +1,6 @@
 """The pipeline's typed configuration: ``config/pipeline.yaml``, one profile of it, environment overrides.
 
-    from plugins.config import get_config
+    from plugins.tlpipe.config import get_config
     cfg = get_config()            # TLPIPE_PROFILE (default local), TLPIPE__SECTION__KEY overrides
     cfg.training.epochs, cfg.s3.bucket, cfg.sagemaker.endpoint_name, ...
 
@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # plugins/tlpipe/config.py
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "pipeline.yaml"
 ENV_PREFIX = "TLPIPE__"
 PROFILES = ("local", "production")

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from plugins import pod_parts
-from plugins.config import PipelineConfig
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.kube import pods as pod_parts
+from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"

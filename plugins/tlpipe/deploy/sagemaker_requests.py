@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from plugins.config import S3Config, SageMakerConfig
+from plugins.tlpipe.config import S3Config, SageMakerConfig
 from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 MAX_NAME = 63

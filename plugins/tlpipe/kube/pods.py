@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kubernetes.client import models as k8s
 
-from plugins.config import KubernetesConfig, Resources
+from plugins.tlpipe.config import KubernetesConfig, Resources
 from training.store import CREDENTIALS_DIR_ENV
 
 DATA_VOLUME = "data"

@@ -19,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.assets import PretrainedModelEvent
-from plugins.config import Launcher, ModelArch, PipelineConfig
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.assets import PretrainedModelEvent
+from plugins.tlpipe.config import Launcher, ModelArch, PipelineConfig
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> 
     mpijob_name = k8s_name("pretrain", dag_id, run_id)
     mpijob_yaml = None
     if launcher == "mpijob":
-        from plugins.mpijob import build_mpijob
+        from plugins.tlpipe.pretraining.mpijob import build_mpijob
 
         mpijob_yaml = build_mpijob(spec, cfg, mpijob_name, labels={"tlpipe/dag": dag_id[:63]}).to_yaml()
     curate_python = sys.executable if cfg.airflow.curate_runner == "local" else "python"
@@ -203,7 +203,7 @@ def plan_training(prepared: dict, exporter) -> tuple[str, dict]:
 
 def export_model(best: dict, prepared: dict, exporter, checkpoint_conn_id: str | None) -> dict:
     """Export the best/ directory the sensor found; s3:// checkpoints are fetched from the checkpoint store."""
-    from plugins.sensors import checkpoint_store
+    from plugins.tlpipe.pretraining.sensors import checkpoint_store
     from training.store import is_s3
 
     best_uri = best["uri"]

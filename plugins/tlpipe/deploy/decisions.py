@@ -10,7 +10,7 @@
     plan_retention      which models and endpoint configs to delete (keep the newest N, never live/previous)
     lineage_record      the JSON written to S3: dataset -> pretrained checkpoint -> job -> model -> config -> endpoint
 
-Nothing here talks to AWS; ``plugins.deploy_steps`` does, and calls these.
+Nothing here talks to AWS; ``plugins.tlpipe.deploy.steps`` does, and calls these.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from plugins.assets import ASSET_NAME, PretrainedModelEvent
+from plugins.tlpipe.assets import ASSET_NAME, PretrainedModelEvent
 from training.contracts import PRIMARY_METRIC
 
 LINEAGE_SCHEMA = "tlpipe.lineage/v1"

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from plugins.config import S3Config
+from plugins.tlpipe.config import S3Config
 
 log = logging.getLogger(__name__)
 

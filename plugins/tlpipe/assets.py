@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from airflow.sdk import Asset
 
-from plugins.config import PipelineConfig
+from plugins.tlpipe.config import PipelineConfig
 
 ASSET_NAME = "pretrained-model"
 

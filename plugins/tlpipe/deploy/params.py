@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param
 
-from plugins.config import PipelineConfig
+from plugins.tlpipe.config import PipelineConfig
 
 S3_BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
 MODEL_URI = rf"^$|^s3://{S3_BUCKET}/.+\.(tar\.gz|tgz)$"

@@ -10,7 +10,7 @@ All three run exactly ``TrainingSpec.argv()``:
 - ``TrainingPodOperator``: a KubernetesPodOperator whose pod (GPUs, node selector, tolerations, data PVC,
   memory-backed /dev/shm, restricted securityContext) is built from the spec at run time.
 - ``CreateMPIJobOperator`` / ``DeleteMPIJobOperator``: the provider's resource operators applied to the MPIJob
-  built by ``plugins.mpijob.build_mpijob``; creating an MPIJob that exists (a retry) reuses it, deleting one that
+  built by ``plugins.tlpipe.pretraining.mpijob.build_mpijob``; creating an MPIJob that exists (a retry) reuses it, deleting one that
   is gone is a no-op, so the delete can be the teardown of every outcome.
 """
 from __future__ import annotations
@@ -32,9 +32,9 @@ from airflow.providers.cncf.kubernetes.operators.resource import (
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from plugins import pod_parts
-from plugins.config import KubernetesConfig
-from plugins.training_spec import TrainingSpec
+from plugins.tlpipe.kube import pods as pod_parts
+from plugins.tlpipe.config import KubernetesConfig
+from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 KILL_GRACE_SECONDS = 20
 # What training processes may inherit from the task's environment: the interpreter's and the libraries' own
@@ -169,7 +169,7 @@ class LocalTrainingOperator(LocalCommandOperator):
         return env
 
     def on_failure_reason(self, exit_code: int, last_line: str) -> str:
-        from plugins.sensors import checkpoint_store
+        from plugins.tlpipe.pretraining.sensors import checkpoint_store
         from training.contracts import CheckpointDir
 
         spec = _as_spec(self.spec)

@@ -1,0 +1,1 @@
+"""Fine-tune, gate and deploy on SageMaker: decisions, request builders, operators, the lock, the smoke test."""

@@ -1,0 +1,1 @@
+"""Kubernetes pod parts shared by the pod, MPIJob and curate launchers."""

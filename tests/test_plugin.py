@@ -1,0 +1,67 @@
+"""The plugins folder as Airflow loads it: the ``tlpipe`` plugin registers its links, and no module of the project
+is imported a second time under another name."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_airflows_plugins_manager_loads_the_plugin_and_nothing_twice(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from airflow import plugins_manager
+
+        plugins, errors = plugins_manager._get_plugins()
+        links = [type(l).__module__ + "." + type(l).__qualname__ for l in plugins_manager.get_operator_extra_links()]
+        folder = Path(sys.argv[1]).resolve()
+        loaded = {}
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None)
+            if path and Path(path).resolve().is_relative_to(folder):
+                loaded.setdefault(str(Path(path).resolve().relative_to(folder)), []).append(name)
+        print(json.dumps({"plugins": [p.name for p in plugins], "errors": {k: str(v) for k, v in errors.items()},
+                          "links": links, "loaded": loaded}))
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE"))}
+    env.update({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"})
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "plugins")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {}
+    assert "tlpipe" in result["plugins"]
+    assert {"plugins.tlpipe.deploy.links.SageMakerTrainingJobLink",
+            "plugins.tlpipe.deploy.links.SageMakerEndpointLink"} <= set(result["links"])
+    twice = {path: names for path, names in result["loaded"].items() if len(names) > 1}
+    assert twice == {}, f"imported under two names: {twice}"
+    # The manager loaded the plugin module and nothing else of the folder by file.
+    bare = {path: names for path, names in result["loaded"].items() if names[0].split(".")[0] != "plugins"}
+    assert bare == {"tlpipe_plugin.py": ["tlpipe_plugin"]}, bare
+
+
+def test_links_point_at_the_console_pages_of_the_resources():
+    from plugins.tlpipe.deploy.links import SageMakerEndpointLink, SageMakerTrainingJobLink
+
+    domain = SageMakerTrainingJobLink.get_aws_domain("aws")
+    assert SageMakerTrainingJobLink().format_link(region_name="eu-west-1", aws_domain=domain, job_name="ft-1") == (
+        "https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/jobs/ft-1")
+    assert SageMakerEndpointLink().format_link(region_name="eu-west-1", aws_domain=domain,
+                                               endpoint_name="tlpipe-domain") == (
+        "https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/endpoints/tlpipe-domain")
+
+
+def test_the_deploy_operators_carry_the_links():
+    from plugins.tlpipe.deploy.links import SageMakerEndpointLink, SageMakerTrainingJobLink
+    from plugins.tlpipe.deploy.operators import DeployEndpointOperator, FinetuneTrainingOperator
+
+    assert [type(l) for l in FinetuneTrainingOperator.operator_extra_links] == [SageMakerTrainingJobLink]
+    assert [type(l) for l in DeployEndpointOperator.operator_extra_links] == [SageMakerEndpointLink]
