@@ -1,0 +1,5 @@
+"""``python -m training.serve``."""
+
+from training.serve.cli import main
+
+raise SystemExit(main())
