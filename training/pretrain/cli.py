@@ -1,0 +1,71 @@
+"""``python -m training.pretrain``: the flags, and the FAILED record when training fails."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+
+from training import store as st
+from training.contracts import CheckpointDir
+from training.pretrain.checkpoints import utcnow
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Horovod pretraining of the general image model.")
+    p.add_argument("--manifest", required=True, help="manifest.json written by training.curate (local or s3://)")
+    p.add_argument("--checkpoint-dir", required=True, help="local path or s3:// URI")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--data-root", default=None, help="where the images are, if not the manifest's data_root")
+    p.add_argument("--model", default="small_resnet", choices=["small_resnet", "resnet50"])
+    p.add_argument("--width", type=int, default=32, help="small_resnet channel width")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="per worker")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="per worker; scaled by the world size")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default="auto", choices=["auto", "on", "off"],
+                   help="keep decoded images in memory (auto: when they fit in 2 GB per worker)")
+    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPUs)")
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA (GPUs)")
+    p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
+    p.add_argument("--bind-cores", default="auto", choices=["auto", "on", "off"],
+                   help="pin each rank to its slice of the host's cores (auto: when several ranks share a host)")
+    p.add_argument("--allreduce-groups", type=int, default=1,
+                   help="gradient allreduce groups per step (1: one grouped allreduce of every gradient, which "
+                        "pays the per-collective latency once; 0: one allreduce per gradient, fused by Horovod "
+                        "as they come ready)")
+    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads per worker (0: TF decides)")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training list")
+    p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
+    p.add_argument("--s3-endpoint-url", default=None)
+    p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM (pod deletion, Airflow kill) is a stop, not a failure: the run resumes on retry.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        from training.pretrain.loop import train
+
+        return train(args)
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - record why, then fail
+        reason = f"{type(err).__name__}: {err}"
+        traceback.print_exc()
+        if int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))) == 0:
+            try:
+                st.Store(args.s3_endpoint_url).write_json(
+                    CheckpointDir(args.checkpoint_dir).failed, {"reason": reason, "failed_at": utcnow()})
+            except Exception as write_err:  # noqa: BLE001
+                print(f"[pretrain] could not write FAILED: {write_err}", file=sys.stderr)
+        print(f"[pretrain] failed: {reason}", file=sys.stderr, flush=True)
+        return 1
