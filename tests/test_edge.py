@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -36,8 +37,14 @@ def test_int8_export_is_smaller_and_calibrated(finetuned, world, tmp_path):
     f16 = tmp_path / "f16.tflite"
     i8 = tmp_path / "i8.tflite"
     edge.export(finetuned["model_dir"], f16, "float16")
-    info = edge.export(finetuned["model_dir"], i8, "int8", validation_dir=world["validation"],
+    # Parity over every domain image (train and validation, 40-odd): on the 13 validation images alone a single
+    # near-tie flipped by int8 rounding is 8 points, and the check would measure luck rather than calibration.
+    parity = tmp_path / "parity"
+    for split in ("train", "validation"):
+        shutil.copytree(world[split], parity, dirs_exist_ok=True)
+    info = edge.export(finetuned["model_dir"], i8, "int8", validation_dir=parity,
                        representative_dir=world["train"], representative_count=64)
+    assert info["parity"]["images"] >= 40
     assert info["input"]["dtype"] == "uint8"
     assert i8.stat().st_size < f16.stat().st_size
     assert info["parity"]["top1_agreement"] >= info["parity"]["min_agreement"] == 0.95
