@@ -18,74 +18,35 @@ while localcloud was down is finished from its recorded exit status; one that lo
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import procs
+from . import procs, training_container
 from .errors import AwsError, arn, not_found, validation
+from .runtime import Runtime
 from .state import TRAINING_JOB
+from .training_container import FAILURE_REASON_LIMIT, JobFailure, MetricScanner
 
-try:
-    import regex as _re
-except ImportError:  # pragma: no cover
-    import re as _re
-
-if TYPE_CHECKING:
-    from .server import LocalCloud
 
 log = logging.getLogger("localcloud.jobs")
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL = {"Completed", "Failed", "Stopped"}
-FAILURE_REASON_LIMIT = 1024
-
-
-class JobFailure(Exception):
-    """The job fails with this FailureReason."""
 
 
 class Interrupted(Exception):
     """localcloud is shutting down; the job resumes on the next start."""
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://") :]
-    bucket, _, key = rest.partition("/")
-    return bucket, key
-
-
-def relative_key(prefix: str, key: str) -> str:
-    """Where SageMaker puts ``key`` inside the channel directory for an S3Prefix ``prefix``."""
-    if key == prefix:
-        return key.rsplit("/", 1)[-1]
-    if not prefix or prefix.endswith("/"):
-        return key[len(prefix) :]
-    rest = key[len(prefix) :]
-    if rest.startswith("/"):
-        return rest[1:]
-    # The prefix ends inside a name: keep the path from the prefix's directory on.
-    base = prefix.rsplit("/", 1)[0] + "/" if "/" in prefix else ""
-    return key[len(base) :]
-
-
-def _tar_dir(source: Path, target: Path) -> None:
-    with tarfile.open(target, "w:gz") as tar:
-        for entry in sorted(source.iterdir()) if source.exists() else []:
-            tar.add(entry, arcname=entry.name)
-
-
 class TrainingJobs:
-    def __init__(self, cloud: "LocalCloud"):
-        self.cloud = cloud
-        self.state = cloud.state
-        self.root = cloud.data_dir / "jobs"
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.state = runtime.state
+        self.root = runtime.data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self._threads: dict[str, threading.Thread] = {}
         self._wake: dict[str, threading.Event] = {}
@@ -96,7 +57,7 @@ class TrainingJobs:
     def create(self, body: dict, region: str) -> str:
         name = body["TrainingJobName"]
         image = body["AlgorithmSpecification"]["TrainingImage"]
-        commands = self.cloud.images.resolve(image)
+        commands = self.runtime.images.resolve(image)
         if commands is None or not commands.train:
             raise validation(
                 f"localcloud has no training command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
@@ -114,7 +75,7 @@ class TrainingJobs:
                 "SecondaryStatus": "Starting",
                 "CreationTime": now,
                 "LastModifiedTime": now,
-                "ModelArtifacts": {"S3ModelArtifacts": self._model_artifacts_uri(body)},
+                "ModelArtifacts": {"S3ModelArtifacts": training_container.model_artifacts_uri(body)},
                 "StoppingCondition": {"MaxRuntimeInSeconds": 86400, **(body.get("StoppingCondition") or {})},
                 "SecondaryStatusTransitions": [],
                 "_region": region,
@@ -199,7 +160,7 @@ class TrainingJobs:
         self.state.update(TRAINING_JOB, name, change)
 
     def _check(self, name: str) -> dict:
-        if self.cloud.shutting_down.is_set():
+        if self.runtime.shutting_down.is_set():
             raise Interrupted()
         return self._doc(name)
 
@@ -264,21 +225,21 @@ class TrainingJobs:
             _transition(d, "Downloading", "Downloading input data", now)
 
         self.state.update(TRAINING_JOB, name, begin)
-        self._write_config(doc, paths)
-        s3 = self.cloud.client("s3")
+        training_container.write_config(doc, paths)
+        s3 = self.runtime.client("s3")
         for channel in doc.get("InputDataConfig") or []:
             self._check(name)
             source = channel["DataSource"]["S3DataSource"]
-            self._download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"], required=True, doc=doc)
+            training_container.download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"], required=True, doc=doc)
         checkpoint = doc.get("CheckpointConfig")
         if checkpoint:
-            self._download_prefix(s3, checkpoint["S3Uri"], paths["checkpoints"], required=False, doc=doc)
+            training_container.download_prefix(s3, checkpoint["S3Uri"], paths["checkpoints"], required=False, doc=doc)
 
         doc = self._check(name)
         if doc["TrainingJobStatus"] == "Stopping":
             self._update(name, _phase="uploading", _exit_code=None)
             return
-        commands = self.cloud.images.resolve(doc["AlgorithmSpecification"]["TrainingImage"])
+        commands = self.runtime.images.resolve(doc["AlgorithmSpecification"]["TrainingImage"])
         if commands is None or not commands.train:
             raise JobFailure(
                 f"ClientError: localcloud has no training command for image "
@@ -293,11 +254,11 @@ class TrainingJobs:
             argv = list(spec["ContainerEntrypoint"])
         if spec.get("ContainerArguments"):
             argv = argv + list(spec["ContainerArguments"])
-        env = self._environment(doc, paths, commands)
+        env = training_container.environment(doc, paths, commands)
         run_offset = paths["log"].stat().st_size if paths["log"].exists() else 0
         stream = doc.get("_stream") or f"{doc['TrainingJobName']}/algo-1-{int(time.time())}"
         proc = procs.spawn(
-            [os.fspath(self.cloud.python), "-m", "localcloud.runner", str(paths["exit"]), "--", *argv],
+            [os.fspath(self.runtime.python), "-m", "localcloud.runner", str(paths["exit"]), "--", *argv],
             env=env,
             cwd=paths["ml"],
             log_path=paths["log"],
@@ -325,141 +286,6 @@ class TrainingJobs:
         self.state.update(TRAINING_JOB, name, running)
         log.info("training job %s: started %s (pid %s)", name, argv, proc.pid)
 
-    def _download_prefix(self, s3, uri: str, dest: Path, required: bool, doc: dict) -> None:
-        from botocore.exceptions import ClientError
-
-        bucket, prefix = split_s3(uri)
-        dest.mkdir(parents=True, exist_ok=True)
-        found = 0
-        try:
-            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    if key.endswith("/"):
-                        continue
-                    rel = relative_key(prefix, key)
-                    target = (dest / rel).resolve()
-                    if not rel or not target.is_relative_to(dest.resolve()) or any(
-                            part in ("", ".", "..") for part in rel.split("/")):
-                        raise JobFailure(f"ClientError: Data download failed: object key '{key}' under {uri} "
-                                         f"would be written outside the channel directory")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    s3.download_file(bucket, key, str(target))
-                    found += 1
-        except ClientError as err:
-            if not required and err.response["Error"]["Code"] in ("NoSuchBucket", "404"):
-                return
-            raise JobFailure(f"ClientError: Data download failed: cannot read {uri}: {err}") from None
-        if required and not found:
-            raise JobFailure(
-                f'ClientError: No S3 objects found under S3 URL "{uri}" given in input data source. Please ensure '
-                f"that the bucket exists in the selected region ({doc['_region']}), that objects exist under that "
-                f'S3 prefix, and that the role "{doc["RoleArn"]}" has "s3:ListBucket" permissions on bucket '
-                f'"{bucket}".'
-            )
-
-    def _write_config(self, doc: dict, paths: dict[str, Path]) -> None:
-        config = paths["config"]
-        instance_type = (doc.get("ResourceConfig") or {}).get("InstanceType", "ml.m5.large")
-        channels = {}
-        for channel in doc.get("InputDataConfig") or []:
-            entry = {
-                "TrainingInputMode": channel.get("InputMode") or doc["AlgorithmSpecification"]["TrainingInputMode"],
-                "S3DistributionType": channel["DataSource"]["S3DataSource"].get(
-                    "S3DataDistributionType", "FullyReplicated"
-                ),
-                "RecordWrapperType": channel.get("RecordWrapperType", "None"),
-            }
-            if channel.get("ContentType"):
-                entry["ContentType"] = channel["ContentType"]
-            channels[channel["ChannelName"]] = entry
-        resource = {
-            "current_host": "algo-1",
-            "current_instance_type": instance_type,
-            "current_group_name": "homogeneousCluster",
-            "hosts": ["algo-1"],
-            "instance_groups": [
-                {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": ["algo-1"]}
-            ],
-            "network_interface_name": "eth0",
-        }
-        files = {
-            "hyperparameters.json": doc.get("HyperParameters") or {},
-            "inputdataconfig.json": channels,
-            "resourceconfig.json": resource,
-            "trainingjobconfig.json": {k: v for k, v in doc.items() if not k.startswith("_")},
-        }
-        if doc.get("CheckpointConfig"):
-            files["checkpointconfig.json"] = {
-                "LocalPath": str(paths["checkpoints"]),
-                "S3Uri": doc["CheckpointConfig"]["S3Uri"],
-            }
-        for filename, content in files.items():
-            (config / filename).write_text(json.dumps(content, indent=2))
-
-    def _environment(self, doc: dict, paths: dict[str, Path], commands) -> dict[str, str]:
-        ml = paths["ml"]
-        hps = doc.get("HyperParameters") or {}
-        channel_names = [c["ChannelName"] for c in doc.get("InputDataConfig") or []]
-        instance_type = (doc.get("ResourceConfig") or {}).get("InstanceType", "ml.m5.large")
-        resource = json.loads((paths["config"] / "resourceconfig.json").read_text())
-        input_config = json.loads((paths["config"] / "inputdataconfig.json").read_text())
-        channel_dirs = {c: str(paths["data"] / c) for c in channel_names}
-        sm = {
-            # The /opt/ml stand-in under both names in use: training.sagemaker's and the training toolkit's.
-            "SM_ROOT": str(ml),
-            "SAGEMAKER_BASE_DIR": str(ml),
-            "SM_MODEL_DIR": str(paths["model"]),
-            "SM_INPUT_DIR": str(ml / "input"),
-            "SM_INPUT_CONFIG_DIR": str(paths["config"]),
-            "SM_OUTPUT_DIR": str(paths["output"]),
-            "SM_OUTPUT_DATA_DIR": str(paths["output_data"]),
-            "SM_OUTPUT_INTERMEDIATE_DIR": str(paths["output"] / "intermediate"),
-            "SM_CHANNELS": json.dumps(channel_names),
-            "SM_HPS": json.dumps(hps),
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_CURRENT_INSTANCE_TYPE": instance_type,
-            "SM_HOSTS": json.dumps(["algo-1"]),
-            "SM_NUM_CPUS": str(os.cpu_count() or 1),
-            "SM_NUM_GPUS": "0",
-            "SM_NETWORK_INTERFACE_NAME": "eth0",
-            "SM_RESOURCE_CONFIG": json.dumps(resource),
-            "SM_INPUT_DATA_CONFIG": json.dumps(input_config),
-            "SM_LOG_LEVEL": "20",
-            "SM_TRAINING_ENV": json.dumps(
-                {
-                    "job_name": doc["TrainingJobName"],
-                    "current_host": "algo-1",
-                    "hosts": ["algo-1"],
-                    "hyperparameters": hps,
-                    "channel_input_dirs": channel_dirs,
-                    "input_data_config": input_config,
-                    "input_dir": str(ml / "input"),
-                    "input_config_dir": str(paths["config"]),
-                    "model_dir": str(paths["model"]),
-                    "output_dir": str(paths["output"]),
-                    "output_data_dir": str(paths["output_data"]),
-                    "resource_config": resource,
-                    "num_cpus": os.cpu_count() or 1,
-                    "num_gpus": 0,
-                }
-            ),
-            "TRAINING_JOB_NAME": doc["TrainingJobName"],
-            "TRAINING_JOB_ARN": doc["TrainingJobArn"],
-            "AWS_REGION": doc["_region"],
-            "AWS_DEFAULT_REGION": doc["_region"],
-            "PYTHONUNBUFFERED": "1",
-        }
-        for channel, path in channel_dirs.items():
-            sm[f"SM_CHANNEL_{channel.upper()}"] = path
-        for key, value in hps.items():
-            sm[f"SM_HP_{key.upper()}"] = str(value)
-        env = procs.base_environment()
-        env.update(commands.render_env(root=str(ml)))
-        env.update(sm)
-        env.update({k: str(v) for k, v in (doc.get("Environment") or {}).items()})
-        return env
-
     def _watch(self, name: str) -> None:
         doc = self._doc(name)
         paths = self._paths(name)
@@ -481,7 +307,7 @@ class TrainingJobs:
         metrics = MetricScanner(doc["AlgorithmSpecification"].get("MetricDefinitions") or [])
         metrics.latest.update(doc.get("_metrics") or {})
         reader = procs.LineReader(paths["log"], doc["_log_offset"])
-        stream = procs.CloudWatchStream(self.cloud.client("logs"), LOG_GROUP, doc["_stream"])
+        stream = procs.CloudWatchStream(self.runtime.client("logs"), LOG_GROUP, doc["_stream"])
         wake = self._wake[name.lower()]
         signalled = False
         max_runtime = doc["StoppingCondition"].get("MaxRuntimeInSeconds", 86400)
@@ -501,9 +327,9 @@ class TrainingJobs:
                 last_saved = time.monotonic()
             if exited:
                 break
-            if self.cloud.shutting_down.is_set():
+            if self.runtime.shutting_down.is_set():
                 self._update(name, _interrupted=True, _log_offset=reader.offset)
-                procs.terminate(pid, started, grace=self.cloud.settings.stop_grace, proc=proc)
+                procs.terminate(pid, started, grace=self.runtime.settings.stop_grace, proc=proc)
                 raise Interrupted()
             status = self._doc(name)["TrainingJobStatus"]
             if not signalled and status == "InProgress" and time.time() - run_started > max_runtime:
@@ -513,10 +339,10 @@ class TrainingJobs:
                 signalled = True
                 threading.Thread(
                     target=procs.terminate,
-                    args=(pid, started, self.cloud.settings.stop_grace, None),
+                    args=(pid, started, self.runtime.settings.stop_grace, None),
                     daemon=True,
                 ).start()
-            wake.wait(self.cloud.settings.poll_interval)
+            wake.wait(self.runtime.settings.poll_interval)
             wake.clear()
         if proc is not None:
             proc.wait()
@@ -545,22 +371,22 @@ class TrainingJobs:
         stopping = doc["TrainingJobStatus"] == "Stopping"
         if not stopping and code == 0:
             self._set_secondary(name, "Uploading", "Uploading generated training model")
-        s3 = self.cloud.client("s3")
+        s3 = self.runtime.client("s3")
         upload_model = stopping or code == 0
         try:
             if upload_model:
-                self._upload_model(s3, doc, paths)
-            self._upload_tar(s3, doc, paths["output_data"], paths["job"] / "output.tar.gz", "output.tar.gz")
+                training_container.upload_model(s3, doc, paths)
+            training_container.upload_tar(s3, doc, paths["output_data"], paths["job"] / "output.tar.gz", "output.tar.gz")
             if doc.get("CheckpointConfig"):
-                self._upload_dir(s3, paths["checkpoints"], doc["CheckpointConfig"]["S3Uri"])
+                training_container.upload_dir(s3, paths["checkpoints"], doc["CheckpointConfig"]["S3Uri"])
         except JobFailure:
             raise
         except Exception as err:
             raise JobFailure(f"InternalServerError: uploading the training output failed: {err}") from None
         # The artifacts must be durable before any client can see the job finished.
-        self.cloud.persist()
+        self.runtime.persist()
         now = time.time()
-        metrics = self._final_metrics(doc)
+        metrics = training_container.final_metrics(doc)
 
         def finish(d: dict) -> None:
             if d["TrainingJobStatus"] in TERMINAL:
@@ -577,7 +403,7 @@ class TrainingJobs:
                 _transition(d, "Completed", "Training job completed", now)
             else:
                 d["TrainingJobStatus"] = "Failed"
-                d["FailureReason"] = self._failure_reason(paths, code)
+                d["FailureReason"] = training_container.failure_reason(paths, code)
                 _transition(d, "Failed", "Training job failed", now)
             self._close_times(d, now)
             if metrics:
@@ -601,7 +427,7 @@ class TrainingJobs:
         now = time.time()
         doc = self.state.get(TRAINING_JOB, name)
         if doc is not None and doc.get("_pid"):
-            procs.terminate(doc["_pid"], doc.get("_pstart"), grace=self.cloud.settings.stop_grace)
+            procs.terminate(doc["_pid"], doc.get("_pstart"), grace=self.runtime.settings.stop_grace)
 
         def change(d: dict) -> None:
             if d["TrainingJobStatus"] in TERMINAL:
@@ -613,92 +439,6 @@ class TrainingJobs:
             d["_phase"] = "done"
 
         self.state.update(TRAINING_JOB, name, change)
-
-    def _failure_reason(self, paths: dict[str, Path], code: int | None) -> str:
-        failure = paths["output"] / "failure"
-        if failure.exists():
-            text = failure.read_text(errors="replace").strip()
-            if text:
-                return ("AlgorithmError: " + text)[:FAILURE_REASON_LIMIT]
-        if code is None:
-            return "AlgorithmError: the training process was killed. See job logs for more information."
-        return f"AlgorithmError: See job logs for more information, exit code: {code}"
-
-    def _final_metrics(self, doc: dict) -> list[dict]:
-        latest = doc.get("_metrics") or {}
-        out = []
-        for definition in doc["AlgorithmSpecification"].get("MetricDefinitions") or []:
-            entry = latest.get(definition["Name"])
-            if entry is not None:
-                out.append({"MetricName": definition["Name"], "Value": entry[0], "Timestamp": entry[1]})
-        return out
-
-    @staticmethod
-    def _model_artifacts_uri(body: dict) -> str:
-        base = body["OutputDataConfig"]["S3OutputPath"].rstrip("/")
-        name = body["TrainingJobName"]
-        if (body["OutputDataConfig"].get("CompressionType") or "GZIP") == "NONE":
-            return f"{base}/{name}/output/model/"
-        return f"{base}/{name}/output/model.tar.gz"
-
-    def _output_key(self, doc: dict, filename: str) -> tuple[str, str]:
-        bucket, prefix = split_s3(doc["OutputDataConfig"]["S3OutputPath"])
-        prefix = prefix.strip("/")
-        key = f"{doc['TrainingJobName']}/output/{filename}"
-        return bucket, f"{prefix}/{key}" if prefix else key
-
-    def _upload_model(self, s3, doc: dict, paths: dict[str, Path]) -> None:
-        if (doc["OutputDataConfig"].get("CompressionType") or "GZIP") == "NONE":
-            self._upload_dir(s3, paths["model"], doc["ModelArtifacts"]["S3ModelArtifacts"])
-        else:
-            self._upload_tar(s3, doc, paths["model"], paths["job"] / "model.tar.gz", "model.tar.gz")
-
-    def _upload_tar(self, s3, doc: dict, source: Path, tarball: Path, filename: str) -> None:
-        _tar_dir(source, tarball)
-        bucket, key = self._output_key(doc, filename)
-        self._put_file(s3, tarball, bucket, key)
-
-    def _upload_dir(self, s3, source: Path, uri: str) -> None:
-        bucket, prefix = split_s3(uri)
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        for path in sorted(source.rglob("*")) if source.exists() else []:
-            if path.is_file():
-                self._put_file(s3, path, bucket, prefix + path.relative_to(source).as_posix())
-
-    @staticmethod
-    def _put_file(s3, path: Path, bucket: str, key: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            s3.upload_file(str(path), bucket, key)
-        except ClientError as err:
-            raise JobFailure(f"ClientError: cannot write s3://{bucket}/{key}: {err}") from None
-        except Exception as err:  # boto3's transfer manager wraps ClientError in S3UploadFailedError
-            raise JobFailure(f"ClientError: cannot write s3://{bucket}/{key}: {err}") from None
-
-
-class MetricScanner:
-    """Applies MetricDefinitions regexes to log lines; the first group of the last match is the value."""
-
-    def __init__(self, definitions: list[dict]):
-        self.definitions = [(d["Name"], _re.compile(d["Regex"])) for d in definitions]
-        self.latest: dict[str, list[float]] = {}
-
-    def feed(self, lines: list[str]) -> None:
-        now = time.time()
-        for line in lines:
-            for name, pattern in self.definitions:
-                match = pattern.search(line)
-                if not match:
-                    continue
-                text = match.group(1) if match.groups() else match.group(0)
-                try:
-                    value = float(text)
-                except (TypeError, ValueError):
-                    continue
-                self.latest[name] = [value, now]
-
 
 def _transition(doc: dict, status: str, message: str, now: float) -> None:
     transitions = doc.setdefault("SecondaryStatusTransitions", [])

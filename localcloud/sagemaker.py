@@ -16,7 +16,6 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
@@ -24,10 +23,11 @@ from werkzeug.wrappers import Request, Response
 from . import validation as checks
 from .endpoints import not_found_message
 from .errors import AwsError, arn, not_found, validation
+from .endpoints import Endpoints
+from .jobs import TrainingJobs
+from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
 
-if TYPE_CHECKING:
-    from .server import LocalCloud
 
 log = logging.getLogger("localcloud.sagemaker")
 
@@ -86,9 +86,11 @@ def error_response(err: AwsError, rest: bool = False) -> Response:
 
 
 class SageMaker:
-    def __init__(self, cloud: "LocalCloud"):
-        self.cloud = cloud
-        self.state = cloud.state
+    def __init__(self, local: Runtime, jobs: TrainingJobs, endpoints: Endpoints):
+        self.local = local
+        self.state = local.state
+        self.jobs = jobs
+        self.endpoints = endpoints
         self.model = checks.service_model("sagemaker")
         self.runtime_model = checks.service_model("sagemaker-runtime")
         self.actions = {
@@ -152,7 +154,7 @@ class SageMaker:
             errors = checks.collect(name_shape, name, "endpointName")
             if errors:
                 raise AwsError("ValidationError", checks.summary(errors))
-            body, content_type, variant, custom = self.cloud.endpoints.invoke(
+            body, content_type, variant, custom = self.endpoints.invoke(
                 name, request.get_data(), request.headers, request_region(environ)
             )
             headers = {"x-Amzn-Invoked-Production-Variant": variant, "x-amzn-RequestId": str(uuid.uuid4())}
@@ -169,7 +171,7 @@ class SageMaker:
     # -- training jobs -----------------------------------------------------------------------------------
     def create_training_job(self, body: dict, region: str) -> dict:
         checks.check_training_job(body)
-        return {"TrainingJobArn": self.cloud.jobs.create(body, region)}
+        return {"TrainingJobArn": self.jobs.create(body, region)}
 
     def describe_training_job(self, body: dict, region: str) -> dict:
         doc = self.state.get(TRAINING_JOB, body["TrainingJobName"])
@@ -178,7 +180,7 @@ class SageMaker:
         return doc
 
     def stop_training_job(self, body: dict, region: str) -> dict:
-        self.cloud.jobs.stop(body["TrainingJobName"])
+        self.jobs.stop(body["TrainingJobName"])
         return {}
 
     def list_training_jobs(self, body: dict, region: str) -> dict:
@@ -209,7 +211,7 @@ class SageMaker:
         image = container.get("Image")
         if not image:
             raise validation("The container must specify an Image.")
-        commands = self.cloud.images.resolve(image)
+        commands = self.local.images.resolve(image)
         if commands is None or not commands.serve:
             raise validation(
                 f"localcloud has no serve command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
@@ -305,10 +307,10 @@ class SageMaker:
 
     # -- endpoints ---------------------------------------------------------------------------------------
     def create_endpoint(self, body: dict, region: str) -> dict:
-        return {"EndpointArn": self.cloud.endpoints.create(body, region)}
+        return {"EndpointArn": self.endpoints.create(body, region)}
 
     def update_endpoint(self, body: dict, region: str) -> dict:
-        return {"EndpointArn": self.cloud.endpoints.update(body, region)}
+        return {"EndpointArn": self.endpoints.update(body, region)}
 
     def describe_endpoint(self, body: dict, region: str) -> dict:
         doc = self.state.get(ENDPOINT, body["EndpointName"])
@@ -317,7 +319,7 @@ class SageMaker:
         return doc
 
     def delete_endpoint(self, body: dict, region: str) -> dict:
-        self.cloud.endpoints.delete(body["EndpointName"], region)
+        self.endpoints.delete(body["EndpointName"], region)
         return {}
 
     def list_endpoints(self, body: dict, region: str) -> dict:

@@ -25,7 +25,6 @@ import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -33,10 +32,11 @@ from botocore.config import Config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from .auth import AccessKey, Denied, Verifier
+from .auth import Denied, Verifier
 from .endpoints import Endpoints
 from .images import ImageMap
 from .jobs import TrainingJobs
+from .runtime import Runtime, Settings
 from .sagemaker import RUNTIME_PATH, SageMaker
 from .snapshot import Snapshot
 from .state import State
@@ -45,17 +45,6 @@ log = logging.getLogger("localcloud")
 
 INTERNAL_HEADER = "X-Localcloud-Internal"
 _LOGS_WRITES = re.compile(r"^Logs_\d+\.(Put|Create|Delete)")
-
-
-@dataclass
-class Settings:
-    stop_grace: float = 30.0  # seconds between SIGTERM and SIGKILL when a job or model server stops
-    health_timeout: float = 600.0  # default ContainerStartupHealthCheckTimeoutInSeconds
-    invoke_timeout: float = 60.0  # SageMaker's InvokeEndpoint limit
-    poll_interval: float = 0.5
-    snapshot_interval: float = 10.0  # seconds between S3/Logs snapshots while something changed
-    access_key: AccessKey = field(default_factory=AccessKey)  # the only credentials requests may be signed with
-    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call localcloud (none by default)
 
 
 class _Handler(MotoRequestHandler):
@@ -90,9 +79,12 @@ class LocalCloud:
             raise RuntimeError(f"another localcloud is using {self.data_dir}") from None
         (self.data_dir / "ready.json").unlink(missing_ok=True)  # left behind by a crash
         self.state = State(self.data_dir / "state.sqlite3")
-        self.jobs = TrainingJobs(self)
-        self.endpoints = Endpoints(self)
-        self.sagemaker = SageMaker(self)
+        self.runtime = Runtime(state=self.state, settings=self.settings, images=self.images, data_dir=self.data_dir,
+                               python=self.python, shutting_down=self.shutting_down, clients=self.client,
+                               persist=self.persist)
+        self.jobs = TrainingJobs(self.runtime)
+        self.endpoints = Endpoints(self.runtime)
+        self.sagemaker = SageMaker(self.runtime, self.jobs, self.endpoints)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.verifier = Verifier(self.settings.access_key)
         self._token = secrets.token_hex(16)
