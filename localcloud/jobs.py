@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -190,20 +189,7 @@ class TrainingJobs:
             self._fail(name, f"InternalServerError: {err}")
 
     def _paths(self, name: str) -> dict[str, Path]:
-        job_dir = self.root / name.lower()
-        ml = job_dir / "ml"
-        return {
-            "job": job_dir,
-            "ml": ml,
-            "config": ml / "input" / "config",
-            "data": ml / "input" / "data",
-            "model": ml / "model",
-            "output": ml / "output",
-            "output_data": ml / "output" / "data",
-            "checkpoints": ml / "checkpoints",
-            "log": job_dir / "container.log",
-            "exit": job_dir / "exit-code",
-        }
+        return training_container.job_paths(self.root / name.lower())
 
     def _prepare(self, name: str) -> None:
         doc = self._doc(name)
@@ -211,12 +197,7 @@ class TrainingJobs:
         restarting = doc.get("TrainingStartTime") is not None
         if restarting:
             self._set_secondary(name, "Restarting", "Restarting the training job: localcloud restarted while it ran")
-        if paths["ml"].exists():
-            shutil.rmtree(paths["ml"])
-        paths["exit"].unlink(missing_ok=True)
-        for key in ("config", "data", "model", "output_data", "checkpoints"):
-            paths[key].mkdir(parents=True, exist_ok=True)
-        (paths["output"] / "intermediate").mkdir(parents=True, exist_ok=True)
+        training_container.reset(paths)
 
         now = time.time()
 
@@ -239,21 +220,7 @@ class TrainingJobs:
         if doc["TrainingJobStatus"] == "Stopping":
             self._update(name, _phase="uploading", _exit_code=None)
             return
-        commands = self.runtime.images.resolve(doc["AlgorithmSpecification"]["TrainingImage"])
-        if commands is None or not commands.train:
-            raise JobFailure(
-                f"ClientError: localcloud has no training command for image "
-                f"'{doc['AlgorithmSpecification']['TrainingImage']}'"
-            )
-        argv = commands.train_argv(root=str(paths["ml"]))
-        spec = doc["AlgorithmSpecification"]
-        refusal = commands.refusal(spec, doc.get("Environment"))  # the map may have changed since CreateTrainingJob
-        if refusal:
-            raise JobFailure(f"ClientError: {refusal}")
-        if spec.get("ContainerEntrypoint"):
-            argv = list(spec["ContainerEntrypoint"])
-        if spec.get("ContainerArguments"):
-            argv = argv + list(spec["ContainerArguments"])
+        commands, argv = training_container.command(self.runtime.images, doc, paths)
         env = training_container.environment(doc, paths, commands)
         run_offset = paths["log"].stat().st_size if paths["log"].exists() else 0
         stream = doc.get("_stream") or f"{doc['TrainingJobName']}/algo-1-{int(time.time())}"
@@ -371,18 +338,7 @@ class TrainingJobs:
         stopping = doc["TrainingJobStatus"] == "Stopping"
         if not stopping and code == 0:
             self._set_secondary(name, "Uploading", "Uploading generated training model")
-        s3 = self.runtime.client("s3")
-        upload_model = stopping or code == 0
-        try:
-            if upload_model:
-                training_container.upload_model(s3, doc, paths)
-            training_container.upload_tar(s3, doc, paths["output_data"], paths["job"] / "output.tar.gz", "output.tar.gz")
-            if doc.get("CheckpointConfig"):
-                training_container.upload_dir(s3, paths["checkpoints"], doc["CheckpointConfig"]["S3Uri"])
-        except JobFailure:
-            raise
-        except Exception as err:
-            raise JobFailure(f"InternalServerError: uploading the training output failed: {err}") from None
+        training_container.upload_outputs(self.runtime.client("s3"), doc, paths, model=stopping or code == 0)
         # The artifacts must be durable before any client can see the job finished.
         self.runtime.persist()
         now = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -27,6 +28,52 @@ def split_s3(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     return bucket, key
+
+def job_paths(job_dir: Path) -> dict[str, Path]:
+    """Where a job's files live: its ``/opt/ml`` stand-in, the container's log and the runner's exit status."""
+    ml = job_dir / "ml"
+    return {
+        "job": job_dir,
+        "ml": ml,
+        "config": ml / "input" / "config",
+        "data": ml / "input" / "data",
+        "model": ml / "model",
+        "output": ml / "output",
+        "output_data": ml / "output" / "data",
+        "checkpoints": ml / "checkpoints",
+        "log": job_dir / "container.log",
+        "exit": job_dir / "exit-code",
+    }
+
+
+def reset(paths: dict[str, Path]) -> None:
+    """An empty ``/opt/ml`` for a (re)start: nothing of an earlier run is left to be mistaken for this one's."""
+    if paths["ml"].exists():
+        shutil.rmtree(paths["ml"])
+    paths["exit"].unlink(missing_ok=True)
+    for key in ("config", "data", "model", "output_data", "checkpoints"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    (paths["output"] / "intermediate").mkdir(parents=True, exist_ok=True)
+
+
+def command(images, doc: dict, paths: dict[str, Path]):
+    """(image map entry, argv) of the job's container: exactly what the map names for its TrainingImage, unless
+    the entry allows ContainerEntrypoint/ContainerArguments (checked again: the map may have changed)."""
+    image = doc["AlgorithmSpecification"]["TrainingImage"]
+    commands = images.resolve(image)
+    if commands is None or not commands.train:
+        raise JobFailure(f"ClientError: localcloud has no training command for image '{image}'")
+    spec = doc["AlgorithmSpecification"]
+    refusal = commands.refusal(spec, doc.get("Environment"))
+    if refusal:
+        raise JobFailure(f"ClientError: {refusal}")
+    argv = commands.train_argv(root=str(paths["ml"]))
+    if spec.get("ContainerEntrypoint"):
+        argv = list(spec["ContainerEntrypoint"])
+    if spec.get("ContainerArguments"):
+        argv = argv + list(spec["ContainerArguments"])
+    return commands, argv
+
 
 def download_prefix(s3, uri: str, dest: Path, required: bool, doc: dict) -> None:
     from botocore.exceptions import ClientError
@@ -200,6 +247,21 @@ def output_key(doc: dict, filename: str) -> tuple[str, str]:
     prefix = prefix.strip("/")
     key = f"{doc['TrainingJobName']}/output/{filename}"
     return bucket, f"{prefix}/{key}" if prefix else key
+
+
+def upload_outputs(s3, doc: dict, paths: dict[str, Path], model: bool) -> None:
+    """What SageMaker uploads when the container exits: model.tar.gz (when it succeeded or was stopped),
+    output.tar.gz, and the checkpoints."""
+    try:
+        if model:
+            upload_model(s3, doc, paths)
+        upload_tar(s3, doc, paths["output_data"], paths["job"] / "output.tar.gz", "output.tar.gz")
+        if doc.get("CheckpointConfig"):
+            upload_dir(s3, paths["checkpoints"], doc["CheckpointConfig"]["S3Uri"])
+    except JobFailure:
+        raise
+    except Exception as err:
+        raise JobFailure(f"InternalServerError: uploading the training output failed: {err}") from None
 
 
 def upload_model(s3, doc: dict, paths: dict[str, Path]) -> None:
