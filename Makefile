@@ -5,13 +5,14 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-down demo-status test bench lock clean help
+.PHONY: setup demo demo-down demo-status test lint format bench lock clean help
 
 help:
 	@echo "make setup   - create .venv with Airflow, TensorFlow, Horovod and the project (idempotent)"
 	@echo "make demo    - install what is missing, then run the whole pipeline on this machine (Ctrl-C stops)"
 	@echo "make demo-down - stop the demo's services"
-	@echo "make test    - install what is missing, then run every test"
+	@echo "make test    - install what is missing, then lint and run every test"
+	@echo "make lint    - ruff check and ruff format --check (make format rewrites)"
 	@echo "make bench   - run the benchmarks (ratios measured in the same run) into bench/results.json"
 	@echo "make lock    - regenerate requirements/constraints.txt from the current .venv"
 
@@ -27,8 +28,16 @@ demo-down:
 demo-status:
 	@$(PY) scripts/demo.py status
 
-test: setup
+test: setup lint
 	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+format: setup
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
 
 bench: setup
 	@$(PY) -m bench $(BENCH_ARGS)

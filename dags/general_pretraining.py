@@ -90,7 +90,7 @@ def general_pretraining():
     plan = plan_training(run)
     skip = EmptyOperator(task_id=steps.SKIP_TASK)
 
-    with TaskGroup(steps.LAUNCH_GROUP) as launch:
+    with TaskGroup(steps.LAUNCH_GROUP):
         local = LocalTrainingOperator(task_id="local", spec=run["training"],
                                       checkpoint_conn_id=cfg.checkpoints.conn_id, **TRAINING)
         pod = TrainingPodOperator(task_id="pod", spec=run["training"], kube=cfg.kubernetes, **TRAINING)
