@@ -5,6 +5,7 @@
 Prints a table and writes ``bench/results.json``: ``{name: {value, baseline, ratio, target, unit, met, note}}``.
 Benchmarks are not tests: nothing here fails a build; the targets are reported, met or not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,19 @@ def main(argv=None) -> int:
         console.print(f"  {name}: {time.perf_counter() - t0:.0f} s")
         for key, r in results.items():
             met = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[r.met]
-            table.add_row(key, f"{r.value:,.1f} {r.unit}", f"{r.baseline:,.1f}", f"{r.ratio:.2f}",
-                          f"value < {r.max_value:.2f}" if r.max_value is not None
-                          else "-" if r.target is None else f">= {r.target}", met, r.note)
+            table.add_row(
+                key,
+                f"{r.value:,.1f} {r.unit}",
+                f"{r.baseline:,.1f}",
+                f"{r.ratio:.2f}",
+                f"value < {r.max_value:.2f}"
+                if r.max_value is not None
+                else "-"
+                if r.target is None
+                else f">= {r.target}",
+                met,
+                r.note,
+            )
     console.print(table)
     console.print(f"written: {RESULTS}")
     return 0

@@ -1,4 +1,5 @@
 """Shared helpers: result records, timing, and the data the benchmarks run on (built once under var/bench)."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 count-only walk and vs ``os.walk`` + opening each image with PIL; peak memory per tree size (flat is the
 goal); and the same scan of an ``s3://`` prefix on a local S3 API server, concurrent vs one thread.
 """
+
 from __future__ import annotations
 
 import io
@@ -122,8 +123,11 @@ def s3_scan(n_objects: int) -> tuple[float, float]:
         port = s.getsockname()[1]
     # The server runs in its own process, as a real object store would: in this process it would share the
     # GIL with the client threads and no amount of client concurrency could show.
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for_port(port, server)
     env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     old = {k: os.environ.get(k) for k in env}
@@ -206,16 +210,27 @@ def run(quick: bool = False) -> dict[str, Result]:
         out[f"curation.{k}.vs_scandir"] = Result(rate, base, 0.5, "files/s", "os.scandir count-only walk")
         if n == sizes[-1]:
             out[f"curation.{k}.open_close_only_vs_scandir"] = Result(
-                open_close_rate(root), base, None, "files/s",
-                "context: os.walk + open/close of each file in one process, the floor of a content check")
+                open_close_rate(root),
+                base,
+                None,
+                "files/s",
+                "context: os.walk + open/close of each file in one process, the floor of a content check",
+            )
         naive = naive_rate(root)  # its first 20k files: the per-file cost does not depend on the tree size
-        out[f"curation.{k}.vs_naive_pil"] = Result(rate, naive, 10.0, "files/s",
-                                                   "os.walk + PIL open/verify (first 20k files of the same tree)")
+        out[f"curation.{k}.vs_naive_pil"] = Result(
+            rate, naive, 10.0, "files/s", "os.walk + PIL open/verify (first 20k files of the same tree)"
+        )
     first, last = sizes[0], sizes[-1]
-    out["curation.memory_growth"] = Result(mem[last], mem[first], None, "MB peak RSS",
-                                           f"{last // 1000}k files vs {first // 1000}k files: ~1.0 means flat "
-                                           + json.dumps({f"{k // 1000}k": round(v) for k, v in mem.items()}))
+    out["curation.memory_growth"] = Result(
+        mem[last],
+        mem[first],
+        None,
+        "MB peak RSS",
+        f"{last // 1000}k files vs {first // 1000}k files: ~1.0 means flat "
+        + json.dumps({f"{k // 1000}k": round(v) for k, v in mem.items()}),
+    )
     conc, seq = s3_scan(1000 if quick else 3000)
-    out["curation.s3.concurrent_vs_one_thread"] = Result(conc, seq, None, "objects/s",
-                                                         "s3:// tree on a local S3 API server")
+    out["curation.s3.concurrent_vs_one_thread"] = Result(
+        conc, seq, None, "objects/s", "s3:// tree on a local S3 API server"
+    )
     return out

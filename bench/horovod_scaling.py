@@ -5,6 +5,7 @@ Each run is the real ``training.pretrain`` on the demo data with decoded images 
 training step (forward, backward, allreduce, update), not the input pipeline. Throughput is global images/s
 over the epochs after the first (which includes tracing and the cache fill).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,30 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 def _launch(manifest: Path, np: int, steps: int, epochs: int, extra=(), env=None) -> tuple[subprocess.Popen, Path]:
     ckpt = Path(tempfile.mkdtemp(prefix="bench-hvd-"))
-    cmd = [str(BIN / "horovodrun"), "-np", str(np), sys.executable, "-m", "training.pretrain",
-           "--manifest", str(manifest), "--checkpoint-dir", str(ckpt), "--epochs", str(epochs),
-           "--steps-per-epoch", str(steps), "--threads", "1", "--cache", "on", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**ENV, **(env or {})})
+    cmd = [
+        str(BIN / "horovodrun"),
+        "-np",
+        str(np),
+        sys.executable,
+        "-m",
+        "training.pretrain",
+        "--manifest",
+        str(manifest),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--epochs",
+        str(epochs),
+        "--steps-per-epoch",
+        str(steps),
+        "--threads",
+        "1",
+        "--cache",
+        "on",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**ENV, **(env or {})}
+    )
     return proc, ckpt
 
 
@@ -55,8 +75,9 @@ def run(quick: bool = False) -> dict[str, Result]:
     pair = _throughput(a, ca) + _throughput(b, cb)
     out = {
         "horovod.2x1_vs_1x1": Result(two, one, 1.7, "images/s", "2 processes x 1 thread vs 1 process x 1 thread"),
-        "horovod.2x1_vs_independent_pair": Result(two, pair, 0.9, "images/s",
-                                                  "vs two independent 1-process runs at the same time"),
+        "horovod.2x1_vs_independent_pair": Result(
+            two, pair, 0.9, "images/s", "vs two independent 1-process runs at the same time"
+        ),
     }
     variants = {
         "per_gradient_allreduce": (["--allreduce-groups", "0"], {}),

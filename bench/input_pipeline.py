@@ -4,6 +4,7 @@ Baselines, measured in the same run over the same files: a single-threaded raw d
 already in memory (PIL, libjpeg-turbo: the work no pipeline can avoid), scaled by the cores the pipeline may
 use; and a naive loop that opens, decodes and resizes each file with PIL and stacks batches.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,8 +22,7 @@ def _pipeline_rate(paths, image_size, batch=64, batches=30) -> float:
     from training.data import Split, make_dataset
 
     split = Split([str(p) for p in paths], [0] * len(paths), ["x"])
-    ds = make_dataset(split, (image_size, image_size), batch, training=True, seed=0, cache=False,
-                      drop_remainder=True)
+    ds = make_dataset(split, (image_size, image_size), batch, training=True, seed=0, cache=False, drop_remainder=True)
     it = iter(ds)
     for _ in range(3):  # warm-up: tf.data autotuning and thread start
         next(it)
@@ -38,9 +38,13 @@ def _decode_only_rate(paths, batch=64, batches=30) -> float:
     import tensorflow as tf
 
     files = tf.constant([str(p) for p in paths])
-    ds = (tf.data.Dataset.range(len(paths)).repeat()
-          .map(lambda i: tf.io.decode_jpeg(tf.io.read_file(files[i]), channels=3), num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    ds = (
+        tf.data.Dataset.range(len(paths))
+        .repeat()
+        .map(lambda i: tf.io.decode_jpeg(tf.io.read_file(files[i]), channels=3), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     it = iter(ds)
     for _ in range(3):
         next(it)
@@ -61,8 +65,12 @@ def _raw_decode_rate(blobs) -> float:
 def _naive_rate(paths, image_size, batch=64) -> float:
     def loop():
         for i in range(0, len(paths) - batch + 1, batch):
-            np.stack([np.asarray(Image.open(p).convert("RGB").resize((image_size, image_size)))
-                      for p in paths[i:i + batch]])
+            np.stack(
+                [
+                    np.asarray(Image.open(p).convert("RGB").resize((image_size, image_size)))
+                    for p in paths[i : i + batch]
+                ]
+            )
 
     return rate(loop, (len(paths) // batch) * batch)
 
@@ -82,11 +90,16 @@ def run(quick: bool = False) -> dict[str, Result]:
         naive = _naive_rate(paths, size)
         pipe = _pipeline_rate(paths, size, batches=10 if quick else 20)
         out[f"input_pipeline.{name}.vs_raw_decode_x_cores"] = Result(
-            pipe, raw * cores, 0.9, "images/s", f"raw single-thread decode {raw:.0f}/s x {cores} cores")
+            pipe, raw * cores, 0.9, "images/s", f"raw single-thread decode {raw:.0f}/s x {cores} cores"
+        )
         out[f"input_pipeline.{name}.vs_naive_pil"] = Result(pipe, naive, 3.0, "images/s", "naive PIL open+resize loop")
         if name == "jpeg224":
             ceiling = _decode_only_rate(paths, batches=10 if quick else 20)
             out[f"input_pipeline.{name}.decode_only_vs_raw_decode_x_cores"] = Result(
-                ceiling, raw * cores, None, "images/s",
-                "context: tf.data read + decode + batch and nothing else, the ceiling of any pipeline here")
+                ceiling,
+                raw * cores,
+                None,
+                "images/s",
+                "context: tf.data read + decode + batch and nothing else, the ceiling of any pipeline here",
+            )
     return out

@@ -4,6 +4,7 @@ vs an in-process predict on the same SavedModel in the same run.
 The artifact is the real fine-tune output layout (``training.finetune.write_artifact``) around an untrained
 demo-size model: the work per image is the same as a trained one's.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -32,8 +33,15 @@ def _artifact(images: list[str]) -> Path:
 
     out = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = build_model(4, (64, 64))
-    write_artifact(out, model, ["a", "b", "c", "d"], (64, 64), {"image_size": [64, 64]}, "1",
-                   Split(images[:4], [0, 1, 2, 3], ["a", "b", "c", "d"]))
+    write_artifact(
+        out,
+        model,
+        ["a", "b", "c", "d"],
+        (64, 64),
+        {"image_size": [64, 64]},
+        "1",
+        Split(images[:4], [0, 1, 2, 3], ["a", "b", "c", "d"]),
+    )
     return out
 
 
@@ -81,8 +89,10 @@ class _Client:
 
     @staticmethod
     def request(body: bytes) -> bytes:
-        return (b"POST /invocations HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-image\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        return (
+            b"POST /invocations HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-image\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        ) + body
 
     def post(self, request: bytes) -> bytes:
         self.sock.sendall(request)
@@ -160,10 +170,25 @@ def run(quick: bool = False) -> dict[str, Result]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host",
-                             "127.0.0.1", "--port", str(port), "--max-batch-size", str(CLIENTS)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "training.serve",
+            "--model-dir",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(CLIENTS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -192,14 +217,25 @@ def run(quick: bool = False) -> dict[str, Result]:
     batching = re.search(r"(\d+) images in (\d+) batches \(mean ([\d.]+)\)", server_log or "")
     in_p50, sv_p50 = statistics.median(in_lat), statistics.median(sv_lat)
     return {
-        "serving.p50_latency_batch1": Result(sv_p50, in_p50, None, "ms",
-                                             f"overhead {sv_p50 - in_p50:.2f} ms over in-process predict "
-                                             f"(target < 2 ms)", max_value=in_p50 + 2.0),
-        "serving.p99_latency_batch1": Result(_percentile(sv_lat, 0.99), _percentile(in_lat, 0.99), None, "ms",
-                                             "server vs in-process"),
-        "serving.throughput_16_clients": Result(sv_tput, in_tput, 0.8, "images/s",
-                                                f"{CLIENTS} concurrent clients vs in-process predict in batches "
-                                                f"of {CLIENTS}, median of {len(rounds)} alternating rounds; "
-                                                f"server's mean batch "
-                                                f"{batching.group(3) if batching else '?'}"),
+        "serving.p50_latency_batch1": Result(
+            sv_p50,
+            in_p50,
+            None,
+            "ms",
+            f"overhead {sv_p50 - in_p50:.2f} ms over in-process predict (target < 2 ms)",
+            max_value=in_p50 + 2.0,
+        ),
+        "serving.p99_latency_batch1": Result(
+            _percentile(sv_lat, 0.99), _percentile(in_lat, 0.99), None, "ms", "server vs in-process"
+        ),
+        "serving.throughput_16_clients": Result(
+            sv_tput,
+            in_tput,
+            0.8,
+            "images/s",
+            f"{CLIENTS} concurrent clients vs in-process predict in batches "
+            f"of {CLIENTS}, median of {len(rounds)} alternating rounds; "
+            f"server's mean batch "
+            f"{batching.group(3) if batching else '?'}",
+        ),
     }

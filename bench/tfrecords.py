@@ -4,6 +4,7 @@ Conversion: images/s of ``training.tfrecords.convert`` with all cores vs one pro
 input pipeline from TFRecord shards vs from the individual files, without the decoded-image cache (the
 regime of a dataset too large to cache).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,15 +51,17 @@ def run(quick: bool = False) -> dict[str, Result]:
     split = load_split(m, manifest.parent, "train")
     passes = 1 if quick else 2
     batches, warmup = passes * len(split) // 64, len(split) // 64 + 3
-    files_rate = _read_rate(make_dataset(split, (64, 64), 64, training=True, drop_remainder=True), batches, 64,
-                            warmup)
+    files_rate = _read_rate(make_dataset(split, (64, 64), 64, training=True, drop_remainder=True), batches, 64, warmup)
     shards, _, _ = tfrecord_split(out, "train")
-    tfr_rate = _read_rate(make_tfrecord_dataset(shards, (64, 64), 64, training=True, drop_remainder=True),
-                          batches, 64, warmup)
+    tfr_rate = _read_rate(
+        make_tfrecord_dataset(shards, (64, 64), 64, training=True, drop_remainder=True), batches, 64, warmup
+    )
     shutil.rmtree(out, ignore_errors=True)
     return {
-        "tfrecords.convert_parallel_vs_one_process": Result(parallel, single, None, "images/s",
-                                                            f"{os.cpu_count()} processes vs 1"),
-        "tfrecords.read_vs_files": Result(tfr_rate, files_rate, None, "images/s",
-                                          "training input pipeline, no cache: TFRecord shards vs files"),
+        "tfrecords.convert_parallel_vs_one_process": Result(
+            parallel, single, None, "images/s", f"{os.cpu_count()} processes vs 1"
+        ),
+        "tfrecords.read_vs_files": Result(
+            tfr_rate, files_rate, None, "images/s", "training input pipeline, no cache: TFRecord shards vs files"
+        ),
     }

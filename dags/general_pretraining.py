@@ -23,6 +23,7 @@ once with `airflow pools set gpu 1 "GPU training"` (slots = concurrent trainings
 
 **Checkpoints**: one directory per run under `checkpoints.root`; a retry of the training task resumes there.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -30,9 +31,9 @@ from datetime import datetime, timedelta
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TaskGroup, TriggerRule, dag, get_current_context, task
 
-from plugins.tlpipe.pretraining import steps
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
+from plugins.tlpipe.pretraining import steps
 from plugins.tlpipe.pretraining.launchers import (
     CreateMPIJobOperator,
     DeleteMPIJobOperator,
@@ -47,8 +48,11 @@ from plugins.tlpipe.pretraining.sensors import BestCheckpointSensor, MPIJobSenso
 cfg = get_config()
 PRETRAINED_MODEL = pretrained_model_asset(cfg)
 SENSING = sensor_defaults(cfg.airflow.sensor_poke_seconds, cfg.airflow.sensor_timeout_hours, cfg.airflow.sensor_mode)
-TRAINING = {"pool": cfg.airflow.gpu_pool, "pool_slots": cfg.airflow.gpu_pool_slots,
-            "execution_timeout": timedelta(hours=cfg.airflow.training_timeout_hours)}
+TRAINING = {
+    "pool": cfg.airflow.gpu_pool,
+    "pool_slots": cfg.airflow.gpu_pool_slots,
+    "execution_timeout": timedelta(hours=cfg.airflow.training_timeout_hours),
+}
 
 
 def _exporter():
@@ -66,8 +70,11 @@ def _exporter():
     params=pretraining_params(cfg),
     doc_md=__doc__,
     tags=["tlpipe", "pretraining", cfg.profile],
-    default_args={"owner": "tlpipe", "retries": cfg.airflow.retries,
-                  "retry_delay": timedelta(seconds=cfg.airflow.retry_delay_seconds)},
+    default_args={
+        "owner": "tlpipe",
+        "retries": cfg.airflow.retries,
+        "retry_delay": timedelta(seconds=cfg.airflow.retry_delay_seconds),
+    },
 )
 def general_pretraining():
     @task(multiple_outputs=True)
@@ -91,17 +98,31 @@ def general_pretraining():
     skip = EmptyOperator(task_id=steps.SKIP_TASK)
 
     with TaskGroup(steps.LAUNCH_GROUP):
-        local = LocalTrainingOperator(task_id="local", spec=run["training"],
-                                      checkpoint_conn_id=cfg.checkpoints.conn_id, **TRAINING)
+        local = LocalTrainingOperator(
+            task_id="local", spec=run["training"], checkpoint_conn_id=cfg.checkpoints.conn_id, **TRAINING
+        )
         pod = TrainingPodOperator(task_id="pod", spec=run["training"], kube=cfg.kubernetes, **TRAINING)
         with TaskGroup("mpijob"):
-            create = CreateMPIJobOperator(task_id="create", yaml_conf=run["mpijob_yaml"],
-                                          kubernetes_conn_id=cfg.kubernetes.conn_id, namespace=cfg.kubernetes.namespace)
-            watch = MPIJobSensor(task_id="watch", name=run["mpijob_name"], namespace=cfg.kubernetes.namespace,
-                                 kubernetes_conn_id=cfg.kubernetes.conn_id, **TRAINING, **SENSING)
-            delete = DeleteMPIJobOperator(task_id="delete", yaml_conf=run["mpijob_yaml"],
-                                          kubernetes_conn_id=cfg.kubernetes.conn_id,
-                                          namespace=cfg.kubernetes.namespace)
+            create = CreateMPIJobOperator(
+                task_id="create",
+                yaml_conf=run["mpijob_yaml"],
+                kubernetes_conn_id=cfg.kubernetes.conn_id,
+                namespace=cfg.kubernetes.namespace,
+            )
+            watch = MPIJobSensor(
+                task_id="watch",
+                name=run["mpijob_name"],
+                namespace=cfg.kubernetes.namespace,
+                kubernetes_conn_id=cfg.kubernetes.conn_id,
+                **TRAINING,
+                **SENSING,
+            )
+            delete = DeleteMPIJobOperator(
+                task_id="delete",
+                yaml_conf=run["mpijob_yaml"],
+                kubernetes_conn_id=cfg.kubernetes.conn_id,
+                namespace=cfg.kubernetes.namespace,
+            )
             create >> watch >> delete.as_teardown(setups=create)
 
     best = BestCheckpointSensor(
@@ -124,11 +145,19 @@ def general_pretraining():
         return _exporter().upload_domain(prepared["manifest_path"])
 
     @task(outlets=[PRETRAINED_MODEL])
-    def publish_pretrained_model(prepared: dict, best: dict, exported: dict, domain: dict,
-                                 dag_run=None, ti=None, outlet_events=None) -> dict:
+    def publish_pretrained_model(
+        prepared: dict, best: dict, exported: dict, domain: dict, dag_run=None, ti=None, outlet_events=None
+    ) -> dict:
         dataset = ti.xcom_pull(task_ids="plan_training", key="dataset")
-        extra = steps.publish_record(prepared=prepared, best=best, exported=exported, domain=domain,
-                                     dataset=dataset, dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        extra = steps.publish_record(
+            prepared=prepared,
+            best=best,
+            exported=exported,
+            domain=domain,
+            dataset=dataset,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+        )
         _exporter().write_latest(extra)
         outlet_events[PRETRAINED_MODEL].extra = extra
         return extra

@@ -30,6 +30,7 @@ is `s3://<bucket>/<prefix>/lineage/<endpoint>/<training job>.json`.
 `[operators] default_deferrable` is true (`AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE=true`); otherwise they
 poll from the worker.
 """
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta
@@ -38,10 +39,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TaskGroup, TriggerRule, conf, dag, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from plugins.tlpipe.deploy import decisions as decide
-from plugins.tlpipe.deploy import steps
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
+from plugins.tlpipe.deploy import decisions as decide
+from plugins.tlpipe.deploy import steps
 from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
     DeployEndpointOperator,
@@ -56,8 +57,13 @@ AWS = {"aws_conn_id": cfg.s3.aws_conn_id}
 POLL = max(1, int(cfg.airflow.sensor_poke_seconds))
 DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=False)
 BUILD, VERIFY, SMOKE = "deploy.build_requests", "deploy.verify_endpoint", "deploy.smoke_test"
-DEPLOY_TASKS = ["deploy.create_model", "deploy.create_endpoint_config", "deploy.create_or_update_endpoint",
-                VERIFY, SMOKE]
+DEPLOY_TASKS = [
+    "deploy.create_model",
+    "deploy.create_endpoint_config",
+    "deploy.create_or_update_endpoint",
+    VERIFY,
+    SMOKE,
+]
 
 
 def _exporter():
@@ -76,13 +82,20 @@ def _owner(dag_run) -> dict:
 
 def _results(ti) -> dict:
     """The XComs the lineage record and the rollback read."""
+
     def pull(task_id: str, key: str = "return_value"):
         return ti.xcom_pull(task_ids=task_id, key=key)
 
-    return {"training": pull("finetune"), "gate": pull("quality_gate", "gate"), "requests": pull(BUILD),
-            "model": pull("deploy.create_model"), "endpoint_config": pull("deploy.create_endpoint_config"),
-            "endpoint": pull("deploy.create_or_update_endpoint"), "verify": pull(VERIFY, "result"),
-            "smoke": pull(SMOKE, "result")}
+    return {
+        "training": pull("finetune"),
+        "gate": pull("quality_gate", "gate"),
+        "requests": pull(BUILD),
+        "model": pull("deploy.create_model"),
+        "endpoint_config": pull("deploy.create_endpoint_config"),
+        "endpoint": pull("deploy.create_or_update_endpoint"),
+        "verify": pull(VERIFY, "result"),
+        "smoke": pull(SMOKE, "result"),
+    }
 
 
 @dag(
@@ -94,24 +107,38 @@ def _results(ti) -> dict:
     params=deploy_params(cfg),
     doc_md=__doc__,
     tags=["tlpipe", "finetune", "deploy", cfg.profile],
-    default_args={"owner": "tlpipe", "retries": cfg.airflow.retries,
-                  "retry_delay": timedelta(seconds=cfg.airflow.retry_delay_seconds)},
+    default_args={
+        "owner": "tlpipe",
+        "retries": cfg.airflow.retries,
+        "retry_delay": timedelta(seconds=cfg.airflow.retry_delay_seconds),
+    },
 )
 def transfer_learning_deploy():
     @task(multiple_outputs=True)
     def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
         try:
-            return steps.prepare_finetune(get_config(), params, dag_id=dag_run.dag_id, run_id=dag_run.run_id,
-                                          event=decide.event_extra(triggering_asset_events),
-                                          read_latest=lambda: _exporter().read_latest())
+            return steps.prepare_finetune(
+                get_config(),
+                params,
+                dag_id=dag_run.dag_id,
+                run_id=dag_run.run_id,
+                event=decide.event_extra(triggering_asset_events),
+                read_latest=lambda: _exporter().read_latest(),
+            )
         except ValueError as err:  # no inputs, or a request that must not be sent: a retry cannot help
             raise AirflowFailException(str(err)) from None
 
     prepared = prepare()
 
     finetune = FinetuneTrainingOperator(
-        task_id="finetune", config=prepared["training_request"], print_log=True, check_interval=POLL,
-        max_ingestion_time=cfg.sagemaker.training_max_runtime_seconds + 1800, deferrable=DEFERRABLE, **AWS)
+        task_id="finetune",
+        config=prepared["training_request"],
+        print_log=True,
+        check_interval=POLL,
+        max_ingestion_time=cfg.sagemaker.training_max_runtime_seconds + 1800,
+        deferrable=DEFERRABLE,
+        **AWS,
+    )
 
     @task
     def read_metrics(training: dict) -> dict:
@@ -130,8 +157,9 @@ def transfer_learning_deploy():
     @task.branch
     def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
         try:
-            gate = steps.gate_deployment(_sagemaker(), endpoint=endpoint, metrics=outcome["metrics"],
-                                         threshold=params["quality_threshold"])
+            gate = steps.gate_deployment(
+                _sagemaker(), endpoint=endpoint, metrics=outcome["metrics"], threshold=params["quality_threshold"]
+            )
         except decide.MissingMetric as err:
             raise AirflowFailException(str(err)) from None
         ti.xcom_push(key="gate", value=gate)
@@ -142,22 +170,36 @@ def transfer_learning_deploy():
     skip = EmptyOperator(task_id="skip_deployment")
 
     with TaskGroup("deploy"):
+
         @task(multiple_outputs=True)
         def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
             try:
-                return steps.deploy_requests(get_config(), params, prepared=prepared, outcome=outcome,
-                                             gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
-                                             dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+                return steps.deploy_requests(
+                    get_config(),
+                    params,
+                    prepared=prepared,
+                    outcome=outcome,
+                    gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
+                    dag_id=dag_run.dag_id,
+                    run_id=dag_run.run_id,
+                )
             except ValueError as err:
                 raise AirflowFailException(str(err)) from None
 
         requests = build_requests(prepared, outcome)
         model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
-        endpoint_config = DeployEndpointConfigOperator(task_id="create_endpoint_config",
-                                                       config=requests["endpoint_config"], **AWS)
+        endpoint_config = DeployEndpointConfigOperator(
+            task_id="create_endpoint_config", config=requests["endpoint_config"], **AWS
+        )
         endpoint = DeployEndpointOperator(
-            task_id="create_or_update_endpoint", config=requests["endpoint"], operation="create",
-            check_interval=POLL, max_ingestion_time=steps.ENDPOINT_WAIT_SECONDS, deferrable=DEFERRABLE, **AWS)
+            task_id="create_or_update_endpoint",
+            config=requests["endpoint"],
+            operation="create",
+            check_interval=POLL,
+            max_ingestion_time=steps.ENDPOINT_WAIT_SECONDS,
+            deferrable=DEFERRABLE,
+            **AWS,
+        )
 
         @task(retries=0)
         def verify_endpoint(request: dict, ti=None) -> dict:
@@ -171,9 +213,13 @@ def transfer_learning_deploy():
         def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
             conn = get_config().s3.aws_conn_id
             report = steps.smoke_test_endpoint(
-                get_config(), steps.runtime_client(conn), steps.s3_client(conn), endpoint=request["EndpointName"],
+                get_config(),
+                steps.runtime_client(conn),
+                steps.s3_client(conn),
+                endpoint=request["EndpointName"],
                 validation_uri=prepared["inputs"]["domain_validation_uri"],
-                training_accuracy=outcome["metrics"][decide.PRIMARY_METRIC])
+                training_accuracy=outcome["metrics"][decide.PRIMARY_METRIC],
+            )
             ti.xcom_push(key="result", value=report)
             if not report["passed"]:
                 raise AirflowFailException(report["reason"])
@@ -185,8 +231,9 @@ def transfer_learning_deploy():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
-        summary = steps.record_run(_exporter(), _results(ti), prepared=prepared, outcome=outcome,
-                                   dag_id=dag_run.dag_id, run_id=dag_run.run_id)
+        summary = steps.record_run(
+            _exporter(), _results(ti), prepared=prepared, outcome=outcome, dag_id=dag_run.dag_id, run_id=dag_run.run_id
+        )
         ti.xcom_push(key="summary", value=summary)
         return summary
 
@@ -194,10 +241,15 @@ def transfer_learning_deploy():
     def apply_retention(prepared: dict, ti=None) -> dict:
         gate = ti.xcom_pull(task_ids="quality_gate", key="gate") or {}
         return steps.apply_retention(
-            _sagemaker(), endpoint=prepared["endpoint"], prefix=get_config().sagemaker.resource_prefix,
+            _sagemaker(),
+            endpoint=prepared["endpoint"],
+            prefix=get_config().sagemaker.resource_prefix,
             keep_last=get_config().sagemaker.keep_last,
-            protected_configs=[(gate.get("endpoint_plan") or {}).get("previous_config"),
-                               prepared["names"]["endpoint_config"]])
+            protected_configs=[
+                (gate.get("endpoint_plan") or {}).get("previous_config"),
+                prepared["names"]["endpoint_config"],
+            ],
+        )
 
     @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
     def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
@@ -205,8 +257,16 @@ def transfer_learning_deploy():
             raise AirflowSkipException("nothing was deployed: no rollback needed")
         states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
         summary, message = steps.rollback_run(
-            _sagemaker(), _exporter(), _results(ti), prepared=prepared, outcome=outcome,
-            states=states.get(dag_run.run_id, {}), dag_id=dag_run.dag_id, run_id=dag_run.run_id, poll=POLL)
+            _sagemaker(),
+            _exporter(),
+            _results(ti),
+            prepared=prepared,
+            outcome=outcome,
+            states=states.get(dag_run.run_id, {}),
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            poll=POLL,
+        )
         ti.xcom_push(key="summary", value=summary)
         raise AirflowFailException(message)
 

@@ -3,6 +3,7 @@
 Requests must be SigV4-signed with ``LOCALCLOUD_ACCESS_KEY_ID`` / ``LOCALCLOUD_SECRET_ACCESS_KEY`` (default
 ``test`` / ``test``); the pair is written to ``<data-dir>/ready.json`` (mode 0600) for clients to read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--health-timeout", type=float, default=600.0, help="default model server /ping timeout")
     parser.add_argument("--invoke-timeout", type=float, default=60.0, help="InvokeEndpoint timeout in seconds")
     parser.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between S3/Logs snapshots")
-    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="a browser origin (scheme://host:port) allowed to call localcloud; repeatable; "
-                        "none by default")
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (scheme://host:port) allowed to call localcloud; repeatable; none by default",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG also logs every request")
     return parser.parse_args(argv)
 
@@ -79,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     print(url, flush=True)
     logging.getLogger("localcloud").info(
         "serving on %s (data in %s); requests must be signed with access key %s (the pair is in %s)",
-        url, cloud.data_dir, settings.access_key.access_key_id, cloud.data_dir / "ready.json")
+        url,
+        cloud.data_dir,
+        settings.access_key.access_key_id,
+        cloud.data_dir / "ready.json",
+    )
     while not stop.wait(1.0):
         pass
     cloud.stop()

@@ -20,6 +20,7 @@ S3 payloads are covered by the signed ``x-amz-content-sha256`` header, as on AWS
 request is hashed and compared. Browser form uploads (S3 ``POST`` with ``multipart/form-data``) are refused:
 localcloud has no use for them and they carry no ``Authorization`` header.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -63,16 +64,22 @@ class Denied(Exception):
         request_id = str(uuid.uuid4())
         if self.protocol == "json":
             body = json.dumps({"__type": self.code, "message": self.message}).encode()
-            headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-RequestId", request_id),
-                       ("x-amzn-ErrorType", self.code)]
+            headers = [
+                ("Content-Type", "application/x-amz-json-1.1"),
+                ("x-amzn-RequestId", request_id),
+                ("x-amzn-ErrorType", self.code),
+            ]
         elif self.protocol == "query":
-            body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{self.code}</Code><Message>"
-                    f"{escape(self.message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
-                    ).encode()
+            body = (
+                f"<ErrorResponse><Error><Type>Sender</Type><Code>{self.code}</Code><Message>"
+                f"{escape(self.message)}</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+            ).encode()
             headers = [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)]
         else:
-            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code><Message>'
-                    f"{escape(self.message)}</Message><RequestId>{request_id}</RequestId></Error>").encode()
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{self.code}</Code><Message>'
+                f"{escape(self.message)}</Message><RequestId>{request_id}</RequestId></Error>"
+            ).encode()
             headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]
         reason = {400: "Bad Request", 403: "Forbidden"}.get(self.status, "Forbidden")
         return f"{self.status} {reason}", [*headers, ("Content-Length", str(len(body)))], body
@@ -85,15 +92,24 @@ _ERRORS = {
     "query": ("MissingAuthenticationToken", "InvalidClientTokenId", "SignatureDoesNotMatch"),
 }
 _MESSAGES = {
-    "s3": ("Access Denied", "The AWS Access Key Id you provided does not exist in our records.",
-           "The request signature we calculated does not match the signature you provided. Check your key and "
-           "signing method."),
-    "json": ("Missing Authentication Token", "The security token included in the request is invalid.",
-             "The request signature we calculated does not match the signature you provided. Check your AWS "
-             "Secret Access Key and signing method. Consult the service documentation for details."),
-    "query": ("Request is missing Authentication Token", "The security token included in the request is invalid.",
-              "The request signature we calculated does not match the signature you provided. Check your AWS "
-              "Secret Access Key and signing method. Consult the service documentation for details."),
+    "s3": (
+        "Access Denied",
+        "The AWS Access Key Id you provided does not exist in our records.",
+        "The request signature we calculated does not match the signature you provided. Check your key and "
+        "signing method.",
+    ),
+    "json": (
+        "Missing Authentication Token",
+        "The security token included in the request is invalid.",
+        "The request signature we calculated does not match the signature you provided. Check your AWS "
+        "Secret Access Key and signing method. Consult the service documentation for details.",
+    ),
+    "query": (
+        "Request is missing Authentication Token",
+        "The security token included in the request is invalid.",
+        "The request signature we calculated does not match the signature you provided. Check your AWS "
+        "Secret Access Key and signing method. Consult the service documentation for details.",
+    ),
 }
 
 
@@ -154,18 +170,28 @@ def _timestamp(value: str | None, protocol: str) -> dt.datetime:
     try:
         return dt.datetime.strptime(value or "", "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
     except ValueError:
-        raise Denied(protocol, "AccessDenied" if protocol == "s3" else _ERRORS[protocol][0],
-                     "X-Amz-Date is missing or not in ISO 8601 basic format") from None
+        raise Denied(
+            protocol,
+            "AccessDenied" if protocol == "s3" else _ERRORS[protocol][0],
+            "X-Amz-Date is missing or not in ISO 8601 basic format",
+        ) from None
 
 
 def _check_skew(when: dt.datetime, protocol: str) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     if abs(now - when) > MAX_SKEW:
         if protocol == "s3":
-            raise Denied(protocol, "RequestTimeTooSkewed",
-                         "The difference between the request time and the current time is too large.")
-        raise Denied(protocol, _ERRORS[protocol][2], f"Signature expired: {when:%Y%m%dT%H%M%SZ} is now earlier "
-                     f"or later than {now - MAX_SKEW:%Y%m%dT%H%M%SZ} / {now + MAX_SKEW:%Y%m%dT%H%M%SZ}")
+            raise Denied(
+                protocol,
+                "RequestTimeTooSkewed",
+                "The difference between the request time and the current time is too large.",
+            )
+        raise Denied(
+            protocol,
+            _ERRORS[protocol][2],
+            f"Signature expired: {when:%Y%m%dT%H%M%SZ} is now earlier "
+            f"or later than {now - MAX_SKEW:%Y%m%dT%H%M%SZ} / {now + MAX_SKEW:%Y%m%dT%H%M%SZ}",
+        )
 
 
 def _read_body(environ: dict) -> bytes:
@@ -187,8 +213,11 @@ class Verifier:
     def verify(self, environ: dict) -> str:
         """Check the request's signature; returns the signed service name or raises :class:`Denied`."""
         query = environ.get("QUERY_STRING", "")
-        if environ.get("REQUEST_METHOD") == "POST" and environ.get("CONTENT_TYPE", "").startswith(
-                "multipart/form-data") and "HTTP_X_AMZ_TARGET" not in environ:
+        if (
+            environ.get("REQUEST_METHOD") == "POST"
+            and environ.get("CONTENT_TYPE", "").startswith("multipart/form-data")
+            and "HTTP_X_AMZ_TARGET" not in environ
+        ):
             raise Denied("s3", "AccessDenied", "browser-based (form POST) uploads are not accepted")
         auth = environ.get("HTTP_AUTHORIZATION", "")
         if auth:
@@ -196,15 +225,23 @@ class Verifier:
         if "X-Amz-Signature=" in query:
             return self._verify_presigned(environ)
         if "AWSAccessKeyId=" in query:
-            raise Denied("s3", "AccessDenied", "only Signature Version 4 (AWS4-HMAC-SHA256) is accepted; presign with "
-                         "botocore.config.Config(signature_version='s3v4')")
+            raise Denied(
+                "s3",
+                "AccessDenied",
+                "only Signature Version 4 (AWS4-HMAC-SHA256) is accepted; presign with "
+                "botocore.config.Config(signature_version='s3v4')",
+            )
         raise _deny(protocol_of(environ, None), 0)
 
     def _scope(self, credential: str, protocol: str) -> tuple[str, str, str]:
         parts = credential.split("/")
         if len(parts) != 5 or parts[4] != "aws4_request":
-            raise Denied(protocol, _ERRORS[protocol][0] if protocol != "s3" else "AuthorizationHeaderMalformed",
-                         f"malformed credential scope {credential!r}", 400)
+            raise Denied(
+                protocol,
+                _ERRORS[protocol][0] if protocol != "s3" else "AuthorizationHeaderMalformed",
+                f"malformed credential scope {credential!r}",
+                400,
+            )
         key_id, date, region, service, _ = parts
         if not hmac.compare_digest(key_id.encode(), self.key.access_key_id.encode()):
             raise _deny(protocol, 1)
@@ -221,8 +258,12 @@ class Verifier:
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(key):
                 headers[key.replace("_", "-").lower()] = environ[key]
-        return AWSRequest(method=environ.get("REQUEST_METHOD", "GET"), url=url, headers=headers,
-                          data=body if body is not None else b"")
+        return AWSRequest(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            url=url,
+            headers=headers,
+            data=body if body is not None else b"",
+        )
 
     def _expected(self, environ, signed, date_time, region, service, query, body) -> str:
         request = self._request(environ, query, body)
@@ -237,9 +278,12 @@ class Verifier:
         service_hint = re.search(r"Credential=[^/,]+/\d{8}/[^/]+/([^/]+)/", auth)
         protocol = protocol_of(environ, service_hint.group(1) if service_hint else None)
         if match is None:
-            raise Denied(protocol, "AccessDenied" if protocol == "s3" else _ERRORS[protocol][0],
-                         "the Authorization header is not an AWS4-HMAC-SHA256 signature", 400 if protocol == "s3"
-                         else 403)
+            raise Denied(
+                protocol,
+                "AccessDenied" if protocol == "s3" else _ERRORS[protocol][0],
+                "the Authorization header is not an AWS4-HMAC-SHA256 signature",
+                400 if protocol == "s3" else 403,
+            )
         date, region, service = self._scope(match["credential"], protocol)
         amz_date = _header(environ, "x-amz-date")
         when = _timestamp(amz_date, protocol)
@@ -252,8 +296,9 @@ class Verifier:
         body = None
         if service == "s3":
             if _header(environ, "x-amz-content-sha256") is None:
-                raise Denied("s3", "InvalidRequest", "Missing required header for this request: "
-                             "x-amz-content-sha256", 400)
+                raise Denied(
+                    "s3", "InvalidRequest", "Missing required header for this request: x-amz-content-sha256", 400
+                )
         else:
             body = _read_body(environ)
         expected = self._expected(environ, signed, amz_date, region, service, environ.get("QUERY_STRING", ""), body)
@@ -266,8 +311,7 @@ class Verifier:
         values = dict(params)
         protocol = "s3"
         if values.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256":
-            raise Denied(protocol, "AuthorizationQueryParametersError", "X-Amz-Algorithm must be AWS4-HMAC-SHA256",
-                         400)
+            raise Denied(protocol, "AuthorizationQueryParametersError", "X-Amz-Algorithm must be AWS4-HMAC-SHA256", 400)
         date, region, service = self._scope(values.get("X-Amz-Credential", ""), protocol)
         if service != "s3":
             raise Denied(protocol, "AccessDenied", "presigned requests are accepted for S3 only")

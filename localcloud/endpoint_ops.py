@@ -1,6 +1,7 @@
 """What CreateEndpoint, UpdateEndpoint and DeleteEndpoint do once they have answered: deploy the variants,
 switch traffic blue/green (the old variants serve until the new ones are healthy), restore after a restart,
 tear down."""
+
 from __future__ import annotations
 
 import logging
@@ -73,7 +74,13 @@ class EndpointOperations(VariantProcesses):
             variants = self._deploy(doc, config, cancel)
         except DeployFailure as failure:
             reason = str(failure)
-            log.info("endpoint %s: update to %s failed, keeping %s: %s", name, pending_config, doc["EndpointConfigName"], reason)
+            log.info(
+                "endpoint %s: update to %s failed, keeping %s: %s",
+                name,
+                pending_config,
+                doc["EndpointConfigName"],
+                reason,
+            )
 
             def rollback(d: dict) -> None:
                 d["EndpointStatus"] = "InService"

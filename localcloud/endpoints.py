@@ -20,6 +20,7 @@ that is still running and healthy (it outlived a crash) or starts it again from 
 endpoint in ``SystemUpdating`` meanwhile. Server output goes to CloudWatch Logs
 ``/aws/sagemaker/Endpoints/<endpoint>``, stream ``<variant>/<instance-id>``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,15 +30,13 @@ import time
 
 import urllib3
 
-from .errors import ACCOUNT_ID, AwsError, arn, validation
 from .endpoint_ops import EndpointOperations
+from .errors import ACCOUNT_ID, AwsError, arn, validation
 from .model_servers import LOG_GROUP_PREFIX, Cancelled, Variant
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG
 
-
 log = logging.getLogger("localcloud.endpoints")
-
 
 
 def not_found_message(region: str, name: str) -> str:

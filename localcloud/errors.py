@@ -4,6 +4,7 @@ Every failure a client can see is raised as :class:`AwsError` and rendered the w
 (JSON protocol for the SageMaker control plane, rest-json for the runtime), so botocore raises the same
 ``ClientError`` code and message it would raise against AWS.
 """
+
 from __future__ import annotations
 
 ACCOUNT_ID = "123456789012"

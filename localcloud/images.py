@@ -35,6 +35,7 @@ and ``{port}`` (serve only).
 The map comes from ``--images FILE`` or the ``LOCALCLOUD_IMAGES`` environment variable (a file path or the
 JSON text itself).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -59,16 +60,34 @@ DEFAULT_ENTRIES = [
     {
         "match": "tlpipe-sagemaker",
         "train": ["{python}", "-m", "training.finetune"],
-        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--host", "127.0.0.1",
-                  "--port", "{port}"],
+        "serve": [
+            "{python}",
+            "-m",
+            "training.serve",
+            "--model-dir",
+            "{model_dir}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
         "env": {},
     },
     {
         # The managed TensorFlow Serving container: the fine-tuned artifact is built for it, and
         # training.serve runs the artifact's own code/inference.py handlers the way it does.
         "match": "tensorflow-inference",
-        "serve": ["{python}", "-m", "training.serve", "--model-dir", "{model_dir}", "--host", "127.0.0.1",
-                  "--port", "{port}"],
+        "serve": [
+            "{python}",
+            "-m",
+            "training.serve",
+            "--model-dir",
+            "{model_dir}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ],
         "env": {},
     },
 ]
@@ -87,14 +106,18 @@ class ImageCommands:
         the map names, unless the entry allows it."""
         for name in ("ContainerEntrypoint", "ContainerArguments"):
             if fields.get(name) and name not in self.allow:
-                return (f"{name} is not accepted for image '{self.image}': localcloud runs only the command its "
-                        f"image map names (allow it with \"allow\": [\"{name}\"] in that entry)")
+                return (
+                    f"{name} is not accepted for image '{self.image}': localcloud runs only the command its "
+                    f'image map names (allow it with "allow": ["{name}"] in that entry)'
+                )
         if "CommandEnvironment" not in self.allow:
             risky = sorted(k for k in (environment or {}) if COMMAND_ENVIRONMENT.match(str(k)))
             if risky:
-                return (f"Environment variable(s) {', '.join(risky)} would change the command of image "
-                        f"'{self.image}' and are not accepted (allow them with \"allow\": "
-                        f"[\"CommandEnvironment\"] in its image map entry)")
+                return (
+                    f"Environment variable(s) {', '.join(risky)} would change the command of image "
+                    f"'{self.image}' and are not accepted (allow them with \"allow\": "
+                    f'["CommandEnvironment"] in its image map entry)'
+                )
         return None
 
     def train_argv(self, root: str) -> list[str]:
@@ -137,8 +160,10 @@ class ImageMap:
                     raise ValueError(f"image map entry {entry['match']!r}: {key!r} must be a non-empty argv list")
             unknown = set(entry.get("allow") or ()) - set(ALLOWABLE)
             if unknown:
-                raise ValueError(f"image map entry {entry['match']!r}: 'allow' takes {', '.join(ALLOWABLE)}, "
-                                 f"not {', '.join(sorted(unknown))}")
+                raise ValueError(
+                    f"image map entry {entry['match']!r}: 'allow' takes {', '.join(ALLOWABLE)}, "
+                    f"not {', '.join(sorted(unknown))}"
+                )
         self.entries = [*entries, *DEFAULT_ENTRIES]
 
     @classmethod

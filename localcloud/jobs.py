@@ -16,6 +16,7 @@ Restarts: a job whose command is still running (localcloud crashed) is adopted; 
 while localcloud was down is finished from its recorded exit status; one that localcloud itself interrupted
 (clean shutdown) or that was still downloading is run again from the start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,6 @@ from .errors import AwsError, arn, not_found, validation
 from .runtime import Runtime
 from .state import TRAINING_JOB
 from .training_container import FAILURE_REASON_LIMIT, JobFailure, MetricScanner
-
 
 log = logging.getLogger("localcloud.jobs")
 
@@ -211,7 +211,9 @@ class TrainingJobs:
         for channel in doc.get("InputDataConfig") or []:
             self._check(name)
             source = channel["DataSource"]["S3DataSource"]
-            training_container.download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"], required=True, doc=doc)
+            training_container.download_prefix(
+                s3, source["S3Uri"], paths["data"] / channel["ChannelName"], required=True, doc=doc
+            )
         checkpoint = doc.get("CheckpointConfig")
         if checkpoint:
             training_container.download_prefix(s3, checkpoint["S3Uri"], paths["checkpoints"], required=False, doc=doc)
@@ -305,9 +307,7 @@ class TrainingJobs:
             if status == "Stopping" and not signalled:
                 signalled = True
                 threading.Thread(
-                    target=procs.terminate,
-                    args=(pid, started, self.runtime.settings.stop_grace, None),
-                    daemon=True,
+                    target=procs.terminate, args=(pid, started, self.runtime.settings.stop_grace, None), daemon=True
                 ).start()
             wake.wait(self.runtime.settings.poll_interval)
             wake.clear()
@@ -395,6 +395,7 @@ class TrainingJobs:
             d["_phase"] = "done"
 
         self.state.update(TRAINING_JOB, name, change)
+
 
 def _transition(doc: dict, status: str, message: str, now: float) -> None:
     transitions = doc.setdefault("SecondaryStatusTransitions", [])

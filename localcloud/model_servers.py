@@ -1,6 +1,7 @@
 """The processes behind an endpoint's variants: fetching and unpacking the model, starting the serve command
 the image map names (on 127.0.0.1, with an allow-listed environment), waiting for ``/ping``, shipping its output
 to CloudWatch Logs, and stopping it."""
+
 from __future__ import annotations
 
 import logging
@@ -104,7 +105,9 @@ class VariantProcesses:
                 started.append(variant)
                 self._record(name, part, started)
                 self._start_tail(doc, variant, shipped)
-                log.info("endpoint %s: variant %s serving %s on port %s (pid %s)", name, variant.name, argv, port, proc.pid)
+                log.info(
+                    "endpoint %s: variant %s serving %s on port %s (pid %s)", name, variant.name, argv, port, proc.pid
+                )
             for variant in started:
                 self._wait_healthy(variant, cancel)
             return list(started)
@@ -205,7 +208,9 @@ class VariantProcesses:
     def _stop_variants(self, variants: list[Variant]) -> None:
         for variant in variants:
             procs.terminate(
-                variant.record.get("Pid"), variant.record.get("PStart"), grace=self.runtime.settings.stop_grace,
+                variant.record.get("Pid"),
+                variant.record.get("PStart"),
+                grace=self.runtime.settings.stop_grace,
                 proc=variant.proc,
             )
             variant.stop_tail.set()

@@ -3,6 +3,7 @@
 Children run in sessions of their own with output to a file, not a pipe: if localcloud dies they keep
 running, and the next localcloud recognises them by pid *and* start time (a recycled pid is not adopted).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,22 @@ log = logging.getLogger("localcloud.procs")
 # What a container command inherits from localcloud's own environment: enough to find the interpreter and run
 # it as configured, none of the caller's secrets or connections (a container on SageMaker starts from its image's
 # environment, not from the caller's).
-INHERITED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "PYTHONPATH",
-             "OMP_NUM_THREADS", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "CUDA_VISIBLE_DEVICES")
+INHERITED = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "OMP_NUM_THREADS",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def base_environment() -> dict[str, str]:

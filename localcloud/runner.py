@@ -5,6 +5,7 @@ through this wrapper in a session of its own, so the job survives a crash of loc
 localcloud still learns how it ended. SIGTERM (StopTrainingJob) reaches the whole process group; the wrapper
 outlives the command to write its status.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """What the training jobs, the endpoints and the SageMaker API get from the server: a narrow runtime, not the
 whole ``LocalCloud`` (no module depends back on the server)."""
+
 from __future__ import annotations
 
 import threading

@@ -8,6 +8,7 @@ has. Errors carry AWS's codes and messages, including the ones the Amazon provid
 endpoint configuration / endpoint ...", "Cannot create already existing endpoint ...", and the runtime's
 ``ValidationError`` "Endpoint <name> of account <id> not found.".
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,13 +22,11 @@ from urllib.parse import unquote
 from werkzeug.wrappers import Request, Response
 
 from . import validation as checks
-from .endpoints import not_found_message
+from .endpoints import Endpoints, not_found_message
 from .errors import AwsError, arn, not_found, validation
-from .endpoints import Endpoints
 from .jobs import TrainingJobs
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
-
 
 log = logging.getLogger("localcloud.sagemaker")
 
@@ -191,8 +190,15 @@ class SageMaker:
             status_key="TrainingJobStatus",
             default_order="Ascending",
         )
-        fields = ("TrainingJobName", "TrainingJobArn", "CreationTime", "TrainingEndTime", "LastModifiedTime",
-                  "TrainingJobStatus", "SecondaryStatus")
+        fields = (
+            "TrainingJobName",
+            "TrainingJobArn",
+            "CreationTime",
+            "TrainingEndTime",
+            "LastModifiedTime",
+            "TrainingJobStatus",
+            "SecondaryStatus",
+        )
         return _listing("TrainingJobSummaries", [{f: d[f] for f in fields if f in d} for d in items], token)
 
     # -- models ------------------------------------------------------------------------------------------
@@ -249,7 +255,12 @@ class SageMaker:
     def list_models(self, body: dict, region: str) -> dict:
         items, token = _page(self.state.list(MODEL), body, name_key="ModelName")
         return _listing(
-            "Models", [{"ModelName": d["ModelName"], "ModelArn": d["ModelArn"], "CreationTime": d["CreationTime"]} for d in items], token
+            "Models",
+            [
+                {"ModelName": d["ModelName"], "ModelArn": d["ModelArn"], "CreationTime": d["CreationTime"]}
+                for d in items
+            ],
+            token,
         )
 
     # -- endpoint configs --------------------------------------------------------------------------------
@@ -397,7 +408,9 @@ def _page(
             docs = [d for d in docs if attr in d and ((d[attr] > bound) if after else (d[attr] < bound))]
     sort_by = body.get("SortBy") or "CreationTime"
     sort_key = {"Name": name_key, "Status": status_key or name_key}.get(sort_by, "CreationTime")
-    docs = sorted(docs, key=lambda d: d.get(sort_key) or 0, reverse=(body.get("SortOrder") or default_order) == "Descending")
+    docs = sorted(
+        docs, key=lambda d: d.get(sort_key) or 0, reverse=(body.get("SortOrder") or default_order) == "Descending"
+    )
     start = _decode_token(body.get("NextToken"))
     size = body.get("MaxResults") or 10
     page = docs[start : start + size]

@@ -14,6 +14,7 @@ Every request must be SigV4-signed with the one access key localcloud was starte
 ``test`` / ``test``, written to ``ready.json``). Browsers get no CORS answers unless ``cors_origins`` names
 their origin. ``GET /_localcloud/health`` (no secrets in it) answers once the server is ready.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -79,9 +80,16 @@ class LocalCloud:
             raise RuntimeError(f"another localcloud is using {self.data_dir}") from None
         (self.data_dir / "ready.json").unlink(missing_ok=True)  # left behind by a crash
         self.state = State(self.data_dir / "state.sqlite3")
-        self.runtime = Runtime(state=self.state, settings=self.settings, images=self.images, data_dir=self.data_dir,
-                               python=self.python, shutting_down=self.shutting_down, clients=self.client,
-                               persist=self.persist)
+        self.runtime = Runtime(
+            state=self.state,
+            settings=self.settings,
+            images=self.images,
+            data_dir=self.data_dir,
+            python=self.python,
+            shutting_down=self.shutting_down,
+            clients=self.client,
+            persist=self.persist,
+        )
         self.jobs = TrainingJobs(self.runtime)
         self.endpoints = Endpoints(self.runtime)
         self.sagemaker = SageMaker(self.runtime, self.jobs, self.endpoints)
@@ -126,13 +134,16 @@ class LocalCloud:
         path = environ.get("PATH_INFO", "")
         if path == "/_localcloud/health":
             body = json.dumps({"status": "ready" if self._ready else "starting", "url": self.url}).encode()
-            start_response("200 OK" if self._ready else "503 Service Unavailable",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response(
+                "200 OK" if self._ready else "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
             return [body]
         if not self._ready and environ.get("HTTP_" + INTERNAL_HEADER.upper().replace("-", "_")) != self._token:
             body = json.dumps({"__type": "ServiceUnavailable", "message": "localcloud is starting"}).encode()
-            start_response("503 Service Unavailable",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            start_response(
+                "503 Service Unavailable", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
             return [body]
         try:
             service = self.verifier.verify(environ)
@@ -146,8 +157,10 @@ class LocalCloud:
         method = environ.get("REQUEST_METHOD", "GET")
         if target.startswith("SageMaker."):
             return self.sagemaker.control(environ, start_response)
-        if RUNTIME_PATH.match(path) and method == "POST" and (
-            service == "sagemaker" or host.startswith("runtime.sagemaker.")
+        if (
+            RUNTIME_PATH.match(path)
+            and method == "POST"
+            and (service == "sagemaker" or host.startswith("runtime.sagemaker."))
         ):
             return self.sagemaker.runtime(environ, start_response)
         if service == "sagemaker" or host.startswith("api.sagemaker."):
@@ -162,7 +175,8 @@ class LocalCloud:
             if service not in self._clients:
                 key = self.settings.access_key
                 session = boto3.session.Session(
-                    aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret_access_key,
+                    aws_access_key_id=key.access_key_id,
+                    aws_secret_access_key=key.secret_access_key,
                     region_name="us-east-1",
                 )
                 client = session.client(
@@ -202,8 +216,14 @@ class LocalCloud:
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="localcloud-snapshot", daemon=True)
         self._snapshotter.start()
         key = self.settings.access_key
-        ready = {"url": self.url, "pid": os.getpid(), "port": self.port, "region": "us-east-1",
-                 "access_key_id": key.access_key_id, "secret_access_key": key.secret_access_key}
+        ready = {
+            "url": self.url,
+            "pid": os.getpid(),
+            "port": self.port,
+            "region": "us-east-1",
+            "access_key_id": key.access_key_id,
+            "secret_access_key": key.secret_access_key,
+        }
         tmp = self.data_dir / "ready.json.tmp"
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the secret key

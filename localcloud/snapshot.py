@@ -10,6 +10,7 @@ What is not kept: bucket policies, ACLs, tags, versions other than the latest, l
 retention settings; log events older than 14 days at restore time (CloudWatch Logs refuses them). IAM and
 STS state is never kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,9 +64,7 @@ class Snapshot:
             self._collect_garbage(manifest)
 
     def _save_s3(self, previous: dict) -> list[dict]:
-        known = {
-            (b["name"], o["key"]): o for b in previous.get("buckets", []) for o in b.get("objects", [])
-        }
+        known = {(b["name"], o["key"]): o for b in previous.get("buckets", []) for o in b.get("objects", [])}
         buckets = []
         for bucket in self.s3.list_buckets().get("Buckets", []):
             name = bucket["Name"]
@@ -227,9 +226,7 @@ class Snapshot:
                     events = [json.loads(line) for line in fh if line.strip()]
                 events.sort(key=lambda e: e["timestamp"])
                 for batch in _batches(events):
-                    self.logs.put_log_events(
-                        logGroupName=group["group"], logStreamName=stream["name"], logEvents=batch
-                    )
+                    self.logs.put_log_events(logGroupName=group["group"], logStreamName=stream["name"], logEvents=batch)
                 restored += len(events)
         return restored
 

@@ -9,6 +9,7 @@ from there.
 Document keys that start with ``_`` are localcloud's own bookkeeping (process ids, ports, local paths) and
 never reach a client: responses are filtered through the service model's output shapes.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The training container's side of a job, as SageMaker lays it out: channels downloaded into ``/opt/ml/input/data``,
 the ``input/config`` files, the ``SM_*`` environment, metrics scanned from the log, and the artifacts uploaded
 from ``/opt/ml/model`` and ``/opt/ml/output``."""
+
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     return bucket, key
+
 
 def job_paths(job_dir: Path) -> dict[str, Path]:
     """Where a job's files live: its ``/opt/ml`` stand-in, the container's log and the runner's exit status."""
@@ -89,10 +91,15 @@ def download_prefix(s3, uri: str, dest: Path, required: bool, doc: dict) -> None
                     continue
                 rel = relative_key(prefix, key)
                 target = (dest / rel).resolve()
-                if not rel or not target.is_relative_to(dest.resolve()) or any(
-                        part in ("", ".", "..") for part in rel.split("/")):
-                    raise JobFailure(f"ClientError: Data download failed: object key '{key}' under {uri} "
-                                     f"would be written outside the channel directory")
+                if (
+                    not rel
+                    or not target.is_relative_to(dest.resolve())
+                    or any(part in ("", ".", "..") for part in rel.split("/"))
+                ):
+                    raise JobFailure(
+                        f"ClientError: Data download failed: object key '{key}' under {uri} "
+                        f"would be written outside the channel directory"
+                    )
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, key, str(target))
                 found += 1

@@ -8,6 +8,7 @@ collected into one ``ValidationException`` worded like AWS's ("1 validation erro
 botocore's client checks only required members and types before sending, so patterns, enums, maxima and
 SageMaker's cross-field rules are caught here, as they are by the real service.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,7 +86,9 @@ _JAVA_TYPES = {
 
 
 def _type_error(value: Any, type_name: str) -> AwsError:
-    return AwsError("SerializationException", f"{_token(value)} can not be converted to {_JAVA_TYPES.get(type_name, type_name)}")
+    return AwsError(
+        "SerializationException", f"{_token(value)} can not be converted to {_JAVA_TYPES.get(type_name, type_name)}"
+    )
 
 
 def _scalar_constraints(shape, value: Any) -> list[str]:
@@ -235,9 +238,7 @@ def _training_job_rules(body: dict) -> list[str]:
     return errors
 
 
-_RULES = {
-    "CreateTrainingJob": _training_job_rules,
-}
+_RULES = {"CreateTrainingJob": _training_job_rules}
 
 
 def check_training_job(body: dict) -> None:
@@ -246,7 +247,9 @@ def check_training_job(body: dict) -> None:
     if bool(spec.get("TrainingImage")) == bool(spec.get("AlgorithmName")):
         raise validation("You must specify exactly one of AlgorithmName or TrainingImage in AlgorithmSpecification.")
     if spec.get("AlgorithmName"):
-        raise validation("localcloud runs container images only: AlgorithmSpecification.AlgorithmName is not supported.")
+        raise validation(
+            "localcloud runs container images only: AlgorithmSpecification.AlgorithmName is not supported."
+        )
     for definition in spec.get("MetricDefinitions") or []:
         try:
             _re.compile(definition["Regex"])
@@ -256,7 +259,9 @@ def check_training_job(body: dict) -> None:
             ) from None
     resources = body["ResourceConfig"]
     if resources.get("InstanceGroups"):
-        raise validation("localcloud runs training jobs on one instance: ResourceConfig.InstanceGroups is not supported.")
+        raise validation(
+            "localcloud runs training jobs on one instance: ResourceConfig.InstanceGroups is not supported."
+        )
     if resources.get("InstanceCount") is None:
         raise_for([_null("resourceConfig.instanceCount")])
     if resources["InstanceCount"] != 1:

@@ -4,6 +4,7 @@ Links from the fine-tune task to its SageMaker training job and from the deploy 
 the Airflow UI (and the REST API's ``/links``) leads from a run straight to what it made on SageMaker. The rest
 of the project is the library ``plugins.tlpipe`` (see ``.airflowignore``), which the DAGs import.
 """
+
 from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin

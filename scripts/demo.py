@@ -11,6 +11,7 @@ Secrets (the admin password, Airflow's JWT secret, localcloud's access key) are 
 kept in ``var/run/demo.json``; everything the demo writes is readable by this user only (umask 077), and no
 secret is printed. Every service listens on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ def start(name: str, argv: list[str], env: dict) -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     RUN.mkdir(parents=True, exist_ok=True)
     log = open(LOGS / f"{name}.log", "ab")
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     (RUN / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
@@ -110,8 +112,10 @@ def wait_for(what: str, check, timeout: float, proc_name: str | None = None, int
         if proc_name and pid_of(proc_name) is None:
             raise SystemExit(f"{proc_name} exited while waiting for {what}; see {LOGS / (proc_name + '.log')}")
         time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}"
-                     + (f"; see {LOGS / (proc_name + '.log')}" if proc_name else ""))
+    raise SystemExit(
+        f"timed out after {timeout:.0f} s waiting for {what}"
+        + (f"; see {LOGS / (proc_name + '.log')}" if proc_name else "")
+    )
 
 
 # -- configuration of the services ---------------------------------------------------------------------------
@@ -144,14 +148,20 @@ def demo_state(args) -> dict:
 
 
 def aws_env(state: dict) -> dict:
-    return {"AWS_ACCESS_KEY_ID": state["localcloud_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"], "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{state['localcloud_port']}"}
+    return {
+        "AWS_ACCESS_KEY_ID": state["localcloud_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{state['localcloud_port']}",
+    }
 
 
 def localcloud_env(state: dict, env: dict) -> dict:
-    return {**env, "LOCALCLOUD_ACCESS_KEY_ID": state["localcloud_access_key_id"],
-            "LOCALCLOUD_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"]}
+    return {
+        **env,
+        "LOCALCLOUD_ACCESS_KEY_ID": state["localcloud_access_key_id"],
+        "LOCALCLOUD_SECRET_ACCESS_KEY": state["localcloud_secret_access_key"],
+    }
 
 
 def airflow_env(state: dict) -> dict:
@@ -187,10 +197,14 @@ def airflow_env(state: dict) -> dict:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({
-            "conn_type": "aws", "login": state["localcloud_access_key_id"],
-            "password": state["localcloud_secret_access_key"],
-            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": state["localcloud_access_key_id"],
+                "password": state["localcloud_secret_access_key"],
+                "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+            }
+        ),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "NO_COLOR": "1",
     }
@@ -236,8 +250,11 @@ def up(args) -> int:
     VAR.mkdir(parents=True, exist_ok=True)
     VAR.chmod(0o700)
     state = demo_state(args)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
-           **aws_env(state), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))},
+        **aws_env(state),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     py = sys.executable
 
     say("1/5 demo dataset", "head")
@@ -250,8 +267,11 @@ def up(args) -> int:
     say("2/5 localcloud (S3, CloudWatch Logs, SageMaker on loopback)", "head")
     lc_url = f"http://127.0.0.1:{state['localcloud_port']}"
     if pid_of("localcloud") is None:
-        start("localcloud", [py, "-m", "localcloud", "--port", str(state["localcloud_port"]),
-                             "--data-dir", str(VAR / "localcloud")], localcloud_env(state, env))
+        start(
+            "localcloud",
+            [py, "-m", "localcloud", "--port", str(state["localcloud_port"]), "--data-dir", str(VAR / "localcloud")],
+            localcloud_env(state, env),
+        )
 
     def lc_ready():
         import httpx
@@ -287,8 +307,7 @@ def up(args) -> int:
     run = r.json()
     say(f"run {run['dag_run_id']} queued", "ok")
 
-    say("5/5 follow the pipeline (Ctrl-C stops following; the services keep running until `make demo-down`)",
-        "head")
+    say("5/5 follow the pipeline (Ctrl-C stops following; the services keep running until `make demo-down`)", "head")
     pre = follow(api, PRETRAIN_DAG, run["dag_run_id"], state)
     if pre["state"] != "success":
         say(f"{PRETRAIN_DAG} ended {pre['state']}; task logs in the UI or under {VAR / 'airflow' / 'logs'}", "err")
@@ -298,8 +317,13 @@ def up(args) -> int:
         say("the dataset and training parameters match the last exported model: nothing new to deploy", "warn")
         summary(api, state, pre, None, time.monotonic() - t_start)
         return 0
-    deploy_run = wait_for(f"{DEPLOY_DAG} to be triggered by the pretrained-model Asset",
-                          lambda: _deploy_run_for(api, run["dag_run_id"]), 300, "airflow", interval=2)
+    deploy_run = wait_for(
+        f"{DEPLOY_DAG} to be triggered by the pretrained-model Asset",
+        lambda: _deploy_run_for(api, run["dag_run_id"]),
+        300,
+        "airflow",
+        interval=2,
+    )
     dep = follow(api, DEPLOY_DAG, deploy_run["dag_run_id"], state)
     if dep["state"] == "success" and not args.no_report:
         start_report(api, run["dag_run_id"])
@@ -366,22 +390,30 @@ def _show_epochs(api: Api, dag_id: str, run_id: str, shown: set[str]) -> None:
         if m.parent.name not in shown and (m.parent / "COMMITTED").exists():
             shown.add(m.parent.name)
             e = json.loads(m.read_text())
-            say(f"  pretrain epoch {e['epoch']}: loss {e['loss']:.3f} val_accuracy {e['val_accuracy']:.3f} "
-                f"({e['images_per_second']:.0f} img/s)")
+            say(
+                f"  pretrain epoch {e['epoch']}: loss {e['loss']:.3f} val_accuracy {e['val_accuracy']:.3f} "
+                f"({e['images_per_second']:.0f} img/s)"
+            )
 
 
 def _sm_client(state: dict, service: str = "sagemaker"):
     import boto3
 
-    return boto3.client(service, endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}",
-                        region_name="us-east-1", aws_access_key_id=state["localcloud_access_key_id"],
-                        aws_secret_access_key=state["localcloud_secret_access_key"])
+    return boto3.client(
+        service,
+        endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}",
+        region_name="us-east-1",
+        aws_access_key_id=state["localcloud_access_key_id"],
+        aws_secret_access_key=state["localcloud_secret_access_key"],
+    )
 
 
 def _show_sagemaker(state: dict, seen: dict) -> None:
     try:
         sm = _sm_client(state)
-        for j in sm.list_training_jobs(SortBy="CreationTime", SortOrder="Descending", MaxResults=3)["TrainingJobSummaries"]:
+        for j in sm.list_training_jobs(SortBy="CreationTime", SortOrder="Descending", MaxResults=3)[
+            "TrainingJobSummaries"
+        ]:
             key = f"training job {j['TrainingJobName']}"
             if seen.get(key) != j["TrainingJobStatus"]:
                 seen[key] = j["TrainingJobStatus"]
@@ -399,19 +431,25 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
     say("summary", "head")
     best = _xcom(api, PRETRAIN_DAG, pre["dag_run_id"], "wait_for_best_checkpoint") or {}
     if best:
-        say(f"best checkpoint: epoch {best.get('epoch')} val_accuracy {best.get('val_accuracy', 0):.3f} "
-            f"at {best.get('uri')}")
+        say(
+            f"best checkpoint: epoch {best.get('epoch')} val_accuracy {best.get('val_accuracy', 0):.3f} "
+            f"at {best.get('uri')}"
+        )
     sm = _sm_client(state)
     jobs = sm.list_training_jobs(SortBy="CreationTime", SortOrder="Descending", MaxResults=1)["TrainingJobSummaries"]
     if jobs:
         job = sm.describe_training_job(TrainingJobName=jobs[0]["TrainingJobName"])
         metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
-        say(f"fine-tune job {job['TrainingJobName']}: {job['TrainingJobStatus']}; "
-            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())))
+        say(
+            f"fine-tune job {job['TrainingJobName']}: {job['TrainingJobStatus']}; "
+            + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items()))
+        )
         if "scratch:validation:accuracy" in metrics:
-            say(f"transfer vs scratch on all domain training images (same architecture, same budget; the "
+            say(
+                f"transfer vs scratch on all domain training images (same architecture, same budget; the "
                 f"report compares at 5, 20 and 50 images per class): "
-                f"{metrics.get('validation:accuracy', 0):.3f} vs {metrics['scratch:validation:accuracy']:.3f}")
+                f"{metrics.get('validation:accuracy', 0):.3f} vs {metrics['scratch:validation:accuracy']:.3f}"
+            )
     endpoints = sm.list_endpoints()["Endpoints"]
     url = f"http://127.0.0.1:{state['localcloud_port']}"
     report = VAR / "report" / "report.md"
@@ -440,17 +478,23 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
     if report.exists():
         say(f"transfer-vs-scratch report: {report}")
     elif pid_of("report"):
-        say(f"transfer-vs-scratch report (5/20/50 images per class): being written to {report} "
-            f"(a few minutes; progress in {LOGS / 'report.log'})")
+        say(
+            f"transfer-vs-scratch report (5/20/50 images per class): being written to {report} "
+            f"(a few minutes; progress in {LOGS / 'report.log'})"
+        )
     if dep is not None:
-        lineage = _xcom(api, DEPLOY_DAG, dep["dag_run_id"], "record_lineage", "summary") or \
-            _xcom(api, DEPLOY_DAG, dep["dag_run_id"], "rollback", "summary")
+        lineage = _xcom(api, DEPLOY_DAG, dep["dag_run_id"], "record_lineage", "summary") or _xcom(
+            api, DEPLOY_DAG, dep["dag_run_id"], "rollback", "summary"
+        )
         if lineage:
             say(f"deploy: {lineage.get('status')}: {lineage.get('reason')}")
     ok = dep is None or dep["state"] == "success"
-    say(f"Airflow UI: http://127.0.0.1:{state['airflow_port']} (admin; password in {STATE}); "
+    say(
+        f"Airflow UI: http://127.0.0.1:{state['airflow_port']} (admin; password in {STATE}); "
         f"pipeline wall time {seconds / 60:.1f} min; {PRETRAIN_DAG} {pre['state']}"
-        + (f", {DEPLOY_DAG} {dep['state']}" if dep else ""), "ok" if ok else "err")
+        + (f", {DEPLOY_DAG} {dep['state']}" if dep else ""),
+        "ok" if ok else "err",
+    )
 
 
 def _sample_image() -> Path:
@@ -473,9 +517,23 @@ def start_report(api: Api, run_id: str) -> None:
     if not prepared or not ckpt or pid_of("report"):
         return
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
-    start("report", [sys.executable, "-m", "training.report", "--out", str(VAR / "report"), "--manifest",
-                     str(prepared), "--pretrained", str(Path(ckpt) / "best"), "--seeds", "2"],
-          {**env, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    start(
+        "report",
+        [
+            sys.executable,
+            "-m",
+            "training.report",
+            "--out",
+            str(VAR / "report"),
+            "--manifest",
+            str(prepared),
+            "--pretrained",
+            str(Path(ckpt) / "best"),
+            "--seeds",
+            "2",
+        ],
+        {**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
 
 
 def down(_args=None) -> int:

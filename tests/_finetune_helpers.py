@@ -6,6 +6,7 @@ in a SageMaker-layout directory; one fine-tuning job (``python -m training.finet
 writes the artifact the serving and edge tests use. The module-level cache makes each step happen once even
 though several test modules import these fixtures.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE_HP = {"epochs_head": "4", "epochs_finetune": "2", "batch_size": "16", "early_stopping_patience": "0",
-               "bn_recalibration_batches": "4"}
+FINETUNE_HP = {
+    "epochs_head": "4",
+    "epochs_finetune": "2",
+    "batch_size": "16",
+    "early_stopping_patience": "0",
+    "bn_recalibration_batches": "4",
+}
 _cache: dict[str, object] = {}
 
 
@@ -37,12 +43,41 @@ def build_world(base: Path) -> dict:
     raw, curated, ckpt = base / "raw", base / "curated", base / "ckpt"
     # Class sizes 40, 35, 30, 26, 23, 20: the first four are kept (>= 25), the last two become domain classes.
     synth_data.generate(raw, classes=6, seed=3, largest=40, smallest=20, min_size=36, max_size=48, defects=False)
-    assert curate.main(["--data-dir", str(raw), "--out", str(curated), "--min-images", "25",
-                        "--domain-classes", "2", "--val-fraction", "0.3"]) == 0
+    assert (
+        curate.main(
+            [
+                "--data-dir",
+                str(raw),
+                "--out",
+                str(curated),
+                "--min-images",
+                "25",
+                "--domain-classes",
+                "2",
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        rc = pretrain.main(["--manifest", str(curated / "manifest.json"), "--checkpoint-dir", str(ckpt),
-                            "--epochs", "2", "--image-size", "32", "--width", "8", "--batch-size", "16"])
+        rc = pretrain.main(
+            [
+                "--manifest",
+                str(curated / "manifest.json"),
+                "--checkpoint-dir",
+                str(ckpt),
+                "--epochs",
+                "2",
+                "--image-size",
+                "32",
+                "--width",
+                "8",
+                "--batch-size",
+                "16",
+            ]
+        )
     finally:
         signal.signal(signal.SIGTERM, previous)  # pretrain installs its own handler
     assert rc == 0 and (ckpt / "best" / "model.keras").is_file()
@@ -50,20 +85,33 @@ def build_world(base: Path) -> dict:
     from training.report import domain_channels
 
     channels = domain_channels(curated / "manifest.json", base / "channels")
-    return {"raw": raw, "manifest": curated / "manifest.json", "pretrained": ckpt / "best",
-            "train": channels["train"], "validation": channels["validation"],
-            "classes": sorted(p.name for p in channels["train"].iterdir())}
+    return {
+        "raw": raw,
+        "manifest": curated / "manifest.json",
+        "pretrained": ckpt / "best",
+        "train": channels["train"],
+        "validation": channels["validation"],
+        "classes": sorted(p.name for p in channels["train"].iterdir()),
+    }
 
 
-def make_job(root: Path, world: dict, hyperparameters: dict | None = None,
-             channels=("pretrained", "train", "validation"), pretrained: Path | None = None) -> Path:
+def make_job(
+    root: Path,
+    world: dict,
+    hyperparameters: dict | None = None,
+    channels=("pretrained", "train", "validation"),
+    pretrained: Path | None = None,
+) -> Path:
     """A SageMaker training-job directory whose channels are copies of the tiny world's."""
     data = root / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name in channels:
         # The tiny world has no third split: the test channel repeats the validation images (plumbing only).
-        src = pretrained if (name == "pretrained" and pretrained is not None) else world[
-            "validation" if name == "test" else name]
+        src = (
+            pretrained
+            if (name == "pretrained" and pretrained is not None)
+            else world["validation" if name == "test" else name]
+        )
         dest = data / name
         if Path(src).is_dir():
             shutil.copytree(src, dest, symlinks=False)
@@ -77,8 +125,14 @@ def make_job(root: Path, world: dict, hyperparameters: dict | None = None,
 
 
 def run_finetune_cli(root: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.finetune", "--sm-root", str(root), *extra],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "training.finetune", "--sm-root", str(root), *extra],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +146,20 @@ def world(tmp_path_factory) -> dict:
 def finetuned(world, tmp_path_factory) -> dict:
     """One real fine-tuning job (CLI, compare_scratch=true, a test channel): its root, model dir, output and log."""
     if "finetuned" not in _cache:
-        root = make_job(tmp_path_factory.mktemp("finetune-job"), world,
-                        {"compare_scratch": '"true"', "sagemaker_program": "ignored"},
-                        channels=("pretrained", "train", "validation", "test"))
+        root = make_job(
+            tmp_path_factory.mktemp("finetune-job"),
+            world,
+            {"compare_scratch": '"true"', "sagemaker_program": "ignored"},
+            channels=("pretrained", "train", "validation", "test"),
+        )
         proc = run_finetune_cli(root)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        _cache["finetuned"] = {"root": root, "model_dir": root / "model", "output": root / "output",
-                               "stdout": proc.stdout}
+        _cache["finetuned"] = {
+            "root": root,
+            "model_dir": root / "model",
+            "output": root / "output",
+            "stdout": proc.stdout,
+        }
     return _cache["finetuned"]
 
 

@@ -12,6 +12,7 @@ environment variables, the GPU pool, and helpers to load the DAG folder, run ``d
 Airflow reads ``AIRFLOW__*`` variables whenever it looks a setting up, so pointing them at the temporary home
 and reconfiguring the ORM works even when ``airflow`` was imported before.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,15 @@ def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, st
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
         # Spelled out: the default is derived from AIRFLOW_HOME when airflow is first imported.
-        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([{
-            "name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-            "kwargs": {"path": str(dags_folder)}}]),
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(
+            [
+                {
+                    "name": "dags-folder",
+                    "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                    "kwargs": {"path": str(dags_folder)},
+                }
+            ]
+        ),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),  # the one that ships
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
@@ -62,8 +69,9 @@ def airflow_environ(home: Path, dags_folder: Path = DAGS_FOLDER) -> dict[str, st
     }
 
 
-def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS_FOLDER,
-                  pools: dict[str, int] | None = None) -> AirflowTestEnv:
+def setup_airflow(
+    home: str | Path | None = None, dags_folder: str | Path = DAGS_FOLDER, pools: dict[str, int] | None = None
+) -> AirflowTestEnv:
     """Point Airflow at a temporary home, create its metadata DB and the pools (first call only)."""
     global _ENV
     if _ENV is not None:
@@ -100,8 +108,15 @@ def setup_airflow(home: str | Path | None = None, dags_folder: str | Path = DAGS
     return _ENV
 
 
-def set_connection(conn_id: str, conn_type: str, *, host: str | None = None, login: str | None = None,
-                   password: str | None = None, **extra) -> str:
+def set_connection(
+    conn_id: str,
+    conn_type: str,
+    *,
+    host: str | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    **extra,
+) -> str:
     """Define a connection the way deployments do it: ``AIRFLOW_CONN_<ID>`` holding JSON."""
     conn = {"conn_type": conn_type, "extra": extra}
     if host:
@@ -116,13 +131,16 @@ def set_connection(conn_id: str, conn_type: str, *, host: str | None = None, log
 
 
 def aws_connection(conn_id: str, endpoint_url: str, region: str = "us-east-1") -> str:
-    return set_connection(conn_id, "aws", login="testing", password="testing",
-                          endpoint_url=endpoint_url, region_name=region)
+    return set_connection(
+        conn_id, "aws", login="testing", password="testing", endpoint_url=endpoint_url, region_name=region
+    )
 
 
 def kubernetes_connection(server_url: str, conn_id: str = "kubernetes_default", namespace: str = "default") -> str:
     kube_config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
         "clusters": [{"name": "test", "cluster": {"server": server_url}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
         "users": [{"name": "test", "user": {"token": "test"}}],
@@ -139,6 +157,7 @@ def ensure_pool(name: str, slots: int) -> None:
 def reset_config_cache() -> None:
     """Forget the cached pipeline configuration (after changing TLPIPE_* variables)."""
     from plugins.tlpipe import config
+
     config._cached.cache_clear()
 
 
@@ -162,9 +181,14 @@ class RunResult:
         from sqlalchemy import select
 
         with create_session() as session:
-            row = session.scalars(select(XComModel).where(
-                XComModel.dag_id == self.dag_id, XComModel.run_id == self.run_id,
-                XComModel.task_id == task_id, XComModel.key == key)).first()
+            row = session.scalars(
+                select(XComModel).where(
+                    XComModel.dag_id == self.dag_id,
+                    XComModel.run_id == self.run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == key,
+                )
+            ).first()
             return None if row is None else XComModel.deserialize_value(row)
 
 
@@ -176,8 +200,10 @@ def run_dag(dag, conf: dict | None = None) -> RunResult:
 
     with create_session() as session:
         dr = session.merge(dr)
-        tasks = {ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
-                 for ti in dr.get_task_instances(session=session)}
+        tasks = {
+            ti.task_id: str(ti.state.value if hasattr(ti.state, "value") else ti.state)
+            for ti in dr.get_task_instances(session=session)
+        }
         state = str(dr.state.value if hasattr(dr.state, "value") else dr.state)
         return RunResult(dag_id=dr.dag_id, run_id=dr.run_id, state=state, tasks=tasks)
 
@@ -201,9 +227,8 @@ def sync_dags_to_db(dag_folder: str | Path = DAGS_FOLDER) -> None:
 
 def api_client():
     """A FastAPI TestClient on the api-server app (simple auth manager, everyone admin), with a bearer token."""
-    from fastapi.testclient import TestClient
-
     from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
 
     client = TestClient(create_app(), base_url="http://localhost")
     token = _token(client)
@@ -247,7 +272,8 @@ def assert_parses_clean(dag_file: Path, dag_id: str) -> None:
         assert not heavy, heavy
         print("parsed-clean")
     """)
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parsed-clean" in out.stdout

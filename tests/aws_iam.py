@@ -14,6 +14,7 @@ S3, SageMaker, CloudWatch Logs and IAM; an operation it does not know raises, so
 unchecked. The evaluator implements identity-policy evaluation for Allow/Deny statements with Action,
 Resource and the condition operators the project's policies use; anything else raises.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -27,8 +28,8 @@ import botocore.session
 
 @dataclass(frozen=True)
 class Call:
-    service: str          # the IAM service prefix (signing name): s3, sagemaker, logs, iam, sts
-    operation: str        # the API operation: HeadObject, CreateTrainingJob, ...
+    service: str  # the IAM service prefix (signing name): s3, sagemaker, logs, iam, sts
+    operation: str  # the API operation: HeadObject, CreateTrainingJob, ...
     params: dict = field(hash=False, compare=False)
 
     def __str__(self) -> str:
@@ -39,7 +40,7 @@ class Call:
 class IamRequest:
     action: str
     resource: str
-    context: tuple = ()   # ((key, value), ...) condition keys of the request
+    context: tuple = ()  # ((key, value), ...) condition keys of the request
     origin: str = ""
 
     def ctx(self) -> dict[str, Any]:
@@ -124,8 +125,7 @@ SAGEMAKER_RESOURCES = {
     "EndpointName": "endpoint",
 }
 SAGEMAKER_NO_RESOURCE = re.compile(r"^(List|Search)")
-LOG_GROUP_ACTIONS = {"DescribeLogStreams", "FilterLogEvents", "CreateLogGroup", "CreateLogStream",
-                     "DescribeLogGroups"}
+LOG_GROUP_ACTIONS = {"DescribeLogStreams", "FilterLogEvents", "CreateLogGroup", "CreateLogStream", "DescribeLogGroups"}
 LOG_STREAM_ACTIONS = {"GetLogEvents", "PutLogEvents"}
 NO_PERMISSION = {("sts", "GetCallerIdentity")}  # answered for any valid credentials
 
@@ -155,14 +155,18 @@ def iam_requests(call: Call, *, account: str, region: str) -> list[IamRequest]:
             ctx = (("s3:prefix", p["Prefix"]),) if "Prefix" in p else ()
             out.append(IamRequest(S3_ACTION[op], s3_arn(p["Bucket"]), ctx, origin))
         elif op == "DeleteObjects":
-            out += [IamRequest("s3:DeleteObject", s3_arn(p["Bucket"], o["Key"]), (), origin)
-                    for o in p["Delete"]["Objects"]]
+            out += [
+                IamRequest("s3:DeleteObject", s3_arn(p["Bucket"], o["Key"]), (), origin) for o in p["Delete"]["Objects"]
+            ]
         else:
             out.append(IamRequest(S3_ACTION[op], s3_arn(p["Bucket"], p["Key"]), (), origin))
     elif call.service == "sagemaker":
         action = f"sagemaker:{op}"
-        arns = [sagemaker_arn(region, account, kind, p[key]) for key, kind in SAGEMAKER_RESOURCES.items()
-                if isinstance(p.get(key), str)]
+        arns = [
+            sagemaker_arn(region, account, kind, p[key])
+            for key, kind in SAGEMAKER_RESOURCES.items()
+            if isinstance(p.get(key), str)
+        ]
         if "ResourceArn" in p:
             # An ARN a stand-in service returned carries its account: the request is made in ``account``.
             parts = p["ResourceArn"].split(":", 5)
@@ -175,8 +179,9 @@ def iam_requests(call: Call, *, account: str, region: str) -> list[IamRequest]:
         # CreateTrainingJob/CreateModel hand SageMaker a role: iam:PassRole on it, for SageMaker only.
         for key in ("RoleArn", "ExecutionRoleArn"):
             if key in p and op.startswith("Create"):
-                out.append(IamRequest("iam:PassRole", p[key], (("iam:PassedToService", "sagemaker.amazonaws.com"),),
-                                      origin))
+                out.append(
+                    IamRequest("iam:PassRole", p[key], (("iam:PassedToService", "sagemaker.amazonaws.com"),), origin)
+                )
         if p.get("Tags") and op.startswith("Create"):
             created = arns[0]
             out.append(IamRequest("sagemaker:AddTags", created, (), origin))
@@ -271,5 +276,9 @@ class Policy:
 
     def allows_action(self, action: str) -> bool:
         """Whether some Allow statement names the action, whatever the resource (for calls on test names)."""
-        return any(action_matches(a, action) for st in self.statements if st["Effect"] == "Allow"
-                   for a in _as_list(st["Action"]))
+        return any(
+            action_matches(a, action)
+            for st in self.statements
+            if st["Effect"] == "Allow"
+            for a in _as_list(st["Action"])
+        )

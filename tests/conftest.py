@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated image tree and its curated manifest, built once per session."""
+
 from __future__ import annotations
 
 import os

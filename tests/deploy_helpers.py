@@ -1,12 +1,13 @@
 """Helpers for the deployment-artifact tests: a Dockerfile reader, .dockerignore matching, tool lookup.
 
-    from tests.deploy_helpers import Dockerfile, dockerignore_excludes, venv_tool
+from tests.deploy_helpers import Dockerfile, dockerignore_excludes, venv_tool
 
-    df = Dockerfile.load("docker/training.Dockerfile")
-    df.stages["runtime"].instructions        # [Instruction(cmd="RUN", value="apt-get …", line=12), …]
-    df.final.user                            # "1000:1000"
-    df.resolve("nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${UBUNTU_VERSION}")
+df = Dockerfile.load("docker/training.Dockerfile")
+df.stages["runtime"].instructions        # [Instruction(cmd="RUN", value="apt-get …", line=12), …]
+df.final.user                            # "1000:1000"
+df.resolve("nvidia/cuda:${CUDA_VERSION}-cudnn-runtime-${UBUNTU_VERSION}")
 """
+
 from __future__ import annotations
 
 import json
@@ -187,7 +188,7 @@ def _pattern_regex(pattern: str) -> re.Pattern:
             out += "[^/]"
         elif c == "[":
             end = pattern.index("]", i)
-            out += "[" + pattern[i + 1:end].replace("!", "^", 1) + "]"
+            out += "[" + pattern[i + 1 : end].replace("!", "^", 1) + "]"
             i = end
         else:
             out += re.escape(c)
@@ -270,8 +271,12 @@ def kustomize(path: str | Path) -> list[dict]:
     for patch in spec.get("patches", []):
         selector = patch["target"]
         ops = yaml.safe_load(patch["patch"])
-        matched = [o for o in objects if o["kind"] == selector.get("kind", o["kind"])
-                   and o["metadata"]["name"] == selector.get("name", o["metadata"]["name"])]
+        matched = [
+            o
+            for o in objects
+            if o["kind"] == selector.get("kind", o["kind"])
+            and o["metadata"]["name"] == selector.get("name", o["metadata"]["name"])
+        ]
         if not matched:
             raise ValueError(f"patch target {selector} matches no object")
         for obj in matched:

@@ -9,6 +9,7 @@
 Like a real API server, it gives every new pod ``status.phase: Pending``; a pod's ``/log`` answers with the lines
 set in ``pod_log``. Everything else (create, get, list, patch, delete, custom resources) is kmock's own.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,12 @@ from kmock._internal import enums
 class _Emulator(KubernetesEmulator):
     async def _handle(self, request):
         res = request.resource
-        if (res is not None and request.action == enums.action.CREATE and getattr(res, "plural", None) == "pods"
-                and isinstance(request.data, dict)):
+        if (
+            res is not None
+            and request.action == enums.action.CREATE
+            and getattr(res, "plural", None) == "pods"
+            and isinstance(request.data, dict)
+        ):
             request.data.setdefault("status", {"phase": "Pending"})
         return await super()._handle(request)
 
@@ -89,8 +94,9 @@ class KubeServer:
             return [api.sanitize_for_serialization(i) for i in items]
         return client.CustomObjectsApi(api).list_namespaced_custom_object(group, version, namespace, plural)["items"]
 
-    def patch_status(self, plural: str, namespace: str, name: str, status: dict, group: str = "",
-                     version: str = "v1") -> None:
+    def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict, group: str = "", version: str = "v1"
+    ) -> None:
         from kubernetes import client
 
         api = self.client()
@@ -98,7 +104,8 @@ class KubeServer:
             client.CoreV1Api(api).patch_namespaced_pod_status(name, namespace, {"status": status})
         else:
             client.CustomObjectsApi(api).patch_namespaced_custom_object_status(
-                group, version, namespace, plural, name, {"status": status})
+                group, version, namespace, plural, name, {"status": status}
+            )
 
     def wait_for(self, plural: str, namespace: str, timeout: float = 60, **kw) -> dict:
         """The first object of a kind to appear (polls the API)."""

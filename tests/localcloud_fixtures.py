@@ -5,6 +5,7 @@ pytest puts ``tests/`` on ``sys.path``) or into a conftest. ``localcloud_server`
 ``localcloud`` is the same server with the AWS environment (``AWS_ENDPOINT_URL``, credentials, region) and
 the Airflow connection ``aws_default`` pointing at it for the duration of the test.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,13 +73,21 @@ def start_localcloud(data_dir: Path, log_path: Path, *extra: str) -> Running:
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [
-                sys.executable, "-m", "localcloud",
-                "--port", "0",
-                "--data-dir", str(data_dir),
-                "--images", str(IMAGES),
-                "--stop-grace", "5",
-                "--health-timeout", "60",
-                "--snapshot-interval", "1",
+                sys.executable,
+                "-m",
+                "localcloud",
+                "--port",
+                "0",
+                "--data-dir",
+                str(data_dir),
+                "--images",
+                str(IMAGES),
+                "--stop-grace",
+                "5",
+                "--health-timeout",
+                "60",
+                "--snapshot-interval",
+                "1",
                 *extra,
             ],
             cwd=str(ROOT),
@@ -145,15 +154,23 @@ def localcloud(localcloud_server, monkeypatch):
     return localcloud_server
 
 
-def signed_headers(url: str, body: bytes, headers: dict, service: str = "sagemaker", method: str = "POST",
-                   key: str = "test", secret: str = "test") -> dict:
+def signed_headers(
+    url: str,
+    body: bytes,
+    headers: dict,
+    service: str = "sagemaker",
+    method: str = "POST",
+    key: str = "test",
+    secret: str = "test",
+) -> dict:
     """``headers`` plus a SigV4 signature (localcloud's test key by default), as any AWS SDK would add them."""
     from botocore.auth import S3SigV4Auth, SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
-    request = AWSRequest(method=method, url=url if "/" in url[len("http://"):] else url + "/", data=body,
-                         headers=headers)
+    request = AWSRequest(
+        method=method, url=url if "/" in url[len("http://") :] else url + "/", data=body, headers=headers
+    )
     signer = S3SigV4Auth if service == "s3" else SigV4Auth
     signer(Credentials(key, secret), service, REGION).add_auth(request)
     return dict(request.headers.items())
@@ -182,9 +199,7 @@ def upload_dataset(s3, bucket: str, prefix: str, per_class: int = 2) -> None:
             for i in range(per_class):
                 fmt = "PNG" if i % 2 == 0 else "JPEG"
                 s3.put_object(
-                    Bucket=bucket,
-                    Key=f"{prefix}/{split}/{label}/{i}.{fmt.lower()}",
-                    Body=image_bytes(colour, fmt),
+                    Bucket=bucket, Key=f"{prefix}/{split}/{label}/{i}.{fmt.lower()}", Body=image_bytes(colour, fmt)
                 )
 
 

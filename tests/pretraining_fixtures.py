@@ -1,11 +1,11 @@
 """Fixtures shared by the pretraining-DAG tests: an S3 API server on loopback, tiny image trees, pipeline env."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
-
 from airflow_env import aws_connection, reset_config_cache
 
 
@@ -19,8 +19,9 @@ def s3_endpoint() -> str:
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
     aws_connection("aws_default", url)
     yield url
     server.stop()

@@ -1,5 +1,6 @@
 """docker-compose.yaml: valid for the Compose CLI, the Airflow 3 stack of the official file plus localcloud, the
 project's folders mounted, and no secret in any container's environment."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def test_compose_cli_rejects_an_invalid_file(tmp_path):
     # The validation is real: an unknown service key fails it.
     bad = tmp_path / "docker-compose.yaml"
     bad.write_text("services:\n  a:\n    image: postgres:16\n    restart_policy: always\n")
-    proc = subprocess.run([str(venv_tool("docker-compose")), "-f", str(bad), "config", "-q"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(venv_tool("docker-compose")), "-f", str(bad), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0 and "restart_policy" in proc.stderr
 
 
@@ -107,8 +109,11 @@ def test_no_secret_in_any_environment(config):
                 # localcloud's own pair (a placeholder, not an AWS credential): what the localcloud service accepts.
                 local = config["services"]["localcloud"]["environment"]
                 conn = json.loads(value)
-                assert (conn["login"], conn["password"]) == (local["LOCALCLOUD_ACCESS_KEY_ID"],
-                                                             local["LOCALCLOUD_SECRET_ACCESS_KEY"]) == ("test", "test")
+                assert (
+                    (conn["login"], conn["password"])
+                    == (local["LOCALCLOUD_ACCESS_KEY_ID"], local["LOCALCLOUD_SECRET_ACCESS_KEY"])
+                    == ("test", "test")
+                )
                 continue
             if name == "localcloud" and key.startswith("LOCALCLOUD_"):
                 continue  # checked with the connection above
@@ -123,8 +128,11 @@ def test_no_secret_in_any_environment(config):
 
 
 def test_env_example_leaves_every_secret_empty():
-    values = dict(line.split("=", 1) for line in (ROOT / "deploy/compose/env.example").read_text().splitlines()
-                  if "=" in line and not line.startswith("#"))
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/compose/env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
     proc = compose("config", "--format", "json")
     secrets = json.loads(proc.stdout)["secrets"]
     for secret in secrets.values():

@@ -1,4 +1,5 @@
 """The pipeline configuration: profiles, environment overrides, validation, what the deploy DAG reads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,12 +17,19 @@ def test_local_profile_is_the_two_core_demo():
     assert (cfg.dataset.min_images_per_class, cfg.dataset.domain_classes, cfg.dataset.val_fraction) == (120, 4, 0.2)
     t = cfg.training
     assert (t.epochs, t.workers, t.gpus_per_worker, t.image_size, t.batch_size, t.model, t.launcher) == (
-        16, 2, 0, 64, 64, "small_resnet", "auto")
+        16,
+        2,
+        0,
+        64,
+        64,
+        "small_resnet",
+        "auto",
+    )
     assert cfg.checkpoints.root == str(PROJECT_ROOT / "var" / "checkpoints")
     assert cfg.checkpoints.conn_id is None
     assert cfg.airflow.curate_runner == "local"
     assert cfg.s3.create_bucket is True
-    assert cfg.airflow.schedule is None            # the demo triggers its runs
+    assert cfg.airflow.schedule is None  # the demo triggers its runs
 
 
 def test_production_profile_follows_the_reference_design():
@@ -61,17 +69,22 @@ def test_profile_and_keys_come_from_the_environment(tmp_path):
 
 def test_env_override_parsing():
     assert env_overrides({"TLPIPE__S3__BUCKET": "b", "TLPIPE__A__B__C": "1", "OTHER": "x"}) == {
-        "s3": {"bucket": "b"}, "a": {"b": {"c": 1}}}
+        "s3": {"bucket": "b"},
+        "a": {"b": {"c": 1}},
+    }
 
 
-@pytest.mark.parametrize("env", [
-    {"TLPIPE__TRAINING__EPOCHS": "0"},
-    {"TLPIPE__TRAINING__LAUNCHER": "slurm"},
-    {"TLPIPE__TRAINING__EPOCSH": "3"},          # a typo is an error, not a silently ignored key
-    {"TLPIPE__S3__BUCKET": "Not_A_Bucket"},
-    {"TLPIPE__SAGEMAKER__ROLE_ARN": "role/x"},
-    {"TLPIPE__DATASET__VAL_FRACTION": "1.5"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TLPIPE__TRAINING__EPOCHS": "0"},
+        {"TLPIPE__TRAINING__LAUNCHER": "slurm"},
+        {"TLPIPE__TRAINING__EPOCSH": "3"},  # a typo is an error, not a silently ignored key
+        {"TLPIPE__S3__BUCKET": "Not_A_Bucket"},
+        {"TLPIPE__SAGEMAKER__ROLE_ARN": "role/x"},
+        {"TLPIPE__DATASET__VAL_FRACTION": "1.5"},
+    ],
+)
 def test_invalid_values_are_refused(env):
     with pytest.raises(ValidationError):
         load_config(environ=env)

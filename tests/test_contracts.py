@@ -1,5 +1,6 @@
 """The contracts both sides share: the checkpoint directory as pretraining writes it, read the way the Airflow side
 reads it; the fine-tune job's channels and metrics as the job prints them."""
+
 from __future__ import annotations
 
 import gzip
@@ -29,11 +30,15 @@ def test_checkpoint_dir_names_and_reads(tmp_path):
 
 
 def test_fine_tune_metrics_match_what_the_job_prints():
-    line = ("epoch 3 train_loss=0.51 train_accuracy=0.8 val_loss=0.62 val_accuracy=0.75 scratch_val_accuracy=0.5 "
-            "transfer_gain=-0.02")
+    line = (
+        "epoch 3 train_loss=0.51 train_accuracy=0.8 val_loss=0.62 val_accuracy=0.75 scratch_val_accuracy=0.5 "
+        "transfer_gain=-0.02"
+    )
     found = {d["Name"]: float(m.group(1)) for d in METRIC_DEFINITIONS if (m := re.search(d["Regex"], line))}
     assert found[PRIMARY_METRIC] == 0.75 and found["transfer:gain"] == -0.02
-    assert "validation:accuracy" not in {d["Name"] for d in METRIC_DEFINITIONS if re.search(d["Regex"], " scratch_val_accuracy=0.5")}
+    assert "validation:accuracy" not in {
+        d["Name"] for d in METRIC_DEFINITIONS if re.search(d["Regex"], " scratch_val_accuracy=0.5")
+    }
     assert CHANNELS == ("pretrained", "train", "validation")
 
 

@@ -107,8 +107,9 @@ def test_no_class_reaching_threshold_is_an_error(tiny_tree, tmp_path):
 
 
 def test_cli_reports_skipped_files(tiny_tree, tmp_path):
-    r = _run_cli("--data-dir", str(tiny_tree), "--out", str(tmp_path / "out"), "--min-images", "25",
-                 "--domain-classes", "2")
+    r = _run_cli(
+        "--data-dir", str(tiny_tree), "--out", str(tmp_path / "out"), "--min-images", "25", "--domain-classes", "2"
+    )
     assert r.returncode == 0, r.stderr
     assert "3 files skipped" in r.stdout
     assert "truncated jpeg" in r.stdout
@@ -127,8 +128,15 @@ def test_s3_tree_curates_like_the_local_one(tiny_tree, tiny_manifest, tmp_path, 
     for p in sorted(tiny_tree.rglob("*")):
         if p.is_file():
             s3.upload_file(str(p), "images", f"raw/{p.relative_to(tiny_tree).as_posix()}")
-    m = curate("s3://images/raw", tmp_path, min_images=25, domain_classes=2, val_fraction=0.25,
-               progress=False, endpoint_url=moto_url)
+    m = curate(
+        "s3://images/raw",
+        tmp_path,
+        min_images=25,
+        domain_classes=2,
+        val_fraction=0.25,
+        progress=False,
+        endpoint_url=moto_url,
+    )
     local = json.loads(tiny_manifest.read_text())
     assert m["data_root"] == "s3://images/raw"
     assert m["fingerprint"] == local["fingerprint"]

@@ -1,4 +1,5 @@
 """Parsing the DAGs imports only the plugins and the contracts: no TensorFlow, no training job module."""
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,23 @@ def test_parsing_both_dags_imports_no_tensorflow_and_no_job_module(tmp_path):
                           "modules": loaded}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE"))}
-    env.update({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__UNIT_TEST_MODE": "False", "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"})
-    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "dags")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "dags")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}

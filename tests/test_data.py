@@ -16,8 +16,10 @@ def _bytes(fmt, mode):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("fmt,mode", [("JPEG", "RGB"), ("JPEG", "CMYK"), ("JPEG", "L"), ("PNG", "RGBA"),
-                                      ("PNG", "RGB"), ("GIF", "P"), ("BMP", "RGB")])
+@pytest.mark.parametrize(
+    "fmt,mode",
+    [("JPEG", "RGB"), ("JPEG", "CMYK"), ("JPEG", "L"), ("PNG", "RGBA"), ("PNG", "RGB"), ("GIF", "P"), ("BMP", "RGB")],
+)
 def test_decode_and_resize_any_colour_mode(fmt, mode):
     out = tdata.decode_and_resize(tf.constant(_bytes(fmt, mode)), (24, 24))
     assert out.shape == (24, 24, 3) and out.dtype == tf.uint8
@@ -101,8 +103,13 @@ def test_augment_image_is_a_seeded_flip_and_bounded_shift():
     for out in outs:
         assert out.shape == (20, 20, 3) and out.dtype == np.uint8
         # The content is the source (or its mirror) moved by at most 2 px per axis, zero-filled at the edges.
-        matches = [(f, dy, dx) for f in (False, True) for dy in range(-2, 3) for dx in range(-2, 3)
-                   if np.array_equal(out, _shifted(src[:, ::-1] if f else src, dy, dx))]
+        matches = [
+            (f, dy, dx)
+            for f in (False, True)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(out, _shifted(src[:, ::-1] if f else src, dy, dx))
+        ]
         assert len(matches) == 1, "not a flip + shift of the source"
         f, dy, dx = matches[0]
         flips += f
@@ -113,7 +120,9 @@ def test_augment_image_is_a_seeded_flip_and_bounded_shift():
 def _shifted(a, dy, dx):
     out = np.zeros_like(a)
     h, w = a.shape[:2]
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = a[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
+        max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)
+    ]
     return out
 
 

@@ -1,5 +1,6 @@
 """The container images, checked without Docker: hadolint, what each Dockerfile installs and how, the MPIJob
 sshd settings against config/pipeline.yaml, and the SageMaker entrypoints run for real."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,12 @@ def grep_v(run: str, text: str) -> list[str]:
 # -- hadolint -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", DOCKERFILES)
 def test_hadolint_error_level(path):
-    proc = subprocess.run([str(venv_tool("hadolint")), "--failure-threshold", "error", "--no-color", path],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(venv_tool("hadolint")), "--failure-threshold", "error", "--no-color", path],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -65,8 +70,11 @@ def test_hadolint_fails_on_an_error(tmp_path):
     # The lint gate is real: an error-level finding (relative WORKDIR) makes it fail.
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ubuntu:22.04\nWORKDIR app\n")
-    proc = subprocess.run([str(venv_tool("hadolint")), "--failure-threshold", "error", "--no-color", str(bad)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(venv_tool("hadolint")), "--failure-threshold", "error", "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "DL3000" in proc.stdout
 
 
@@ -85,8 +93,16 @@ def test_copied_sources_are_in_the_build_context(path):
 
 
 def test_dockerignore_keeps_local_state_out():
-    for path in (".git", ".venv", ".venv/bin/python", "var/data", "tests/test_docker.py", ".env",
-                 "training/__pycache__/store.cpython-311.pyc", "tlpipe.egg-info/PKG-INFO"):
+    for path in (
+        ".git",
+        ".venv",
+        ".venv/bin/python",
+        "var/data",
+        "tests/test_docker.py",
+        ".env",
+        "training/__pycache__/store.cpython-311.pyc",
+        "tlpipe.egg-info/PKG-INFO",
+    ):
         assert dockerignore_excludes(path), f"{path} would be sent to the Docker daemon"
 
 
@@ -108,7 +124,8 @@ def test_dependencies_are_pinned_and_installed_before_the_source(path):
                     assert "-c " in cmd, f"{path}:{ins.line}: unpinned install: {cmd.strip()}"
                     assert source_copied_at is None, (
                         f"{path}:{ins.line}: dependencies installed after the source was copied "
-                        f"(line {source_copied_at}), so every code change would reinstall them")
+                        f"(line {source_copied_at}), so every code change would reinstall them"
+                    )
 
 
 @pytest.mark.parametrize("path", ["docker/training.Dockerfile", "docker/sagemaker.Dockerfile"])
@@ -137,8 +154,11 @@ def test_training_image_bases_are_cuda12_cudnn(training):
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", runtime_base), runtime_base
     # The CUDA minor version of the base is the one the pinned CUDA wheels and Horovod's kernels use.
     cuda_minor = ".".join(build_base.split(":")[1].split(".")[:2])
-    pins = dict(ln.split("==") for ln in (ROOT / "docker/cuda-constraints.txt").read_text().splitlines()
-                if "==" in ln and not ln.startswith("#"))
+    pins = dict(
+        ln.split("==")
+        for ln in (ROOT / "docker/cuda-constraints.txt").read_text().splitlines()
+        if "==" in ln and not ln.startswith("#")
+    )
     assert pins["nvidia-cuda-runtime-cu12"].startswith(cuda_minor + ".")
     # NCCL comes with the devel base (libnccl-dev) for the build, and the runtime base (libnccl2) at run time.
     assert any("python3.11 " in r for r in build.runs()) and any("python3.11 " in r for r in runtime.runs())
@@ -165,16 +185,21 @@ def test_training_image_builds_horovod_like_setup_sh_with_nccl_mpi_gloo(training
     env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", wheel))
     setup_env = dict(re.findall(r"\b(CMAKE_POLICY_VERSION_MINIMUM)=(\S+)", (ROOT / "scripts/setup.sh").read_text()))
     assert env["CMAKE_POLICY_VERSION_MINIMUM"] == setup_env["CMAKE_POLICY_VERSION_MINIMUM"] == "3.5"
-    for key, value in {"HOROVOD_GPU_OPERATIONS": "NCCL", "HOROVOD_WITH_MPI": "1", "HOROVOD_WITH_GLOO": "1",
-                       "HOROVOD_WITH_TENSORFLOW": "1"}.items():
+    for key, value in {
+        "HOROVOD_GPU_OPERATIONS": "NCCL",
+        "HOROVOD_WITH_MPI": "1",
+        "HOROVOD_WITH_GLOO": "1",
+        "HOROVOD_WITH_TENSORFLOW": "1",
+    }.items():
         assert env.get(key) == value, f"Horovod is built without {key}={value}"
     assert "HOROVOD_WITHOUT_MPI" not in wheel
     # OpenMPI: headers to build against, mpirun and the shared library to run with.
     assert any("libopenmpi-dev" in r for r in build.runs())
     assert any("openmpi-bin" in r and "libopenmpi3" in r for r in training.final.runs())
     # The runtime stage refuses a Horovod that lacks a controller or NCCL.
-    assert any("hvd.mpi_built()" in r and "hvd.gloo_built()" in r and "hvd.nccl_built()" in r
-               for r in training.final.runs())
+    assert any(
+        "hvd.mpi_built()" in r and "hvd.gloo_built()" in r and "hvd.nccl_built()" in r for r in training.final.runs()
+    )
 
 
 def test_training_image_runs_as_the_pods_user(training, pipeline):
@@ -209,8 +234,9 @@ def test_training_image_sshd_matches_the_mpijob_settings(training, pipeline):
     assert sshd["usepam"] == ["no"] and sshd["strictmodes"] == ["no"]
     assert sshd["passwordauthentication"] == ["no"] and sshd["permitrootlogin"] == ["no"]
     # No host key is made at build time: every container of the image would share it.
-    assert not any("ssh-keygen" in r for stage in training.stages.values() for r in stage.runs()), \
+    assert not any("ssh-keygen" in r for stage in training.stages.values() for r in stage.runs()), (
         "host keys must not be baked into the image"
+    )
     start = next(i for i in runtime.all("COPY") if i.args()[-1] == sshd_binary)
     assert start.args()[0] == "docker/mpi/start-sshd" and start.flags()["chmod"] == "0755"
     for key in sshd["hostkey"]:
@@ -226,11 +252,15 @@ def test_training_image_sshd_matches_the_mpijob_settings(training, pipeline):
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
 def test_worker_sshd_makes_its_own_host_keys_at_start(tmp_path):
     """Each worker container generates fresh host keys (0600, its user's) before exec'ing sshd with its args."""
+
     def start(key_dir):
-        out = subprocess.run(["sh", str(ROOT / "docker/mpi/start-sshd"), "-De", "-p", "2222"], check=True,
-                             capture_output=True, text=True,
-                             env={"PATH": os.environ["PATH"], "TLPIPE_SSH_HOST_KEY_DIR": str(key_dir),
-                                  "TLPIPE_SSHD": "echo"})
+        out = subprocess.run(
+            ["sh", str(ROOT / "docker/mpi/start-sshd"), "-De", "-p", "2222"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "TLPIPE_SSH_HOST_KEY_DIR": str(key_dir), "TLPIPE_SSHD": "echo"},
+        )
         return out.stdout.strip(), {p.name: p.read_bytes() for p in key_dir.iterdir()}
 
     args, first = start(tmp_path / "a")
@@ -264,7 +294,8 @@ def test_sagemaker_image_follows_the_container_contracts(sagemaker):
     base = sagemaker.base_image(final)
     assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", base), base
     assert sagemaker.resolve("${TF_REQUIREMENT}", sagemaker.stages["deps"]) == (
-        f"tensorflow[and-cuda]=={constraint_pin('tensorflow-cpu')}")
+        f"tensorflow[and-cuda]=={constraint_pin('tensorflow-cpu')}"
+    )
 
 
 def _fake_python(tmp_path: Path) -> Path:
@@ -292,8 +323,12 @@ def test_sagemaker_entrypoints_exec_the_project_modules(tmp_path):
     assert (args.model_dir, args.host, args.port) == ("/opt/ml/model", "0.0.0.0", 8080)
     assert parse_args([]).host == "127.0.0.1"  # only the container entrypoint listens beyond loopback
     # Multi-container endpoints tell the container its port.
-    moved = subprocess.run([str(ROOT / "docker/sagemaker/serve")], env={**env, "SAGEMAKER_BIND_TO_PORT": "9091"},
-                           capture_output=True, text=True)
+    moved = subprocess.run(
+        [str(ROOT / "docker/sagemaker/serve")],
+        env={**env, "SAGEMAKER_BIND_TO_PORT": "9091"},
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(moved.stdout)[-1] == "9091"
 
 
@@ -303,18 +338,20 @@ def test_sagemaker_train_reports_a_bad_job_through_the_failure_file(tmp_path):
     root = tmp_path / "ml"
     (root / "input/config").mkdir(parents=True)
     (root / "input/config/hyperparameters.json").write_text(json.dumps({"init": "neither"}))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SM_ROOT": str(root),
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(ROOT / "docker/sagemaker/train")], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SM_ROOT": str(root),
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.run([str(ROOT / "docker/sagemaker/train")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "init" in (root / "output/failure").read_text()
 
 
 def test_sagemaker_serve_fails_fast_without_a_model(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([str(ROOT / "docker/sagemaker/serve")], env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([str(ROOT / "docker/sagemaker/serve")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "/opt/ml/model" in proc.stdout + proc.stderr
 
 
@@ -396,10 +433,18 @@ def test_airflow_image_runs_the_plugins_and_dags_without_tensorflow(tmp_path):
         print("\\n".join(modules))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TLPIPE", "PYTHONPATH"))}
-    env.update({"PYTHONPATH": str(home), "TLPIPE_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW_HOME": str(tmp_path / "airflow-home"), "AIRFLOW__CORE__UNIT_TEST_MODE": "False"})
-    proc = subprocess.run([sys.executable, "-c", script, str(home)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "PYTHONPATH": str(home),
+            "TLPIPE_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(home)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = proc.stdout.split()
     assert "training.store" in imported and "plugins.tlpipe.pretraining.launchers" in imported

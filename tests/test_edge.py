@@ -1,4 +1,5 @@
 """training.edge: TFLite export from the fine-tuned artifact, quantization options, parity with the SavedModel."""
+
 from __future__ import annotations
 
 import json
@@ -6,16 +7,27 @@ import shutil
 
 import numpy as np
 import pytest
-
 from _finetune_helpers import finetuned, world  # noqa: F401 - session fixtures
+
 from training import edge
 
 
 @pytest.mark.slow
 def test_float16_export_takes_uint8_and_matches_the_savedmodel(finetuned, world, tmp_path):
     out = tmp_path / "model.tflite"
-    assert edge.main(["--model-dir", str(finetuned["model_dir"]), "--out", str(out),
-                      "--validation-dir", str(world["validation"])]) == 0
+    assert (
+        edge.main(
+            [
+                "--model-dir",
+                str(finetuned["model_dir"]),
+                "--out",
+                str(out),
+                "--validation-dir",
+                str(world["validation"]),
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "model.tflite.json").read_text())
     assert info["quantize"] == "float16" and info["labels"] == world["classes"]
     assert info["input"]["dtype"] == "uint8" and info["input"]["shape"] == [-1, 32, 32, 3]
@@ -42,8 +54,14 @@ def test_int8_export_is_smaller_and_calibrated(finetuned, world, tmp_path):
     parity = tmp_path / "parity"
     for split in ("train", "validation"):
         shutil.copytree(world[split], parity, dirs_exist_ok=True)
-    info = edge.export(finetuned["model_dir"], i8, "int8", validation_dir=parity,
-                       representative_dir=world["train"], representative_count=64)
+    info = edge.export(
+        finetuned["model_dir"],
+        i8,
+        "int8",
+        validation_dir=parity,
+        representative_dir=world["train"],
+        representative_count=64,
+    )
     assert info["parity"]["images"] >= 40
     assert info["input"]["dtype"] == "uint8"
     assert i8.stat().st_size < f16.stat().st_size
@@ -56,14 +74,30 @@ def test_int8_export_is_smaller_and_calibrated(finetuned, world, tmp_path):
 @pytest.mark.slow
 def test_failed_parity_fails_the_export(finetuned, world, tmp_path, capsys):
     out = tmp_path / "m.tflite"
-    rc = edge.main(["--model-dir", str(finetuned["model_dir"]), "--out", str(out), "--quantize", "none",
-                    "--validation-dir", str(world["validation"]), "--min-agreement", "1.01"])
+    rc = edge.main(
+        [
+            "--model-dir",
+            str(finetuned["model_dir"]),
+            "--out",
+            str(out),
+            "--quantize",
+            "none",
+            "--validation-dir",
+            str(world["validation"]),
+            "--min-agreement",
+            "1.01",
+        ]
+    )
     assert rc == 1
     assert "below 101%" in capsys.readouterr().out
     assert json.loads((tmp_path / "m.tflite.json").read_text())["parity"]["passed"] is False
 
 
 def test_int8_without_images_is_refused(finetuned, tmp_path, capsys):
-    assert edge.main(["--model-dir", str(finetuned["model_dir"]), "--out", str(tmp_path / "m.tflite"),
-                      "--quantize", "int8"]) == 1
+    assert (
+        edge.main(
+            ["--model-dir", str(finetuned["model_dir"]), "--out", str(tmp_path / "m.tflite"), "--quantize", "int8"]
+        )
+        == 1
+    )
     assert "representative" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The whole product on one machine: `scripts/demo.py up` (what `make demo` runs) starts localcloud and Airflow,
 triggers general_pretraining through the REST API, the pretrained-model Asset triggers
 transfer_learning_deploy, and the test classifies held-out domain images through the live endpoint."""
+
 import gzip
 import json
 import os
@@ -28,8 +29,14 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
     env = _clean_env(var)
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
     try:
-        r = subprocess.run([*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=1800)
+        r = subprocess.run(
+            [*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow.log")
         assert "general_pretraining success, transfer_learning_deploy success" in out
@@ -38,8 +45,12 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
         state = json.loads((var / "run" / "demo.json").read_text())
         _check_demo_secrets_and_binds(var, state, out)
         url = f"http://127.0.0.1:{state['localcloud_port']}"
-        kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id=state["localcloud_access_key_id"],
-                  aws_secret_access_key=state["localcloud_secret_access_key"])
+        kw = dict(
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id=state["localcloud_access_key_id"],
+            aws_secret_access_key=state["localcloud_secret_access_key"],
+        )
         sm, rt = boto3.client("sagemaker", **kw), boto3.client("sagemaker-runtime", **kw)
         endpoint = sm.describe_endpoint(EndpointName="tlpipe-domain")
         assert endpoint["EndpointStatus"] == "InService"
@@ -71,8 +82,12 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
 
     import psutil
 
-    for path in (var / "run" / "demo.json", var / "airflow" / "passwords.json", var / "airflow" / "airflow.db",
-                 var / "localcloud" / "ready.json"):
+    for path in (
+        var / "run" / "demo.json",
+        var / "airflow" / "passwords.json",
+        var / "airflow" / "airflow.db",
+        var / "localcloud" / "ready.json",
+    ):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
     assert stat.S_IMODE(var.stat().st_mode) == 0o700
     logs = out + "".join(p.read_text(errors="replace") for p in (var / "log").glob("*.log"))
@@ -81,8 +96,13 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
     with pytest.raises(Exception):  # localcloud refuses unsigned and wrongly signed requests
         import boto3
 
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}", region_name="us-east-1",
-                     aws_access_key_id="test", aws_secret_access_key="test").list_buckets()
+        boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{state['localcloud_port']}",
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ).list_buckets()
     listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
     for port in (state["airflow_port"], state["localcloud_port"]):
         assert listening.get(port) == "127.0.0.1", f"port {port} listens on {listening.get(port)}"

@@ -1,4 +1,5 @@
 """training.finetune and training.sagemaker: the SageMaker training contract, the transfer recipe, the artifact."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import tarfile
 
 import numpy as np
 import pytest
-
 from _finetune_helpers import finetuned, make_job, world  # noqa: F401 - session fixtures
+
 from training import finetune
 from training.sagemaker import ContractError, TrainingEnv, decode_value, extract_tar, make_tar, user_hyperparameters
 
@@ -33,13 +34,30 @@ def test_training_env_paths_follow_root_and_sm_variables(tmp_path, monkeypatch):
 
 
 def test_hyperparameters_decode_sdk_and_plain_strings():
-    raw = {"init": '"scratch"', "epochs_head": "3", "compare_scratch": "true", "learning_rate_head": "1e-2",
-           "image_size": "64", "sagemaker_program": '"train.py"', "_tuning_objective_metric": "x"}
-    assert user_hyperparameters(raw) == {"init": "scratch", "epochs_head": "3", "compare_scratch": "true",
-                                         "learning_rate_head": "1e-2", "image_size": "64"}
+    raw = {
+        "init": '"scratch"',
+        "epochs_head": "3",
+        "compare_scratch": "true",
+        "learning_rate_head": "1e-2",
+        "image_size": "64",
+        "sagemaker_program": '"train.py"',
+        "_tuning_objective_metric": "x",
+    }
+    assert user_hyperparameters(raw) == {
+        "init": "scratch",
+        "epochs_head": "3",
+        "compare_scratch": "true",
+        "learning_rate_head": "1e-2",
+        "image_size": "64",
+    }
     hp = finetune.parse_hyperparameters(raw)
-    assert (hp.init, hp.epochs_head, hp.compare_scratch, hp.learning_rate_head, hp.image_size) == \
-        ("scratch", 3, True, 0.01, (64, 64))
+    assert (hp.init, hp.epochs_head, hp.compare_scratch, hp.learning_rate_head, hp.image_size) == (
+        "scratch",
+        3,
+        True,
+        0.01,
+        (64, 64),
+    )
     assert finetune.parse_hyperparameters({"image_size": '"48,40"'}).image_size == (48, 40)
     assert decode_value('"not json') == '"not json'
     with pytest.raises(finetune.FinetuneError, match="epoch_head"):
@@ -61,7 +79,7 @@ def test_docstring_documents_every_hyperparameter_and_regex():
     for name in finetune.Hyperparameters.model_fields:
         assert re.search(rf"^  {name} ", doc, re.M), f"hyperparameter {name} is not documented"
     for d in finetune.METRIC_DEFINITIONS:
-        assert f'{d["Name"]}' in doc and json.dumps(d["Regex"]) in doc, d
+        assert f"{d['Name']}" in doc and json.dumps(d["Regex"]) in doc, d
 
 
 def test_docstring_defaults_match_the_code():
@@ -80,8 +98,10 @@ def test_docstring_defaults_match_the_code():
 
 
 def test_metric_regexes_read_only_their_own_keys():
-    line = ("[finetune] final: val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.010000 "
-            "scratch_val_accuracy=0.550000 transfer_gain=-0.362500")
+    line = (
+        "[finetune] final: val_loss=0.301234 val_accuracy=0.912500 scratch_val_loss=1.010000 "
+        "scratch_val_accuracy=0.550000 transfer_gain=-0.362500"
+    )
     found = {d["Name"]: re.findall(d["Regex"], line) for d in finetune.METRIC_DEFINITIONS}
     assert found["validation:accuracy"] == ["0.912500"]
     assert found["scratch:validation:accuracy"] == ["0.550000"]
@@ -198,9 +218,19 @@ def test_model_tar_round_trip_keeps_the_layout(finetuned, tmp_path):
 
 @pytest.mark.slow
 def test_scratch_init_without_pretrained_channel(world, tmp_path):
-    root = make_job(tmp_path, world, {"init": "scratch", "width": "8", "image_size": "32", "epochs_head": "1",
-                                      "epochs_finetune": "1", "compare_scratch": "true"},
-                    channels=("train", "validation"))
+    root = make_job(
+        tmp_path,
+        world,
+        {
+            "init": "scratch",
+            "width": "8",
+            "image_size": "32",
+            "epochs_head": "1",
+            "epochs_finetune": "1",
+            "compare_scratch": "true",
+        },
+        channels=("train", "validation"),
+    )
     assert finetune.main(["--sm-root", str(root)]) == 0
     report = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert report["primary"] == "scratch" and set(report["runs"]) == {"scratch"}  # compare_scratch is moot
@@ -212,8 +242,12 @@ def test_scratch_init_without_pretrained_channel(world, tmp_path):
 @pytest.mark.slow
 def test_pretrained_channel_as_tarball_and_subsampling(world, tmp_path):
     archive = make_tar(world["pretrained"], tmp_path / "pretrained.tar.gz")
-    root = make_job(tmp_path / "job", world, {"images_per_class": "3", "epochs_head": "1", "epochs_finetune": "0",
-                                              "augment": "false", "model_version": "7"}, pretrained=archive)
+    root = make_job(
+        tmp_path / "job",
+        world,
+        {"images_per_class": "3", "epochs_head": "1", "epochs_finetune": "0", "augment": "false", "model_version": "7"},
+        pretrained=archive,
+    )
     assert finetune.main(["--sm-root", str(root)]) == 0
     report = json.loads((root / "output" / "data" / "metrics.json").read_text())
     assert report["counts"]["train"] == {c: 3 for c in world["classes"]}

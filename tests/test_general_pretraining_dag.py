@@ -1,4 +1,5 @@
 """The general_pretraining DAG: parsing, task graph, conf validation over the REST API, and real runs."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,16 @@ import threading
 
 import boto3
 import pytest
-
-from airflow_env import assert_parses_clean
-from airflow_env import (DAGS_FOLDER, api_client, kubernetes_connection, load_dagbag, run_dag, setup_airflow,
-                         sync_dags_to_db)
+from airflow_env import (
+    DAGS_FOLDER,
+    api_client,
+    assert_parses_clean,
+    kubernetes_connection,
+    load_dagbag,
+    run_dag,
+    setup_airflow,
+    sync_dags_to_db,
+)
 from kube_mock import KubeServer
 from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
 
@@ -39,10 +46,22 @@ def test_dag_shape(dag):
     cfg = get_config()
     assert dag.max_active_runs == 1 and not dag.catchup
     assert "general_pretraining" in (dag.doc_md or "").lower().replace(" ", "_")
-    assert set(dag.params) == {"dataset_uri", "min_images_per_class", "domain_classes", "val_fraction", "epochs",
-                               "workers", "gpus_per_worker", "image_size", "batch_size", "learning_rate", "model",
-                               "launcher", "force"}
-    assert dag.params["epochs"] == 1 and dag.params["launcher"] == "auto"   # defaults from the profile
+    assert set(dag.params) == {
+        "dataset_uri",
+        "min_images_per_class",
+        "domain_classes",
+        "val_fraction",
+        "epochs",
+        "workers",
+        "gpus_per_worker",
+        "image_size",
+        "batch_size",
+        "learning_rate",
+        "model",
+        "launcher",
+        "force",
+    }
+    assert dag.params["epochs"] == 1 and dag.params["launcher"] == "auto"  # defaults from the profile
     for task_id in ("launch.local", "launch.pod", "launch.mpijob.watch"):
         assert dag.get_task(task_id).pool == cfg.airflow.gpu_pool
     outlets = dag.get_task("publish_pretrained_model").outlets
@@ -65,25 +84,34 @@ def test_task_graph_branches_on_the_launcher(dag):
     delete = dag.get_task("launch.mpijob.delete")
     assert delete.is_teardown and delete.trigger_rule == "all_done_setup_success"
     assert dag.get_task("wait_for_best_checkpoint").upstream_task_ids == {
-        "launch.local", "launch.pod", "launch.mpijob.watch"}
+        "launch.local",
+        "launch.pod",
+        "launch.mpijob.watch",
+    }
     assert down("wait_for_best_checkpoint") >= {"export_model"}
     assert "upload_domain_dataset" in down("export_model")
     assert dag.get_task("publish_pretrained_model").upstream_task_ids >= {
-        "export_model", "upload_domain_dataset", "wait_for_best_checkpoint"}
+        "export_model",
+        "upload_domain_dataset",
+        "wait_for_best_checkpoint",
+    }
 
 
 def test_parsing_imports_no_tensorflow_and_opens_no_socket(pipeline):
     assert_parses_clean(DAG_FILE, DAG_ID)
 
 
-@pytest.mark.parametrize("conf, message", [
-    ({"epochs": 0}, "epochs"),
-    ({"launcher": "slurm"}, "launcher"),
-    ({"domain_classes": "four"}, "domain_classes"),
-    ({"image_size": 100}, "image_size"),
-    ({"val_fraction": 1.0}, "val_fraction"),
-    ({"dataset_uri": "relative/path"}, "dataset_uri"),
-])
+@pytest.mark.parametrize(
+    "conf, message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"launcher": "slurm"}, "launcher"),
+        ({"domain_classes": "four"}, "domain_classes"),
+        ({"image_size": 100}, "image_size"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"dataset_uri": "relative/path"}, "dataset_uri"),
+    ],
+)
 def test_rest_api_refuses_invalid_conf_before_creating_a_run(pipeline, conf, message):
     sync_dags_to_db(DAG_FILE.parent)
     with api_client() as client:
@@ -98,8 +126,10 @@ def test_rest_api_refuses_invalid_conf_before_creating_a_run(pipeline, conf, mes
 def test_rest_api_accepts_valid_conf(pipeline):
     sync_dags_to_db(DAG_FILE.parent)
     with api_client() as client:
-        resp = client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={
-            "logical_date": None, "conf": {"epochs": 2, "domain_classes": ["ring-dots"], "launcher": "local"}})
+        resp = client.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"logical_date": None, "conf": {"epochs": 2, "domain_classes": ["ring-dots"], "launcher": "local"}},
+        )
         assert resp.status_code == 200, resp.text
         run = resp.json()
         assert run["conf"]["epochs"] == 2 and run["state"] == "queued"
@@ -112,8 +142,11 @@ def _asset_events():
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.execute(select(AssetEvent.extra, AssetEvent.source_run_id).join(
-            AssetModel, AssetModel.id == AssetEvent.asset_id).where(AssetModel.name == "pretrained-model")).all()
+        rows = session.execute(
+            select(AssetEvent.extra, AssetEvent.source_run_id)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == "pretrained-model")
+        ).all()
         return [(dict(extra), run_id) for extra, run_id in rows]
 
 
@@ -123,8 +156,10 @@ def test_local_launcher_trains_exports_publishes_then_skips(dag, pipeline, s3_en
     run = run_dag(dag)
     assert run.state == "success", run.tasks
     assert run.tasks["launch.local"] == "success"
-    assert {run.tasks[t] for t in ("launch.pod", "launch.mpijob.create", "launch.mpijob.watch",
-                                   "launch.mpijob.delete", "skip_training")} == {"skipped"}
+    assert {
+        run.tasks[t]
+        for t in ("launch.pod", "launch.mpijob.create", "launch.mpijob.watch", "launch.mpijob.delete", "skip_training")
+    } == {"skipped"}
 
     best = run.xcom("wait_for_best_checkpoint")
     prepared = run.xcom("prepare")
@@ -140,7 +175,7 @@ def test_local_launcher_trains_exports_publishes_then_skips(dag, pipeline, s3_en
     assert extra["val_accuracy"] == best["val_accuracy"] and extra["epoch"] == 1
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     for key in ("model_uri", "manifest_uri", "metrics_uri"):
-        bucket, _, path = extra[key][len("s3://"):].partition("/")
+        bucket, _, path = extra[key][len("s3://") :].partition("/")
         assert s3.head_object(Bucket=bucket, Key=path)["ContentLength"] > 0
     assert extra["model_uri"].endswith(f"/pretrained/{extra['model_sha256']}/model.tar.gz")
     assert f"/domain/{extra['dataset_fingerprint']}/train/" in extra["domain_train_uri"]
@@ -150,23 +185,46 @@ def test_local_launcher_trains_exports_publishes_then_skips(dag, pipeline, s3_en
     again = run_dag(dag)
     assert again.state == "success", again.tasks
     assert again.tasks["skip_training"] == "success"
-    assert {again.tasks[t] for t in ("launch.local", "wait_for_best_checkpoint", "export_model",
-                                     "upload_domain_dataset", "publish_pretrained_model")} == {"skipped"}
+    assert {
+        again.tasks[t]
+        for t in (
+            "launch.local",
+            "wait_for_best_checkpoint",
+            "export_model",
+            "upload_domain_dataset",
+            "publish_pretrained_model",
+        )
+    } == {"skipped"}
     assert len(_asset_events()) == events_before + 1
 
 
 def test_mpijob_failure_fails_the_run_and_deletes_the_job(dag, pipeline):
     from plugins.tlpipe.pretraining import mpijob
+
     namespace = "ml-training"
     with KubeServer() as kube:
         kubernetes_connection(kube.url, namespace=namespace)
 
         def fail_the_job():
             job = kube.wait_for("mpijobs", namespace, group=mpijob.GROUP, version=mpijob.VERSION)
-            kube.patch_status("mpijobs", namespace, job["metadata"]["name"], {"conditions": [
-                {"type": "Created", "status": "True"},
-                {"type": "Failed", "status": "True", "reason": "MPIJobFailed",
-                 "message": "launcher exited with code 1"}]}, group=mpijob.GROUP, version=mpijob.VERSION)
+            kube.patch_status(
+                "mpijobs",
+                namespace,
+                job["metadata"]["name"],
+                {
+                    "conditions": [
+                        {"type": "Created", "status": "True"},
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "MPIJobFailed",
+                            "message": "launcher exited with code 1",
+                        },
+                    ]
+                },
+                group=mpijob.GROUP,
+                version=mpijob.VERSION,
+            )
             seen.append(job)
 
         seen: list[dict] = []
@@ -177,7 +235,7 @@ def test_mpijob_failure_fails_the_run_and_deletes_the_job(dag, pipeline):
         assert run.state == "failed"
         assert run.tasks["launch.mpijob.create"] == "success"
         assert run.tasks["launch.mpijob.watch"] == "failed"
-        assert run.tasks["launch.mpijob.delete"] == "success"      # teardown on failure too
+        assert run.tasks["launch.mpijob.delete"] == "success"  # teardown on failure too
         assert run.tasks["launch.local"] == "skipped"
         assert run.tasks["wait_for_best_checkpoint"] == "upstream_failed"
         job = mpijob.MPIJob.model_validate(seen[0])

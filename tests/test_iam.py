@@ -1,6 +1,7 @@
 """deploy/aws: the IAM policies parse, name only the pipeline's resources, use no wildcard action, keep
 Resource "*" to what AWS cannot scope, and allow every AWS call the DAGs make (recorded from real runs against
 moto's server) and every S3, SageMaker and CloudWatch Logs action the localcloud tests make."""
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,12 @@ TEMPLATES = ["airflow-policy", "sagemaker-execution-trust-policy", "sagemaker-ex
 # Actions AWS authorizes only against Resource "*" (no resource-level permissions), per the Service
 # Authorization Reference. A statement with Resource "*" may name nothing else.
 NO_RESOURCE_LEVEL = {
-    "sagemaker:ListTrainingJobs", "sagemaker:ListModels", "sagemaker:ListEndpointConfigs", "sagemaker:ListEndpoints",
-    "ecr:GetAuthorizationToken", "cloudwatch:PutMetricData",
+    "sagemaker:ListTrainingJobs",
+    "sagemaker:ListModels",
+    "sagemaker:ListEndpointConfigs",
+    "sagemaker:ListEndpoints",
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
 }
 # Granted although no recorded run makes the call, each for a reason a run cannot show.
 NOT_RECORDED = {
@@ -30,8 +35,9 @@ NOT_RECORDED = {
     "s3:CreateBucket": "s3.create_bucket: true lets the exporter create the pipeline's bucket (off in production)",
 }
 # The pipeline's calls; test_localcloud_auth.py probes localcloud's signature checks with arbitrary calls instead.
-LOCALCLOUD_TESTS = sorted(p for p in (ROOT / "tests").glob("test_localcloud*.py")
-                          if p.name != "test_localcloud_auth.py") + [ROOT / "tests" / "localcloud_fixtures.py"]
+LOCALCLOUD_TESTS = sorted(
+    p for p in (ROOT / "tests").glob("test_localcloud*.py") if p.name != "test_localcloud_auth.py"
+) + [ROOT / "tests" / "localcloud_fixtures.py"]
 SERVICES = {"s3": "s3", "sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "logs": "logs"}
 
 
@@ -93,10 +99,12 @@ def test_render_script_writes_the_policies(render, tmp_path, policies):
 
 def test_image_repositories_are_named_in_their_registrys_account(render):
     assert render.ecr_repository_arn("123456789012.dkr.ecr.eu-west-1.amazonaws.com/tlpipe-sagemaker:0.1.0") == (
-        "arn:aws:ecr:eu-west-1:123456789012:repository/tlpipe-sagemaker")
+        "arn:aws:ecr:eu-west-1:123456789012:repository/tlpipe-sagemaker"
+    )
     # The managed TensorFlow Serving image is pulled from AWS's registry account, not the pipeline's.
     assert render.ecr_repository_arn("763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-inference:2.19-gpu") == (
-        "arn:aws:ecr:us-east-1:763104351884:repository/tensorflow-inference")
+        "arn:aws:ecr:us-east-1:763104351884:repository/tensorflow-inference"
+    )
     with pytest.raises(ValueError):
         render.ecr_repository_arn("registry.tlpipe.internal/tlpipe/train:0.1.0")
 
@@ -128,33 +136,53 @@ def test_trust_policy_lets_only_sagemaker_of_this_account_assume_the_role(polici
     assert st["Effect"] == "Allow" and st["Principal"] == {"Service": "sagemaker.amazonaws.com"}
     assert st["Action"] == "sts:AssumeRole"
     assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == values["AccountId"]
-    assert st["Condition"]["ArnLike"]["aws:SourceArn"].startswith(f"arn:aws:sagemaker:{values['Region']}:"
-                                                                 f"{values['AccountId']}:")
+    assert st["Condition"]["ArnLike"]["aws:SourceArn"].startswith(
+        f"arn:aws:sagemaker:{values['Region']}:{values['AccountId']}:"
+    )
 
 
 def test_the_evaluator_refuses_what_a_policy_does_not_grant():
-    policy = Policy({"Version": "2012-10-17", "Statement": [
-        {"Sid": "A", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/p/*"},
-        {"Sid": "L", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::b",
-         "Condition": {"StringLike": {"s3:prefix": ["p/*"]}}},
-        {"Sid": "D", "Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/p/secret"}]})
+    policy = Policy(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Sid": "A", "Effect": "Allow", "Action": ["s3:GetObject"], "Resource": "arn:aws:s3:::b/p/*"},
+                {
+                    "Sid": "L",
+                    "Effect": "Allow",
+                    "Action": "s3:ListBucket",
+                    "Resource": "arn:aws:s3:::b",
+                    "Condition": {"StringLike": {"s3:prefix": ["p/*"]}},
+                },
+                {"Sid": "D", "Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/p/secret"},
+            ],
+        }
+    )
     assert policy.allows(IamRequest("s3:GetObject", "arn:aws:s3:::b/p/x")) == "A"
-    assert policy.allows(IamRequest("S3:getobject", "arn:aws:s3:::b/p/x")) == "A"   # actions ignore case
+    assert policy.allows(IamRequest("S3:getobject", "arn:aws:s3:::b/p/x")) == "A"  # actions ignore case
     assert policy.allows(IamRequest("s3:GetObject", "arn:aws:s3:::b/q/x")) is None
     assert policy.allows(IamRequest("s3:PutObject", "arn:aws:s3:::b/p/x")) is None
     assert policy.allows(IamRequest("s3:GetObject", "arn:aws:s3:::b/p/secret")) is None
     assert policy.allows(IamRequest("s3:ListBucket", "arn:aws:s3:::b", (("s3:prefix", "p/x/"),))) == "L"
     assert policy.allows(IamRequest("s3:ListBucket", "arn:aws:s3:::b", (("s3:prefix", "q/"),))) is None
-    assert policy.allows(IamRequest("s3:ListBucket", "arn:aws:s3:::b")) is None   # no prefix, no IfExists
+    assert policy.allows(IamRequest("s3:ListBucket", "arn:aws:s3:::b")) is None  # no prefix, no IfExists
     # Operations map to what AWS authorizes, including the implied requests.
     [head] = iam_requests(Call("s3", "HeadObject", {"Bucket": "b", "Key": "k"}), account="1", region="r")
     assert (head.action, head.resource) == ("s3:GetObject", "arn:aws:s3:::b/k")
-    implied = iam_requests(Call("sagemaker", "CreateModel", {
-        "ModelName": "M", "ExecutionRoleArn": "arn:aws:iam::1:role/x", "Tags": [{"Key": "a", "Value": "b"}]}),
-        account="1", region="r")
+    implied = iam_requests(
+        Call(
+            "sagemaker",
+            "CreateModel",
+            {"ModelName": "M", "ExecutionRoleArn": "arn:aws:iam::1:role/x", "Tags": [{"Key": "a", "Value": "b"}]},
+        ),
+        account="1",
+        region="r",
+    )
     assert {(r.action, r.resource) for r in implied} == {
-        ("sagemaker:CreateModel", "arn:aws:sagemaker:r:1:model/m"), ("iam:PassRole", "arn:aws:iam::1:role/x"),
-        ("sagemaker:AddTags", "arn:aws:sagemaker:r:1:model/m")}
+        ("sagemaker:CreateModel", "arn:aws:sagemaker:r:1:model/m"),
+        ("iam:PassRole", "arn:aws:iam::1:role/x"),
+        ("sagemaker:AddTags", "arn:aws:sagemaker:r:1:model/m"),
+    }
     with pytest.raises(KeyError):
         iam_requests(Call("s3", "PutBucketPolicy", {"Bucket": "b"}), account="1", region="r")
 
@@ -179,8 +207,9 @@ def _deploy_run(dag, moto, hooks, s3, endpoint: str, accuracy: float):
     cfg = get_config()
     latest_key = f"{cfg.s3.prefix}/pretrained/latest.json"
     latest = json.loads(s3.get_object(Bucket=cfg.s3.bucket, Key=latest_key)["Body"].read())
-    samples = select_samples(list_validation_samples(s3, latest["domain_validation_uri"]),
-                             cfg.sagemaker.smoke_test_images)
+    samples = select_samples(
+        list_validation_samples(s3, latest["domain_validation_uri"]), cfg.sagemaker.smoke_test_images
+    )
     # moto answers a request body it has seen before from its cache, a new one from this queue.
     moto.queue_predictions([s.label for s in samples])
     hooks.metrics = {"validation:accuracy": accuracy, "validation:loss": 0.3}
@@ -201,15 +230,26 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
     host, port = server.get_host_and_port()
     moto = Moto(url=f"http://{host}:{port}")
     env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": cfg.s3.region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": cfg.s3.region,
         "TLPIPE_PROFILE": "production",
-        "TLPIPE__S3__MULTIPART_THRESHOLD_MB": "5", "TLPIPE__S3__MULTIPART_CHUNKSIZE_MB": "5",
-        "TLPIPE__SAGEMAKER__SMOKE_TEST_IMAGES": "4", "TLPIPE__SAGEMAKER__KEEP_LAST": "1",
+        "TLPIPE__S3__MULTIPART_THRESHOLD_MB": "5",
+        "TLPIPE__S3__MULTIPART_CHUNKSIZE_MB": "5",
+        "TLPIPE__SAGEMAKER__SMOKE_TEST_IMAGES": "4",
+        "TLPIPE__SAGEMAKER__KEEP_LAST": "1",
         # moto's endpoint-config instance types predate ml.g5; the type does not change any IAM request.
         "TLPIPE__SAGEMAKER__SERVING_INSTANCE_TYPE": "ml.g4dn.xlarge",
-        "TLPIPE__AIRFLOW__SENSOR_POKE_SECONDS": "1", "TLPIPE__AIRFLOW__RETRIES": "0",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                                                "extra": {"endpoint_url": moto.url, "region_name": cfg.s3.region}}),
+        "TLPIPE__AIRFLOW__SENSOR_POKE_SECONDS": "1",
+        "TLPIPE__AIRFLOW__RETRIES": "0",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto.url, "region_name": cfg.s3.region},
+            }
+        ),
     }
     try:
         with pytest.MonkeyPatch.context() as mp:
@@ -228,7 +268,7 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
 
             # The test's own client, on a session the recorder never sees.
             s3 = boto3.session.Session().client("s3", endpoint_url=moto.url, region_name=live.s3.region)
-            s3.create_bucket(Bucket=live.s3.bucket)   # production: the bucket exists already
+            s3.create_bucket(Bucket=live.s3.bucket)  # production: the bucket exists already
             dag = load_dagbag(DAGS_FOLDER / "transfer_learning_deploy.py").get_dag("transfer_learning_deploy")
             runs = {}
             with AwsCallRecorder() as rec, sagemaker_hooks(mp) as hooks:
@@ -236,16 +276,26 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
                 exporter = S3Exporter(live.s3)
                 exported = exporter.export_model(_best_dir(tmp_path_factory.mktemp("best") / "best"), tiny_manifest)
                 domain = exporter.upload_domain(tiny_manifest)
-                exporter.upload_domain(tiny_manifest)          # a rerun finds the complete set
+                exporter.upload_domain(tiny_manifest)  # a rerun finds the complete set
                 assert exporter.read_latest() is None
                 event = PretrainedModelEvent(
-                    model_uri=exported["model_uri"], model_sha256=exported["model_sha256"],
-                    manifest_uri=exported["manifest_uri"], metrics_uri=exported["metrics_uri"],
-                    domain_train_uri=domain["train_uri"], domain_validation_uri=domain["validation_uri"],
-                    domain_classes=domain["classes"], dataset_fingerprint=domain["fingerprint"],
+                    model_uri=exported["model_uri"],
+                    model_sha256=exported["model_sha256"],
+                    manifest_uri=exported["manifest_uri"],
+                    metrics_uri=exported["metrics_uri"],
+                    domain_train_uri=domain["train_uri"],
+                    domain_validation_uri=domain["validation_uri"],
+                    domain_classes=domain["classes"],
+                    dataset_fingerprint=domain["fingerprint"],
                     manifest_sha256=hashlib.sha256(Path(tiny_manifest).read_bytes()).hexdigest(),
-                    checkpoint_uri="s3://tlpipe-checkpoints/pretrain/r/best", epoch=1, val_accuracy=0.7,
-                    training_params={}, training_key="k", dag_id="general_pretraining", run_id="manual__r")
+                    checkpoint_uri="s3://tlpipe-checkpoints/pretrain/r/best",
+                    epoch=1,
+                    val_accuracy=0.7,
+                    training_params={},
+                    training_key="k",
+                    dag_id="general_pretraining",
+                    run_id="manual__r",
+                )
                 exporter.write_latest(event.model_dump(mode="json"))
                 # transfer_learning_deploy: deploy a model, then better ones, then fail a smoke test.
                 endpoint = live.sagemaker.endpoint_name
@@ -263,8 +313,11 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
         assert runs["retire"].state == "success", runs["retire"].tasks
         rollback = runs["rollback"]
         assert rollback.state == "failed" and rollback.tasks["rollback"] == "failed", rollback.tasks
-        objects = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=live.s3.bucket)
-                   for o in page.get("Contents", [])}
+        objects = {
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=live.s3.bucket)
+            for o in page.get("Contents", [])
+        }
         return rec.calls, objects
     finally:
         server.stop()
@@ -273,11 +326,23 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
 def test_the_runs_made_the_pipelines_calls(recorded):
     calls, _ = recorded
     made = {str(c) for c in calls}
-    for expected in ("s3:CreateMultipartUpload", "s3:UploadPart", "s3:HeadBucket", "s3:ListObjectsV2",
-                     "s3:DeleteObject", "sagemaker:CreateTrainingJob", "sagemaker:DescribeTrainingJob",
-                     "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:CreateEndpoint",
-                     "sagemaker:InvokeEndpoint", "sagemaker:ListTags", "sagemaker:DeleteModel",
-                     "sagemaker:DeleteEndpoint", "logs:DescribeLogStreams"):
+    for expected in (
+        "s3:CreateMultipartUpload",
+        "s3:UploadPart",
+        "s3:HeadBucket",
+        "s3:ListObjectsV2",
+        "s3:DeleteObject",
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:CreateModel",
+        "sagemaker:CreateEndpointConfig",
+        "sagemaker:CreateEndpoint",
+        "sagemaker:InvokeEndpoint",
+        "sagemaker:ListTags",
+        "sagemaker:DeleteModel",
+        "sagemaker:DeleteEndpoint",
+        "logs:DescribeLogStreams",
+    ):
         assert expected in made, f"no {expected} recorded: the scenario no longer covers that path"
 
 
@@ -307,14 +372,18 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
 
     def logs(group: str, stream: str, namespace: str, origin: str):
         arn = log_group_arn(region, account, group)
-        out.extend([IamRequest("logs:CreateLogGroup", arn, (), origin),
-                    IamRequest("logs:DescribeLogStreams", arn, (), origin),
-                    IamRequest("logs:CreateLogStream", arn, (), origin),
-                    IamRequest("logs:PutLogEvents", f"{arn}:log-stream:{stream}", (), origin),
-                    IamRequest("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", namespace),), origin)])
+        out.extend(
+            [
+                IamRequest("logs:CreateLogGroup", arn, (), origin),
+                IamRequest("logs:DescribeLogStreams", arn, (), origin),
+                IamRequest("logs:CreateLogStream", arn, (), origin),
+                IamRequest("logs:PutLogEvents", f"{arn}:log-stream:{stream}", (), origin),
+                IamRequest("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", namespace),), origin),
+            ]
+        )
 
     def s3_parts(uri: str) -> tuple[str, str]:
-        bucket, _, key = uri[len("s3://"):].partition("/")
+        bucket, _, key = uri[len("s3://") :].partition("/")
         return bucket, key
 
     for call in calls:
@@ -340,8 +409,12 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
             bucket, key = s3_parts(p["PrimaryContainer"]["ModelDataUrl"])
             out.append(IamRequest("s3:GetObject", s3_arn(bucket, key), (), origin))
         elif str(call) == "sagemaker:CreateEndpoint":
-            logs(f"/aws/sagemaker/Endpoints/{p['EndpointName']}", "AllTraffic/i-0123456789abcdef0",
-                 "/aws/sagemaker/Endpoints", origin)
+            logs(
+                f"/aws/sagemaker/Endpoints/{p['EndpointName']}",
+                "AllTraffic/i-0123456789abcdef0",
+                "/aws/sagemaker/Endpoints",
+                origin,
+            )
     return out
 
 
@@ -379,8 +452,12 @@ def localcloud_test_actions() -> dict[str, set[str]]:
             if isinstance(node, ast.With) and any("raises" in ast.unparse(item.context_expr) for item in node.items):
                 expected_failures |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr in operations and id(node) not in expected_failures):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in operations
+                and id(node) not in expected_failures
+            ):
                 for service, op in operations[node.func.attr]:
                     found.setdefault(f"{SERVICES[service]}:{op}", set()).add(path.name)
     return found
@@ -390,7 +467,8 @@ def test_airflow_policy_allows_every_action_the_localcloud_tests_make(policies):
     policy = Policy(policies["airflow-policy"])
     actions = localcloud_test_actions()
     assert {"s3:PutObject", "sagemaker:CreateTrainingJob", "sagemaker:InvokeEndpoint", "logs:GetLogEvents"} <= set(
-        actions), "the localcloud tests' calls were not found"
+        actions
+    ), "the localcloud tests' calls were not found"
     s3_actions = {"HeadObject": "GetObject", "ListObjectsV2": "ListBucket", "HeadBucket": "ListBucket"}
     missing = []
     for action, files in sorted(actions.items()):

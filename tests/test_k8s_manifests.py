@@ -1,6 +1,7 @@
 """deploy/k8s: every object valid for the Kubernetes models and consistent with config/pipeline.yaml; the pods
 the DAG creates admissible under the namespace's Pod Security level; and the Role equal to the requests the
 DAG's Kubernetes operators make, recorded against an API server."""
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,14 @@ def test_the_model_check_catches_a_broken_object():
     with pytest.raises(ValueError, match="role_ref"):
         deserialize({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "x"}})
     with pytest.raises(ValueError, match="verbs"):
-        deserialize({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "x"},
-                     "rules": [{"apiGroups": [""], "resources": ["pods"]}]})
+        deserialize(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "x"},
+                "rules": [{"apiGroups": [""], "resources": ["pods"]}],
+            }
+        )
 
 
 def test_namespace_enforces_pod_security_restricted(rendered, kube_cfg):
@@ -97,7 +104,10 @@ def test_identities_and_volume_match_the_pipeline_configuration(rendered, kube_c
     role = deserialize(objs[("Role", "tlpipe-airflow")])
     binding = deserialize(objs[("RoleBinding", "tlpipe-airflow")])
     assert (binding.role_ref.kind, binding.role_ref.name, binding.role_ref.api_group) == (
-        "Role", role.metadata.name, "rbac.authorization.k8s.io")
+        "Role",
+        role.metadata.name,
+        "rbac.authorization.k8s.io",
+    )
     [subject] = binding.subjects
     assert (subject.kind, subject.namespace) == ("ServiceAccount", kube_cfg.namespace)
     assert ("ServiceAccount", subject.name) in objs and subject.name != kube_cfg.service_account
@@ -115,7 +125,8 @@ def test_storage_class_is_a_parameter_of_the_overlay():
     assert not DNS_SUBDOMAIN.match(base_pvc["spec"]["storageClassName"])
     assert DNS_SUBDOMAIN.match(tanzu_pvc["spec"]["storageClassName"])
     assert {k: v for k, v in base_pvc["spec"].items() if k != "storageClassName"} == {
-        k: v for k, v in tanzu_pvc["spec"].items() if k != "storageClassName"}
+        k: v for k, v in tanzu_pvc["spec"].items() if k != "storageClassName"
+    }
 
 
 def test_tanzu_cluster_example_has_a_vgpu_node_pool():
@@ -164,8 +175,10 @@ class Recorder:
         return thread
 
 
-PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
-                  r"/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$")
+PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"/namespaces/(?P<ns>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?$"
+)
 
 
 def rbac_request(method: str, url: str, query: dict) -> tuple[str, str, str, str]:
@@ -190,7 +203,11 @@ def test_rbac_request_mapping():
     assert rbac_request("GET", "http://h/api/v1/namespaces/x/pods", {"labelSelector": "a=b"})[3] == "list"
     assert rbac_request("GET", "http://h/api/v1/namespaces/x/pods/p/log", {"follow": True})[2:] == ("pods/log", "get")
     assert rbac_request("DELETE", "http://h/apis/kubeflow.org/v2beta1/namespaces/x/mpijobs/j", {}) == (
-        "x", "kubeflow.org", "mpijobs", "delete")
+        "x",
+        "kubeflow.org",
+        "mpijobs",
+        "delete",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +241,14 @@ def resolved(task, dag, cfg, launcher: str, workers: int):
     from airflow.sdk.definitions.xcom_arg import XComArg
 
     from plugins.tlpipe.pretraining import steps
+
     params = {name: dag.params[name] for name in dag.params}
-    prepared = steps.prepare_run(cfg, {**params, "launcher": launcher, "workers": workers, "gpus_per_worker": 1},
-                                 dag.dag_id, f"manual__{launcher}")  # one run per launcher: same MPIJob name
+    prepared = steps.prepare_run(
+        cfg,
+        {**params, "launcher": launcher, "workers": workers, "gpus_per_worker": 1},
+        dag.dag_id,
+        f"manual__{launcher}",
+    )  # one run per launcher: same MPIJob name
     for field in task.template_fields:
         value = getattr(task, field)
         if isinstance(value, XComArg):
@@ -236,8 +258,15 @@ def resolved(task, dag, cfg, launcher: str, workers: int):
 
 
 def context(dag, task, run_id: str) -> dict:
-    ti = types.SimpleNamespace(dag_id=dag.dag_id, task_id=task.task_id, run_id=run_id, try_number=1, map_index=-1,
-                               start_date=None, xcom_push=lambda **_: None)
+    ti = types.SimpleNamespace(
+        dag_id=dag.dag_id,
+        task_id=task.task_id,
+        run_id=run_id,
+        try_number=1,
+        map_index=-1,
+        start_date=None,
+        xcom_push=lambda **_: None,
+    )
     return {"ti": ti, "task_instance": ti, "run_id": run_id, "dag": dag, "task": task}
 
 
@@ -247,15 +276,38 @@ def run_pod(kube, namespace: str, phase: str, exit_code: int) -> None:
     name, container = pod["metadata"]["name"], pod["spec"]["containers"][0]["name"]
 
     def status(state: dict, pod_phase: str) -> dict:
-        return {"phase": pod_phase, "containerStatuses": [
-            {"name": container, "ready": "running" in state, "restartCount": 0, "image": "x", "imageID": "",
-             "state": state}]}
+        return {
+            "phase": pod_phase,
+            "containerStatuses": [
+                {
+                    "name": container,
+                    "ready": "running" in state,
+                    "restartCount": 0,
+                    "image": "x",
+                    "imageID": "",
+                    "state": state,
+                }
+            ],
+        }
 
     kube.patch_status("pods", namespace, name, status({"running": {"startedAt": "2026-01-01T00:00:00Z"}}, "Running"))
     time.sleep(1.5)
-    kube.patch_status("pods", namespace, name, status({"terminated": {
-        "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-        "startedAt": "2026-01-01T00:00:00Z", "finishedAt": "2026-01-01T00:01:00Z"}}, phase))
+    kube.patch_status(
+        "pods",
+        namespace,
+        name,
+        status(
+            {
+                "terminated": {
+                    "exitCode": exit_code,
+                    "reason": "Completed" if exit_code == 0 else "Error",
+                    "startedAt": "2026-01-01T00:00:00Z",
+                    "finishedAt": "2026-01-01T00:01:00Z",
+                }
+            },
+            phase,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +324,7 @@ def recorded(production_dag):
     from kube_mock import KubeServer
 
     from plugins.tlpipe.pretraining import mpijob
+
     dag, cfg = production_dag
     ns = cfg.kubernetes.namespace
     tasks = kubernetes_tasks(dag)
@@ -306,8 +359,15 @@ def recorded(production_dag):
             elif isinstance(task, BaseSensorOperator):
                 assert task.poke({}) is False
                 name = task.name
-                rec.helper(kube.patch_status, mpijob.PLURAL, ns, name, {"conditions": [
-                    {"type": "Succeeded", "status": "True"}]}, mpijob.GROUP, mpijob.VERSION).join(10)
+                rec.helper(
+                    kube.patch_status,
+                    mpijob.PLURAL,
+                    ns,
+                    name,
+                    {"conditions": [{"type": "Succeeded", "status": "True"}]},
+                    mpijob.GROUP,
+                    mpijob.VERSION,
+                ).join(10)
                 assert task.poke({}) is True
                 task.on_kill()
                 driven[task.task_id] = "sensor"
@@ -333,8 +393,13 @@ def test_role_grants_exactly_what_the_operators_request(recorded, rendered, kube
     assert {ns for ns, *_ in requests} == {kube_cfg.namespace}
     used = {(group, resource, verb) for _, group, resource, verb in requests}
     role = deserialize(by_kind(rendered)[("Role", "tlpipe-airflow")])
-    granted = {(group, resource, verb) for rule in role.rules for group in rule.api_groups
-               for resource in rule.resources for verb in rule.verbs}
+    granted = {
+        (group, resource, verb)
+        for rule in role.rules
+        for group in rule.api_groups
+        for resource in rule.resources
+        for verb in rule.verbs
+    }
     assert not [r for r in role.rules if r.resource_names or r.non_resource_urls]
     assert used - granted == set(), f"the operators need more than the Role grants: {sorted(used - granted)}"
     assert granted - used == set(), f"the Role grants what no operator uses: {sorted(granted - used)}"
@@ -342,8 +407,16 @@ def test_role_grants_exactly_what_the_operators_request(recorded, rendered, kube
 
 
 # -- Pod Security "restricted" for the pods the DAG creates ---------------------------------------------------
-RESTRICTED_VOLUMES = {"config_map", "csi", "downward_api", "empty_dir", "ephemeral", "persistent_volume_claim",
-                      "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "config_map",
+    "csi",
+    "downward_api",
+    "empty_dir",
+    "ephemeral",
+    "persistent_volume_claim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_violations(spec) -> list[str]:
@@ -386,6 +459,7 @@ def test_the_dags_pods_pass_pod_security_restricted(production_dag, monkeypatch)
     from airflow_env import kubernetes_connection
 
     from plugins.tlpipe.pretraining import mpijob
+
     dag, cfg = production_dag
     # Building a pod reads the connection; nothing is sent (no server listens there).
     monkeypatch.delenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", raising=False)
@@ -411,9 +485,10 @@ def test_the_dags_pods_pass_pod_security_restricted(production_dag, monkeypatch)
 def test_the_restricted_check_catches_a_privileged_pod():
     from kubernetes.client import models as k8s
 
-    spec = k8s.V1PodSpec(containers=[k8s.V1Container(
-        name="c", security_context=k8s.V1SecurityContext(privileged=True, run_as_user=0))],
-        volumes=[k8s.V1Volume(name="h", host_path=k8s.V1HostPathVolumeSource(path="/"))])
+    spec = k8s.V1PodSpec(
+        containers=[k8s.V1Container(name="c", security_context=k8s.V1SecurityContext(privileged=True, run_as_user=0))],
+        volumes=[k8s.V1Volume(name="h", host_path=k8s.V1HostPathVolumeSource(path="/"))],
+    )
     found = " ".join(restricted_violations(spec))
     for problem in ("privileged", "allowPrivilegeEscalation", "uid 0", "host_path", "seccompProfile", "ALL"):
         assert problem in found

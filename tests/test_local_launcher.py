@@ -1,4 +1,5 @@
 """The local launcher: horovodrun as a subprocess of the task, its failure reason, and killing it with the task."""
+
 from __future__ import annotations
 
 import sys
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from airflow.sdk.exceptions import AirflowException
 
 from plugins.tlpipe.pretraining.launchers import LocalTrainingOperator
@@ -18,8 +18,18 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def _spec(manifest, ckpt, **kw) -> TrainingSpec:
-    base = dict(launcher="local", horovodrun=str(VENV_BIN / "horovodrun"), python=sys.executable, workers=2,
-                manifest=str(manifest), checkpoint_dir=str(ckpt), epochs=1, image_size=32, batch_size=8, threads=1)
+    base = dict(
+        launcher="local",
+        horovodrun=str(VENV_BIN / "horovodrun"),
+        python=sys.executable,
+        workers=2,
+        manifest=str(manifest),
+        checkpoint_dir=str(ckpt),
+        epochs=1,
+        image_size=32,
+        batch_size=8,
+        threads=1,
+    )
     return TrainingSpec(**{**base, **kw})
 
 

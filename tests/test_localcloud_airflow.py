@@ -6,6 +6,7 @@ update to a second config, a "create" of the now existing endpoint (which the op
 update after parsing SageMaker's error message), and an invocation through the runtime. The training
 config names its role by name, so the operator resolves it through IAM.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -191,7 +192,16 @@ def test_provider_operators_run_against_localcloud(localcloud, airflow_db, capfd
         iam.create_role(
             RoleName=ROLE_NAME,
             AssumeRolePolicyDocument=json.dumps(
-                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sagemaker.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
             ),
         )
     run = f"af-{uuid.uuid4().hex[:6]}"
@@ -216,8 +226,17 @@ def test_provider_operators_run_against_localcloud(localcloud, airflow_db, capfd
             return XComModel.deserialize_value(row)
 
         assert states == dict.fromkeys(
-            ["train", "sense_training", "model", "endpoint_config", "endpoint_create", "sense_endpoint",
-             "endpoint_update", "endpoint_create_existing", "invoke"],
+            [
+                "train",
+                "sense_training",
+                "model",
+                "endpoint_config",
+                "endpoint_create",
+                "sense_endpoint",
+                "endpoint_update",
+                "endpoint_create_existing",
+                "invoke",
+            ],
             "success",
         ), capfd.readouterr().out[-5000:]
         training = xcom("train")["Training"]

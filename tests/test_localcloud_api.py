@@ -1,4 +1,5 @@
 """boto3 against localcloud: training jobs and endpoints that really run, and AWS-shaped errors."""
+
 from __future__ import annotations
 
 import base64
@@ -30,7 +31,6 @@ from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
 )
 
 BUCKET = "tlpipe-localcloud-api"
-
 
 
 def unique(prefix: str) -> str:
@@ -127,7 +127,11 @@ def test_training_job_runs_and_reports(clients, dataset):
     job = wait_for_job(sm, name)
     assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
     assert [t["Status"] for t in job["SecondaryStatusTransitions"]] == [
-        "Starting", "Downloading", "Training", "Uploading", "Completed"
+        "Starting",
+        "Downloading",
+        "Training",
+        "Uploading",
+        "Completed",
     ]
     assert job["TrainingStartTime"] <= job["TrainingEndTime"]
     assert job["HyperParameters"] == {"epochs": "2", "version": "3"}
@@ -141,9 +145,9 @@ def test_training_job_runs_and_reports(clients, dataset):
     output = read_tar(s3, artifacts.replace("model.tar.gz", "output.tar.gz"))
     assert json.loads(output["metrics.json"]) == {"accuracy": 1.0, "epochs": 2}
 
-    streams = logs.describe_log_streams(
-        logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/"
-    )["logStreams"]
+    streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/")[
+        "logStreams"
+    ]
     assert [s["logStreamName"].startswith(f"{name}/algo-1-") for s in streams] == [True]
     events = logs.get_log_events(
         logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=streams[0]["logStreamName"], startFromHead=True
@@ -178,7 +182,9 @@ def test_training_job_with_missing_input_fails_like_sagemaker(clients, dataset):
     sm.create_training_job(**request)
     job = wait_for_job(sm, name)
     assert job["TrainingJobStatus"] == "Failed"
-    assert job["FailureReason"].startswith(f'ClientError: No S3 objects found under S3 URL "s3://{BUCKET}/nothing/here"')
+    assert job["FailureReason"].startswith(
+        f'ClientError: No S3 objects found under S3 URL "s3://{BUCKET}/nothing/here"'
+    )
 
 
 def test_stopped_training_job(clients, dataset):
@@ -189,9 +195,9 @@ def test_stopped_training_job(clients, dataset):
     while True:
         job = sm.describe_training_job(TrainingJobName=name)
         assert job["TrainingJobStatus"] == "InProgress"
-        streams = logs.describe_log_streams(
-            logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/"
-        )["logStreams"]
+        streams = logs.describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs", logStreamNamePrefix=f"{name}/")[
+            "logStreams"
+        ]
         if streams:
             events = logs.get_log_events(
                 logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=streams[0]["logStreamName"]
@@ -208,7 +214,9 @@ def test_stopped_training_job(clients, dataset):
     with pytest.raises(ClientError) as excinfo:
         sm.stop_training_job(TrainingJobName=name)
     assert error_of(excinfo) == (
-        "ValidationException", "The request was rejected because the training job is in status Stopped.", 400
+        "ValidationException",
+        "The request was rejected because the training job is in status Stopped.",
+        400,
     )
 
 
@@ -298,22 +306,35 @@ def test_variants_weights_and_signed_invocations_only(localcloud, clients):
     for version in ("1", "2"):
         model = unique(f"model-variant{version}")
         url = model_tarball(s3, f"models/{model}/model.tar.gz", version)
-        sm.create_model(ModelName=model, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": TEST_IMAGE, "ModelDataUrl": url})
+        sm.create_model(
+            ModelName=model, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": TEST_IMAGE, "ModelDataUrl": url}
+        )
         models.append(model)
     config, name = unique("config-variants"), unique("endpoint-variants")
     sm.create_endpoint_config(
         EndpointConfigName=config,
         ProductionVariants=[
-            {"VariantName": "Primary", "ModelName": models[0], "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1, "InitialVariantWeight": 1.0},
-            {"VariantName": "Shadow", "ModelName": models[1], "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1, "InitialVariantWeight": 0.0},
+            {
+                "VariantName": "Primary",
+                "ModelName": models[0],
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+                "InitialVariantWeight": 1.0,
+            },
+            {
+                "VariantName": "Shadow",
+                "ModelName": models[1],
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+                "InitialVariantWeight": 0.0,
+            },
         ],
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
     endpoint = wait_for_endpoint(sm, name)
     assert [(v["VariantName"], v["CurrentWeight"]) for v in endpoint["ProductionVariants"]] == [
-        ("Primary", 1.0), ("Shadow", 0.0)
+        ("Primary", 1.0),
+        ("Shadow", 0.0),
     ]
     data = image_bytes(COLOURS["red"])
     for _ in range(3):  # weight 0 never receives unaddressed traffic
@@ -326,7 +347,10 @@ def test_variants_weights_and_signed_invocations_only(localcloud, clients):
 
     # What `curl -X POST --data-binary @image.png` sends: no signature at all. Refused, as AWS refuses it.
     request = urllib.request.Request(
-        f"{localcloud.url}/endpoints/{name}/invocations", data=data, headers={"Content-Type": "image/png"}, method="POST"
+        f"{localcloud.url}/endpoints/{name}/invocations",
+        data=data,
+        headers={"Content-Type": "image/png"},
+        method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
@@ -338,11 +362,30 @@ def test_variants_weights_and_signed_invocations_only(localcloud, clients):
         image.write_bytes(data)
         headers, answer = localcloud.data_dir.parent / "headers.txt", localcloud.data_dir.parent / "answer.json"
         subprocess.run(
-            ["curl", "-sS", "-D", str(headers), "-o", str(answer), "-X", "POST",
-             f"{localcloud.url}/endpoints/{name}/invocations",
-             "--aws-sigv4", f"aws:amz:{REGION}:sagemaker", "--user", "test:test",
-             "-H", "Content-Type: image/png", "--data-binary", f"@{image}"],
-            capture_output=True, text=True, timeout=60, check=True)
+            [
+                "curl",
+                "-sS",
+                "-D",
+                str(headers),
+                "-o",
+                str(answer),
+                "-X",
+                "POST",
+                f"{localcloud.url}/endpoints/{name}/invocations",
+                "--aws-sigv4",
+                f"aws:amz:{REGION}:sagemaker",
+                "--user",
+                "test:test",
+                "-H",
+                "Content-Type: image/png",
+                "--data-binary",
+                f"@{image}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         head = headers.read_text()
         assert " 200 " in head.splitlines()[0] and "x-Amzn-Invoked-Production-Variant: Primary" in head, head
         assert json.loads(answer.read_text())["predictions"] == [{"label": "red"}]
@@ -359,7 +402,10 @@ def test_endpoint_that_never_gets_healthy_fails(localcloud, clients):
     assert server_processes(localcloud.data_dir, name) == []
     with pytest.raises(ClientError) as excinfo:
         sm.update_endpoint(EndpointName=name, EndpointConfigName=deployable(sm, s3, "1"))
-    assert error_of(excinfo)[:2] == ("ValidationException", f'Cannot update failed endpoint "{endpoint["EndpointArn"]}".')
+    assert error_of(excinfo)[:2] == (
+        "ValidationException",
+        f'Cannot update failed endpoint "{endpoint["EndpointArn"]}".',
+    )
     sm.delete_endpoint(EndpointName=name)
 
 
@@ -367,15 +413,25 @@ def test_model_data_that_cannot_be_downloaded_fails_the_endpoint(clients):
     sm = clients["sagemaker"]
     model, config, name = unique("model-missing"), unique("config-missing"), unique("endpoint-missing")
     url = f"s3://{BUCKET}/models/{model}/model.tar.gz"
-    sm.create_model(ModelName=model, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": TEST_IMAGE, "ModelDataUrl": url})
+    sm.create_model(
+        ModelName=model, ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": TEST_IMAGE, "ModelDataUrl": url}
+    )
     sm.create_endpoint_config(
         EndpointConfigName=config,
-        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": model, "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1}}],
+        ProductionVariants=[
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": model,
+                "ServerlessConfig": {"MemorySizeInMB": 1024, "MaxConcurrency": 1},
+            }
+        ],
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config)
     endpoint = wait_for_endpoint(sm, name)
     assert endpoint["EndpointStatus"] == "Failed"
-    assert endpoint["FailureReason"].startswith(f'Failed to download model data for container "container_1" from URL: "{url}".')
+    assert endpoint["FailureReason"].startswith(
+        f'Failed to download model data for container "container_1" from URL: "{url}".'
+    )
     sm.delete_endpoint(EndpointName=name)
 
 
@@ -394,7 +450,8 @@ def test_models_configs_tags_and_listings(clients):
     sm.add_tags(ResourceArn=model_arn, Tags=[{"Key": "accuracy", "Value": "0.91"}, {"Key": "run", "Value": "a"}])
     sm.add_tags(ResourceArn=model_arn, Tags=[{"Key": "run", "Value": "b"}])
     assert sm.list_tags(ResourceArn=model_arn)["Tags"] == [
-        {"Key": "accuracy", "Value": "0.91"}, {"Key": "run", "Value": "b"}
+        {"Key": "accuracy", "Value": "0.91"},
+        {"Key": "run", "Value": "b"},
     ]
     sm.delete_tags(ResourceArn=model_arn, TagKeys=["run"])
     assert sm.list_tags(ResourceArn=model_arn)["Tags"] == [{"Key": "accuracy", "Value": "0.91"}]
@@ -402,8 +459,9 @@ def test_models_configs_tags_and_listings(clients):
     for _ in range(2):
         deployable(sm, s3, "6")
     first = sm.list_models(NameContains="model-v6", MaxResults=1, SortBy="Name", SortOrder="Ascending")
-    second = sm.list_models(NameContains="model-v6", MaxResults=1, SortBy="Name", SortOrder="Ascending",
-                            NextToken=first["NextToken"])
+    second = sm.list_models(
+        NameContains="model-v6", MaxResults=1, SortBy="Name", SortOrder="Ascending", NextToken=first["NextToken"]
+    )
     names = [first["Models"][0]["ModelName"], second["Models"][0]["ModelName"]]
     assert names == sorted(names) and "NextToken" not in second
     assert config in [c["EndpointConfigName"] for c in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]]
@@ -469,10 +527,18 @@ def test_malformed_requests_get_aws_shaped_errors(localcloud, clients):
     with pytest.raises(ClientError) as excinfo:
         sm.create_endpoint_config(
             EndpointConfigName=unique("config"),
-            ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "no-such-model",
-                                 "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}],
+            ProductionVariants=[
+                {
+                    "VariantName": "AllTraffic",
+                    "ModelName": "no-such-model",
+                    "InstanceType": "ml.m5.large",
+                    "InitialInstanceCount": 1,
+                }
+            ],
         )
-    assert error_of(excinfo)[1] == 'Could not find model "arn:aws:sagemaker:us-east-1:123456789012:model/no-such-model".'
+    assert (
+        error_of(excinfo)[1] == 'Could not find model "arn:aws:sagemaker:us-east-1:123456789012:model/no-such-model".'
+    )
 
     with pytest.raises(ClientError) as excinfo:
         sm.create_endpoint(EndpointName=unique("endpoint"), EndpointConfigName="no-such-config")
@@ -481,7 +547,10 @@ def test_malformed_requests_get_aws_shaped_errors(localcloud, clients):
     )
     with pytest.raises(ClientError) as excinfo:
         sm.update_endpoint(EndpointName="no-such-endpoint", EndpointConfigName="no-such-config")
-    assert error_of(excinfo)[1] == 'Could not find endpoint "arn:aws:sagemaker:us-east-1:123456789012:endpoint/no-such-endpoint".'
+    assert (
+        error_of(excinfo)[1]
+        == 'Could not find endpoint "arn:aws:sagemaker:us-east-1:123456789012:endpoint/no-such-endpoint".'
+    )
 
     with pytest.raises(ClientError) as excinfo:
         sm.describe_notebook_instance(NotebookInstanceName="nb")
@@ -499,8 +568,11 @@ def test_malformed_requests_get_aws_shaped_errors(localcloud, clients):
     request = urllib.request.Request(
         localcloud.url,
         data=b"{not json",
-        headers=signed_headers(localcloud.url, b"{not json", {"X-Amz-Target": "SageMaker.DescribeModel",
-                                                               "Content-Type": "application/x-amz-json-1.1"}),
+        headers=signed_headers(
+            localcloud.url,
+            b"{not json",
+            {"X-Amz-Target": "SageMaker.DescribeModel", "Content-Type": "application/x-amz-json-1.1"},
+        ),
         method="POST",
     )
     with pytest.raises(urllib.error.HTTPError) as http_error:

@@ -1,5 +1,6 @@
 """localcloud's front door: SigV4 on every request, no CORS for foreign origins, no browser form uploads, and
 training jobs and models that run only what the image map names."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,7 @@ def unique(prefix: str) -> str:
 
 def raw(url: str, body: bytes, headers: dict, method: str = "POST", path: str = "/"):
     """(status, headers, body) of one plain HTTP request, errors included."""
-    request = urllib.request.Request(url + path, data=body if method != "GET" else None, headers=headers,
-                                     method=method)
+    request = urllib.request.Request(url + path, data=body if method != "GET" else None, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, dict(answer.headers.items()), answer.read()
@@ -50,24 +50,39 @@ def create_job_body(name: str, marker: Path) -> dict:
 
 
 def client(url: str, service: str, key: str = "test", secret: str = "test", **config):
-    return boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id=key,
-                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, **config))
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(retries={"max_attempts": 1}, **config),
+    )
 
 
 def test_an_unsigned_training_job_with_a_command_is_refused_and_runs_nothing(localcloud_server, tmp_path):
     marker = tmp_path / "pwned"
     name = unique("unsigned")
     body = json.dumps(create_job_body(name, marker)).encode()
-    status, headers, answer = raw(localcloud_server.url, body, {
-        "X-Amz-Target": "SageMaker.CreateTrainingJob", "Content-Type": "application/x-amz-json-1.1"})
+    status, headers, answer = raw(
+        localcloud_server.url,
+        body,
+        {"X-Amz-Target": "SageMaker.CreateTrainingJob", "Content-Type": "application/x-amz-json-1.1"},
+    )
     assert status == 403
     assert json.loads(answer)["__type"] == "MissingAuthenticationTokenException"
     # Signed with an unknown key, or with the right key and a wrong secret: refused the same way.
-    for key, secret, code in (("AKIAOTHER", "test", "UnrecognizedClientException"),
-                              ("test", "not-the-secret", "InvalidSignatureException")):
-        headers = signed_headers(localcloud_server.url, body, {
-            "X-Amz-Target": "SageMaker.CreateTrainingJob", "Content-Type": "application/x-amz-json-1.1"},
-            key=key, secret=secret)
+    for key, secret, code in (
+        ("AKIAOTHER", "test", "UnrecognizedClientException"),
+        ("test", "not-the-secret", "InvalidSignatureException"),
+    ):
+        headers = signed_headers(
+            localcloud_server.url,
+            body,
+            {"X-Amz-Target": "SageMaker.CreateTrainingJob", "Content-Type": "application/x-amz-json-1.1"},
+            key=key,
+            secret=secret,
+        )
         status, _, answer = raw(localcloud_server.url, body, headers)
         assert (status, json.loads(answer)["__type"]) == (403, code)
     with pytest.raises(ClientError) as missing:
@@ -93,8 +108,11 @@ def test_a_signed_request_cannot_change_the_command_either(localcloud_server, tm
     with pytest.raises(ClientError, match=r"LD_PRELOAD, PYTHONSTARTUP would change the command"):
         sm.create_training_job(**request)
     with pytest.raises(ClientError, match=r"PYTHONPATH would change the command"):
-        sm.create_model(ModelName=unique("model"), ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
-                        PrimaryContainer={"Image": TEST_IMAGE, "Environment": {"PYTHONPATH": "/tmp"}})
+        sm.create_model(
+            ModelName=unique("model"),
+            ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
+            PrimaryContainer={"Image": TEST_IMAGE, "Environment": {"PYTHONPATH": "/tmp"}},
+        )
     assert not marker.exists()
     with pytest.raises(ClientError, match="Requested resource not found"):
         sm.describe_training_job(TrainingJobName=name)
@@ -113,13 +131,16 @@ def test_an_image_map_entry_may_allow_its_own_entrypoint(tmp_path):
         ImageMap([{"match": "x", "train": ["y"], "allow": ["Everything"]}])
 
 
-@pytest.mark.parametrize("service, call", [
-    ("s3", lambda c: c.list_buckets()),
-    ("sagemaker", lambda c: c.list_endpoints()),
-    ("logs", lambda c: c.describe_log_groups()),
-    ("sts", lambda c: c.get_caller_identity()),
-    ("iam", lambda c: c.list_roles()),
-])
+@pytest.mark.parametrize(
+    "service, call",
+    [
+        ("s3", lambda c: c.list_buckets()),
+        ("sagemaker", lambda c: c.list_endpoints()),
+        ("logs", lambda c: c.describe_log_groups()),
+        ("sts", lambda c: c.get_caller_identity()),
+        ("iam", lambda c: c.list_roles()),
+    ],
+)
 def test_every_service_wants_the_configured_key(localcloud_server, service, call):
     url = localcloud_server.url
     call(client(url, service))  # the configured pair works
@@ -127,17 +148,28 @@ def test_every_service_wants_the_configured_key(localcloud_server, service, call
     for key, secret in (("AKIAOTHER", "test"), ("test", "wrong")):
         with pytest.raises(ClientError) as refused:
             call(client(url, service, key, secret))
-        codes.append((refused.value.response["ResponseMetadata"]["HTTPStatusCode"],
-                      refused.value.response["Error"]["Code"]))
+        codes.append(
+            (refused.value.response["ResponseMetadata"]["HTTPStatusCode"], refused.value.response["Error"]["Code"])
+        )
     with pytest.raises(ClientError) as refused:
-        call(boto3.client(service, endpoint_url=url, region_name=REGION,
-                          config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1})))
-    codes.append((refused.value.response["ResponseMetadata"]["HTTPStatusCode"],
-                  refused.value.response["Error"]["Code"]))
+        call(
+            boto3.client(
+                service,
+                endpoint_url=url,
+                region_name=REGION,
+                config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+            )
+        )
+    codes.append(
+        (refused.value.response["ResponseMetadata"]["HTTPStatusCode"], refused.value.response["Error"]["Code"])
+    )
     expected = {
         "s3": ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"],
-        "sagemaker": ["UnrecognizedClientException", "InvalidSignatureException",
-                      "MissingAuthenticationTokenException"],
+        "sagemaker": [
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "MissingAuthenticationTokenException",
+        ],
         "logs": ["UnrecognizedClientException", "InvalidSignatureException", "MissingAuthenticationTokenException"],
         "sts": ["InvalidClientTokenId", "SignatureDoesNotMatch", "MissingAuthenticationToken"],
         "iam": ["InvalidClientTokenId", "SignatureDoesNotMatch", "MissingAuthenticationToken"],
@@ -171,27 +203,40 @@ def test_s3_keys_that_need_encoding_presigned_urls_and_a_stale_clock(localcloud_
 
 def test_browsers_get_no_cors_answers_and_no_form_uploads(localcloud_server):
     url = localcloud_server.url
-    status, headers, _ = raw(url, b"", {"Origin": "http://attacker.example",
-                                         "Access-Control-Request-Method": "POST",
-                                         "Access-Control-Request-Headers": "content-type,x-amz-target"},
-                             method="OPTIONS")
+    status, headers, _ = raw(
+        url,
+        b"",
+        {
+            "Origin": "http://attacker.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-amz-target",
+        },
+        method="OPTIONS",
+    )
     assert status == 403
     assert not any(k.lower().startswith("access-control-") for k in headers)
     # A signed answer carries no CORS header for a foreign origin either (moto adds them to everything).
     body = b"{}"
-    hdrs = signed_headers(url, body, {"X-Amz-Target": "SageMaker.ListEndpoints",
-                                      "Content-Type": "application/x-amz-json-1.1"})
+    hdrs = signed_headers(
+        url, body, {"X-Amz-Target": "SageMaker.ListEndpoints", "Content-Type": "application/x-amz-json-1.1"}
+    )
     status, headers, _ = raw(url, body, {**hdrs, "Origin": "http://attacker.example"})
     assert status == 200 and not any(k.lower().startswith("access-control-") for k in headers)
     # An S3 form upload, as a page on any origin can post it: refused, nothing written.
     s3 = client(url, "s3", s3={"addressing_style": "path"})
     s3.create_bucket(Bucket=BUCKET)
     boundary = "xyzzy"
-    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"key\"\r\n\r\ntlpipe/pretrained/latest.json\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n"
-            f"Content-Type: application/json\r\n\r\n{{\"uri\": \"s3://evil/model\"}}\r\n--{boundary}--\r\n").encode()
-    status, headers, answer = raw(url, form, {"Content-Type": f"multipart/form-data; boundary={boundary}",
-                                              "Origin": "http://attacker.example"}, path=f"/{BUCKET}")
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="key"\r\n\r\ntlpipe/pretrained/latest.json\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+        f'Content-Type: application/json\r\n\r\n{{"uri": "s3://evil/model"}}\r\n--{boundary}--\r\n'
+    ).encode()
+    status, headers, answer = raw(
+        url,
+        form,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}", "Origin": "http://attacker.example"},
+        path=f"/{BUCKET}",
+    )
     assert status == 403 and b"<Code>AccessDenied</Code>" in answer
     assert "Access-Control-Allow-Origin" not in headers
     with pytest.raises(ClientError):
@@ -227,13 +272,28 @@ def test_localcloud_takes_its_key_from_the_environment(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI is not installed")
 def test_the_aws_cli_works_with_the_configured_key(localcloud_server, tmp_path):
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin:" + str(Path(shutil.which("aws")).parent), "HOME": str(tmp_path),
-           "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": REGION}
-    out = subprocess.run(["aws", "--endpoint-url", localcloud_server.url, "sts", "get-caller-identity"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin:" + str(Path(shutil.which("aws")).parent),
+        "HOME": str(tmp_path),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+    out = subprocess.run(
+        ["aws", "--endpoint-url", localcloud_server.url, "sts", "get-caller-identity"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and json.loads(out.stdout)["Account"] == "123456789012", out.stderr
-    wrong = subprocess.run(["aws", "--endpoint-url", localcloud_server.url, "sagemaker", "list-endpoints"],
-                           env={**env, "AWS_SECRET_ACCESS_KEY": "wrong"}, capture_output=True, text=True, timeout=120)
+    wrong = subprocess.run(
+        ["aws", "--endpoint-url", localcloud_server.url, "sagemaker", "list-endpoints"],
+        env={**env, "AWS_SECRET_ACCESS_KEY": "wrong"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert wrong.returncode != 0 and "InvalidSignatureException" in wrong.stderr
 
 

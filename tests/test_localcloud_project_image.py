@@ -5,6 +5,7 @@ built-in image map entry), so this is the fine-tune job and endpoint the deploy 
 pretrained model: S3 channels in, metrics and ``model.tar.gz`` out, then a real image classified through
 the SageMaker runtime.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ def test_finetune_and_serve_the_project_image(localcloud, world):
         TrainingJobName="project-finetune",
         RoleArn=ROLE_ARN,
         AlgorithmSpecification={
-            "TrainingImage": IMAGE, "TrainingInputMode": "File", "MetricDefinitions": METRIC_DEFINITIONS
+            "TrainingImage": IMAGE,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
         },
         HyperParameters=FINETUNE_HP,
         InputDataConfig=[
@@ -57,13 +60,19 @@ def test_finetune_and_serve_the_project_image(localcloud, world):
     assert artifacts == f"s3://{BUCKET}/jobs/project-finetune/output/model.tar.gz"
 
     sm.create_model(
-        ModelName="project-model", ExecutionRoleArn=ROLE_ARN, PrimaryContainer={"Image": IMAGE, "ModelDataUrl": artifacts}
+        ModelName="project-model",
+        ExecutionRoleArn=ROLE_ARN,
+        PrimaryContainer={"Image": IMAGE, "ModelDataUrl": artifacts},
     )
     sm.create_endpoint_config(
         EndpointConfigName="project-config",
         ProductionVariants=[
-            {"VariantName": "AllTraffic", "ModelName": "project-model", "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1}
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": "project-model",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
         ],
     )
     sm.create_endpoint(EndpointName="project-endpoint", EndpointConfigName="project-config")
@@ -82,4 +91,6 @@ def test_finetune_and_serve_the_project_image(localcloud, world):
         assert probabilities == sorted(probabilities, reverse=True) and all(0.0 <= x <= 1.0 for x in probabilities)
     finally:
         sm.delete_endpoint(EndpointName="project-endpoint")
-        sm.get_waiter("endpoint_deleted").wait(EndpointName="project-endpoint", WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+        sm.get_waiter("endpoint_deleted").wait(
+            EndpointName="project-endpoint", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+        )

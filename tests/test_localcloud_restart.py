@@ -1,4 +1,5 @@
 """localcloud restarts: nothing lost after SIGTERM, and jobs and endpoints carried on after SIGKILL."""
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,12 @@ def deploy(sm, name: str, artifacts: str, tags: list[dict] | None = None) -> Non
     sm.create_endpoint_config(
         EndpointConfigName=f"{name}-config",
         ProductionVariants=[
-            {"VariantName": "AllTraffic", "ModelName": f"{name}-model", "InstanceType": "ml.m5.large",
-             "InitialInstanceCount": 1}
+            {
+                "VariantName": "AllTraffic",
+                "ModelName": f"{name}-model",
+                "InstanceType": "ml.m5.large",
+                "InitialInstanceCount": 1,
+            }
         ],
     )
     sm.create_endpoint(EndpointName=name, EndpointConfigName=f"{name}-config")
@@ -65,8 +70,9 @@ def test_clean_restart_loses_nothing(tmp_path):
     with running_localcloud(data_dir, log) as cloud:
         s3, sm, logs = cloud.client("s3"), cloud.client("sagemaker"), cloud.client("logs")
         upload_dataset(s3, BUCKET, "images")
-        s3.put_object(Bucket=BUCKET, Key="notes/readme.txt", Body=b"kept", ContentType="text/plain",
-                      Metadata={"owner": "tlpipe"})
+        s3.put_object(
+            Bucket=BUCKET, Key="notes/readme.txt", Body=b"kept", ContentType="text/plain", Metadata={"owner": "tlpipe"}
+        )
         sm.create_training_job(**training_job_request("restart-job", BUCKET, "images", version="4"))
         job = wait_for_job(sm, "restart-job")
         assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
@@ -80,8 +86,12 @@ def test_clean_restart_loses_nothing(tmp_path):
             "model": sm.describe_model(ModelName="restart-endpoint-model"),
             "config": sm.describe_endpoint_config(EndpointConfigName="restart-endpoint-config"),
             "objects": sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]),
-            "events": [e["message"] for e in logs.get_log_events(
-                logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, startFromHead=True)["events"]],
+            "events": [
+                e["message"]
+                for e in logs.get_log_events(
+                    logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, startFromHead=True
+                )["events"]
+            ],
         }
     assert cloud.proc.returncode == 0
     assert children_of(data_dir) == []
@@ -92,12 +102,17 @@ def test_clean_restart_loses_nothing(tmp_path):
         assert sm.describe_model(ModelName="restart-endpoint-model")["ModelArn"] == before["model"]["ModelArn"]
         model_arn = before["model"]["ModelArn"]
         assert sm.list_tags(ResourceArn=model_arn)["Tags"] == [{"Key": "accuracy", "Value": "1.0"}]
-        assert sm.describe_endpoint_config(EndpointConfigName="restart-endpoint-config")["ProductionVariants"] == (
-            before["config"]["ProductionVariants"]
+        assert (
+            sm.describe_endpoint_config(EndpointConfigName="restart-endpoint-config")["ProductionVariants"]
+            == (before["config"]["ProductionVariants"])
         )
         assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]) == before["objects"]
         note = s3.get_object(Bucket=BUCKET, Key="notes/readme.txt")
-        assert (note["Body"].read(), note["ContentType"], note["Metadata"]) == (b"kept", "text/plain", {"owner": "tlpipe"})
+        assert (note["Body"].read(), note["ContentType"], note["Metadata"]) == (
+            b"kept",
+            "text/plain",
+            {"owner": "tlpipe"},
+        )
         events = logs.get_log_events(
             logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, startFromHead=True
         )["events"]
@@ -106,7 +121,8 @@ def test_clean_restart_loses_nothing(tmp_path):
         endpoint = wait_for_endpoint(sm, "restart-endpoint")
         assert (endpoint["EndpointStatus"], endpoint["EndpointConfigName"]) == ("InService", "restart-endpoint-config")
         assert invoke(cloud.client("sagemaker-runtime"), "restart-endpoint", "blue") == {
-            "predictions": [{"label": "blue"}], "model_version": "4"
+            "predictions": [{"label": "blue"}],
+            "model_version": "4",
         }
     assert children_of(data_dir) == []
 
@@ -143,9 +159,15 @@ def test_crash_restart_adopts_running_work(tmp_path):
         assert survivor["TrainingJobStatus"] == "Completed", survivor.get("FailureReason")
         # Adopted, not run again: no restart in its history.
         assert [t["Status"] for t in survivor["SecondaryStatusTransitions"]] == [
-            "Starting", "Downloading", "Training", "Uploading", "Completed"
+            "Starting",
+            "Downloading",
+            "Training",
+            "Uploading",
+            "Completed",
         ]
-        assert [m["Value"] for m in survivor["FinalMetricDataList"] if m["MetricName"] == "validation:accuracy"] == [1.0]
+        assert [m["Value"] for m in survivor["FinalMetricDataList"] if m["MetricName"] == "validation:accuracy"] == [
+            1.0
+        ]
         key = survivor["ModelArtifacts"]["S3ModelArtifacts"].split(f"s3://{BUCKET}/", 1)[1]
         assert cloud.client("s3").head_object(Bucket=BUCKET, Key=key)["ContentLength"] > 0
         # The model server that outlived the crash is the one serving now.

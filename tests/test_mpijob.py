@@ -1,16 +1,17 @@
 """The MPIJob launcher: the typed v2beta1 model, its pod templates, and create/watch/delete against kmock."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import yaml
-from pydantic import ValidationError
-
 from airflow_env import kubernetes_connection
 from kube_mock import KubeServer
-from plugins.tlpipe.pretraining import mpijob
+from pydantic import ValidationError
+
 from plugins.tlpipe.config import load_config
+from plugins.tlpipe.pretraining import mpijob
 from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 NS = "ml-training"
@@ -23,10 +24,21 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def spec(cfg):
-    return TrainingSpec(launcher="mpijob", workers=3, gpus_per_worker=4, hostfile=cfg.mpijob.hostfile,
-                        ssh_port=cfg.mpijob.ssh_port, manifest="/data/curated/r/manifest.json",
-                        checkpoint_dir="s3://tlpipe-checkpoints/pretrain/r", epochs=48, model="resnet50",
-                        image_size=224, batch_size=64, learning_rate=5e-4, s3_endpoint_url="http://store:9000")
+    return TrainingSpec(
+        launcher="mpijob",
+        workers=3,
+        gpus_per_worker=4,
+        hostfile=cfg.mpijob.hostfile,
+        ssh_port=cfg.mpijob.ssh_port,
+        manifest="/data/curated/r/manifest.json",
+        checkpoint_dir="s3://tlpipe-checkpoints/pretrain/r",
+        epochs=48,
+        model="resnet50",
+        image_size=224,
+        batch_size=64,
+        learning_rate=5e-4,
+        s3_endpoint_url="http://store:9000",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,7 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
     assert isinstance(launcher, V1PodTemplateSpec) and isinstance(worker, V1PodTemplateSpec)
 
     lc = launcher.spec.containers[0]
-    assert lc.command == spec.argv()              # the launcher runs the one training command
+    assert lc.command == spec.argv()  # the launcher runs the one training command
     assert lc.command[:7] == ["horovodrun", "-np", "12", "--hostfile", "/etc/mpi/hostfile", "-p", "2222"]
     assert cfg.kubernetes.gpu_resource not in (lc.resources.limits or {})
 
@@ -67,8 +79,9 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
     assert {m.mount_path for m in wc.volume_mounts} == {"/data", "/dev/shm", "/var/run/secrets/tlpipe/checkpoint-store"}
     for container in (wc, launcher.spec.containers[0]):  # the store's keys as files on both, never in env
         assert not container.env_from
-        assert {e.name: e.value for e in container.env}["TLPIPE_S3_CREDENTIALS_DIR"] == \
-            "/var/run/secrets/tlpipe/checkpoint-store"
+        assert {e.name: e.value for e in container.env}[
+            "TLPIPE_S3_CREDENTIALS_DIR"
+        ] == "/var/run/secrets/tlpipe/checkpoint-store"
     shm = next(v for v in worker.spec.volumes if v.name == "dshm")
     assert shm.empty_dir.medium == "Memory"
     assert worker.spec.node_selector == cfg.kubernetes.node_selector
@@ -82,14 +95,17 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
         assert pod.spec.service_account_name == "tlpipe-training"
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda m: m["spec"].update(slotsPerWorkers=2), "Extra inputs"),
-    (lambda m: m["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"), "cleanPodPolicy"),
-    (lambda m: m["spec"]["mpiReplicaSpecs"]["Launcher"].update(replicas=2), "exactly one Launcher"),
-    (lambda m: m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"].update(containers=[]), "container"),
-    (lambda m: m["spec"]["mpiReplicaSpecs"].update(Chief=m["spec"]["mpiReplicaSpecs"]["Worker"]), "Launcher"),
-    (lambda m: m["metadata"].update(name="Pretrain_1"), "pattern"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m["spec"].update(slotsPerWorkers=2), "Extra inputs"),
+        (lambda m: m["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"), "cleanPodPolicy"),
+        (lambda m: m["spec"]["mpiReplicaSpecs"]["Launcher"].update(replicas=2), "exactly one Launcher"),
+        (lambda m: m["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"].update(containers=[]), "container"),
+        (lambda m: m["spec"]["mpiReplicaSpecs"].update(Chief=m["spec"]["mpiReplicaSpecs"]["Worker"]), "Launcher"),
+        (lambda m: m["metadata"].update(name="Pretrain_1"), "pattern"),
+    ],
+)
 def test_typed_model_rejects_what_the_operator_would(job, mutate, message):
     manifest = json.loads(job.to_yaml())
     mutate(manifest)
@@ -103,8 +119,9 @@ def test_only_mpijob_specs_become_mpijobs(cfg, spec):
 
 
 def test_status_phase():
-    status = mpijob.MPIJobStatus.model_validate({"conditions": [
-        {"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]})
+    status = mpijob.MPIJobStatus.model_validate(
+        {"conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}]}
+    )
     assert status.phase == "Running" and status.condition("Succeeded") is None
     status.conditions.append(mpijob.JobCondition(type="Running", status="False"))
     status.conditions.append(mpijob.JobCondition(type="Failed", status="True", reason="BackoffLimitExceeded"))
@@ -133,23 +150,53 @@ def test_create_watch_delete_against_an_api_server(kube, job):
     create.execute({})  # a retry finds it and reuses it
 
     sensor = MPIJobSensor(task_id="watch", name=job.metadata.name, namespace=NS, poke_interval=1, timeout=30)
-    assert sensor.poke({}) is False                                   # no status yet
-    kube.patch_status("mpijobs", NS, job.metadata.name, {"conditions": [
-        {"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}],
-        "replicaStatuses": {"Launcher": {"active": 1}, "Worker": {"active": 3}}},
-        group=mpijob.GROUP, version=mpijob.VERSION)
+    assert sensor.poke({}) is False  # no status yet
+    kube.patch_status(
+        "mpijobs",
+        NS,
+        job.metadata.name,
+        {
+            "conditions": [{"type": "Created", "status": "True"}, {"type": "Running", "status": "True"}],
+            "replicaStatuses": {"Launcher": {"active": 1}, "Worker": {"active": 3}},
+        },
+        group=mpijob.GROUP,
+        version=mpijob.VERSION,
+    )
     assert sensor.poke({}) is False
-    kube.patch_status("mpijobs", NS, job.metadata.name, {"conditions": [
-        {"type": "Created", "status": "True"}, {"type": "Running", "status": "False"},
-        {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded"}]},
-        group=mpijob.GROUP, version=mpijob.VERSION)
+    kube.patch_status(
+        "mpijobs",
+        NS,
+        job.metadata.name,
+        {
+            "conditions": [
+                {"type": "Created", "status": "True"},
+                {"type": "Running", "status": "False"},
+                {"type": "Succeeded", "status": "True", "reason": "MPIJobSucceeded"},
+            ]
+        },
+        group=mpijob.GROUP,
+        version=mpijob.VERSION,
+    )
     assert sensor.poke({}) is True
 
-    kube.patch_status("mpijobs", NS, job.metadata.name, {"conditions": [
-        {"type": "Created", "status": "True"},
-        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-         "message": "launcher pod pretrain-0123456789ab-launcher exited with code 137 (OOMKilled)"}]},
-        group=mpijob.GROUP, version=mpijob.VERSION)
+    kube.patch_status(
+        "mpijobs",
+        NS,
+        job.metadata.name,
+        {
+            "conditions": [
+                {"type": "Created", "status": "True"},
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "BackoffLimitExceeded",
+                    "message": "launcher pod pretrain-0123456789ab-launcher exited with code 137 (OOMKilled)",
+                },
+            ]
+        },
+        group=mpijob.GROUP,
+        version=mpijob.VERSION,
+    )
     with pytest.raises(AirflowFailException, match=r"BackoffLimitExceeded: launcher pod .* \(OOMKilled\)"):
         sensor.poke({})
 

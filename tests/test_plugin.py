@@ -1,5 +1,6 @@
 """The plugins folder as Airflow loads it: the ``tlpipe`` plugin registers its links, and no module of the project
 is imported a second time under another name."""
+
 from __future__ import annotations
 
 import json
@@ -30,17 +31,31 @@ def test_airflows_plugins_manager_loads_the_plugin_and_nothing_twice(tmp_path):
                           "links": links, "loaded": loaded}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE"))}
-    env.update({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"})
-    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "plugins")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "plugins")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}
     assert "tlpipe" in result["plugins"]
-    assert {"plugins.tlpipe.deploy.links.SageMakerTrainingJobLink",
-            "plugins.tlpipe.deploy.links.SageMakerEndpointLink"} <= set(result["links"])
+    assert {
+        "plugins.tlpipe.deploy.links.SageMakerTrainingJobLink",
+        "plugins.tlpipe.deploy.links.SageMakerEndpointLink",
+    } <= set(result["links"])
     twice = {path: names for path, names in result["loaded"].items() if len(names) > 1}
     assert twice == {}, f"imported under two names: {twice}"
     # The manager loaded the plugin module and nothing else of the folder by file.
@@ -53,10 +68,11 @@ def test_links_point_at_the_console_pages_of_the_resources():
 
     domain = SageMakerTrainingJobLink.get_aws_domain("aws")
     assert SageMakerTrainingJobLink().format_link(region_name="eu-west-1", aws_domain=domain, job_name="ft-1") == (
-        "https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/jobs/ft-1")
-    assert SageMakerEndpointLink().format_link(region_name="eu-west-1", aws_domain=domain,
-                                               endpoint_name="tlpipe-domain") == (
-        "https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/endpoints/tlpipe-domain")
+        "https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/jobs/ft-1"
+    )
+    assert SageMakerEndpointLink().format_link(
+        region_name="eu-west-1", aws_domain=domain, endpoint_name="tlpipe-domain"
+    ) == ("https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/endpoints/tlpipe-domain")
 
 
 def test_the_deploy_operators_carry_the_links():

@@ -1,17 +1,18 @@
 """The pod launcher: the rendered pod (dry run) and a failed training pod on an in-memory API server."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
-from kubernetes.client import models as k8s
-
 from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
 from kube_mock import KubeServer
+from kubernetes.client import models as k8s
+from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
+
 from plugins.tlpipe.config import load_config
 from plugins.tlpipe.pretraining.launchers import TrainingPodOperator, pod_failure_reason
 from plugins.tlpipe.pretraining.spec import TrainingSpec
-from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,19 @@ def kube_cfg():
 
 @pytest.fixture(scope="module")
 def spec():
-    return TrainingSpec(launcher="pod", workers=1, gpus_per_worker=4, manifest="/data/curated/r/manifest.json",
-                        checkpoint_dir="s3://tlpipe-checkpoints/pretrain/r", epochs=48, model="resnet50",
-                        image_size=224, batch_size=64, learning_rate=5e-4, s3_endpoint_url="http://store:9000")
+    return TrainingSpec(
+        launcher="pod",
+        workers=1,
+        gpus_per_worker=4,
+        manifest="/data/curated/r/manifest.json",
+        checkpoint_dir="s3://tlpipe-checkpoints/pretrain/r",
+        epochs=48,
+        model="resnet50",
+        image_size=224,
+        batch_size=64,
+        learning_rate=5e-4,
+        s3_endpoint_url="http://store:9000",
+    )
 
 
 def test_dry_run_pod(kube_cfg, spec):
@@ -33,11 +44,34 @@ def test_dry_run_pod(kube_cfg, spec):
     assert pod.metadata.labels["app.kubernetes.io/part-of"] == "tlpipe"
     s = pod.spec
     (c,) = s.containers
-    assert c.command == spec.argv() == [
-        "horovodrun", "-np", "4", "python", "-m", "training.pretrain",
-        "--manifest", "/data/curated/r/manifest.json", "--checkpoint-dir", "s3://tlpipe-checkpoints/pretrain/r",
-        "--epochs", "48", "--model", "resnet50", "--image-size", "224", "--batch-size", "64",
-        "--learning-rate", "0.0005", "--s3-endpoint-url", "http://store:9000"]
+    assert (
+        c.command
+        == spec.argv()
+        == [
+            "horovodrun",
+            "-np",
+            "4",
+            "python",
+            "-m",
+            "training.pretrain",
+            "--manifest",
+            "/data/curated/r/manifest.json",
+            "--checkpoint-dir",
+            "s3://tlpipe-checkpoints/pretrain/r",
+            "--epochs",
+            "48",
+            "--model",
+            "resnet50",
+            "--image-size",
+            "224",
+            "--batch-size",
+            "64",
+            "--learning-rate",
+            "0.0005",
+            "--s3-endpoint-url",
+            "http://store:9000",
+        ]
+    )
     assert not c.args
     assert c.image == kube_cfg.image
     assert c.resources.limits == {"cpu": "8", "memory": "48Gi", "nvidia.com/gpu": "4"}
@@ -53,7 +87,10 @@ def test_dry_run_pod(kube_cfg, spec):
     assert volumes["data"].persistent_volume_claim.claim_name == "tlpipe-data"
     assert volumes["dshm"].empty_dir.medium == "Memory" and volumes["dshm"].empty_dir.size_limit == "8Gi"
     assert {m.name: m.mount_path for m in c.volume_mounts} == {
-        "data": "/data", "dshm": "/dev/shm", "checkpoint-store-credentials": "/var/run/secrets/tlpipe/checkpoint-store"}
+        "data": "/data",
+        "dshm": "/dev/shm",
+        "checkpoint-store-credentials": "/var/run/secrets/tlpipe/checkpoint-store",
+    }
     # The store's secret arrives as read-only files, never as environment variables (Horovod copies those onto
     # every worker's command line).
     assert volumes["checkpoint-store-credentials"].secret.secret_name == "tlpipe-checkpoint-store"
@@ -77,12 +114,28 @@ def test_only_pod_specs_run_in_a_pod(kube_cfg, spec):
 
 
 def test_failure_reason_of_a_pod():
-    pod = k8s.V1Pod(status=k8s.V1PodStatus(phase="Failed", container_statuses=[k8s.V1ContainerStatus(
-        name="base", image="i", image_id="", ready=False, restart_count=0,
-        state=k8s.V1ContainerState(terminated=k8s.V1ContainerStateTerminated(
-            exit_code=137, reason="OOMKilled", message="killed at epoch 3\n")))]))
+    pod = k8s.V1Pod(
+        status=k8s.V1PodStatus(
+            phase="Failed",
+            container_statuses=[
+                k8s.V1ContainerStatus(
+                    name="base",
+                    image="i",
+                    image_id="",
+                    ready=False,
+                    restart_count=0,
+                    state=k8s.V1ContainerState(
+                        terminated=k8s.V1ContainerStateTerminated(
+                            exit_code=137, reason="OOMKilled", message="killed at epoch 3\n"
+                        )
+                    ),
+                )
+            ],
+        )
+    )
     assert pod_failure_reason(pod, "base") == (
-        "pod phase Failed; container base terminated: OOMKilled (exit 137): killed at epoch 3")
+        "pod phase Failed; container base terminated: OOMKilled (exit 137): killed at epoch 3"
+    )
     assert pod_failure_reason(k8s.V1Pod(status=k8s.V1PodStatus(phase="Succeeded")), "base") is None
 
 
@@ -98,12 +151,30 @@ def test_pod_path_creates_a_pod_and_reports_its_failure(tmp_path, small_tree, s3
         def kill_the_pod():
             pod = kube.wait_for("pods", namespace)
             seen.append(pod)
-            kube.patch_status("pods", namespace, pod["metadata"]["name"], {
-                "phase": "Failed",
-                "containerStatuses": [{"name": "base", "image": pod["spec"]["containers"][0]["image"],
-                                       "imageID": "", "ready": False, "restartCount": 0,
-                                       "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                                                                "message": "out of memory in epoch 1"}}}]})
+            kube.patch_status(
+                "pods",
+                namespace,
+                pod["metadata"]["name"],
+                {
+                    "phase": "Failed",
+                    "containerStatuses": [
+                        {
+                            "name": "base",
+                            "image": pod["spec"]["containers"][0]["image"],
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": 137,
+                                    "reason": "OOMKilled",
+                                    "message": "out of memory in epoch 1",
+                                }
+                            },
+                        }
+                    ],
+                },
+            )
 
         writer = threading.Thread(target=kill_the_pod, daemon=True)
         writer.start()
@@ -116,6 +187,6 @@ def test_pod_path_creates_a_pod_and_reports_its_failure(tmp_path, small_tree, s3
         container = pod["spec"]["containers"][0]
         assert container["command"] == TrainingSpec.model_validate(run.xcom("prepare")["training"]).argv()
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-        assert kube.objects("pods", namespace) == []            # deleted once the task finished
+        assert kube.objects("pods", namespace) == []  # deleted once the task finished
     logs = capfd.readouterr()
     assert "OOMKilled (exit 137): out of memory in epoch 1" in logs.out + logs.err

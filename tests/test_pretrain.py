@@ -1,4 +1,5 @@
 """Real Horovod runs of the pretraining script on a tiny dataset (2 CPU workers over Gloo)."""
+
 import hashlib
 import json
 import os
@@ -18,8 +19,24 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
 def _cmd(manifest, ckpt, epochs, *extra, np=2):
-    train = [sys.executable, "-m", "training.pretrain", "--manifest", str(manifest), "--checkpoint-dir", str(ckpt),
-             "--epochs", str(epochs), "--image-size", "32", "--batch-size", "8", "--threads", "1", *extra]
+    train = [
+        sys.executable,
+        "-m",
+        "training.pretrain",
+        "--manifest",
+        str(manifest),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--epochs",
+        str(epochs),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        *extra,
+    ]
     return [str(BIN / "horovodrun"), "-np", str(np), *train] if np else train
 
 
@@ -81,8 +98,9 @@ def test_best_model_takes_raw_uint8_images(two_rank_run):
 def test_resume_after_kill(tiny_manifest, tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = _cmd(tiny_manifest, ckpt, 5, "--steps-per-epoch", "25")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not (ckpt / "epochs" / "0002" / "COMMITTED").exists():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -107,7 +125,9 @@ def test_resume_after_kill(tiny_manifest, tmp_path):
     assert sorted(p.name for p in (ckpt / "epochs").iterdir()) == [f"{i:04d}" for i in range(1, 6)]
     assert (ckpt / "COMPLETE").exists()
     best = json.loads((ckpt / "best.json").read_text())
-    accs = [json.loads((ckpt / "epochs" / f"{i:04d}" / "metrics.json").read_text())["val_accuracy"] for i in range(1, 6)]
+    accs = [
+        json.loads((ckpt / "epochs" / f"{i:04d}" / "metrics.json").read_text())["val_accuracy"] for i in range(1, 6)
+    ]
     assert best["val_accuracy"] == max(accs)
 
 
@@ -127,8 +147,9 @@ def _kill_leftovers(marker: str) -> None:
 
 def test_failure_writes_reason_and_exits_nonzero(tiny_manifest, tmp_path):
     ckpt = tmp_path / "ckpt"
-    r = subprocess.run(_cmd(tiny_manifest, ckpt, 2, "--fail-at-epoch", "1", np=0), capture_output=True, text=True,
-                       env=ENV, timeout=600)
+    r = subprocess.run(
+        _cmd(tiny_manifest, ckpt, 2, "--fail-at-epoch", "1", np=0), capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert r.returncode != 0
     failed = json.loads((ckpt / "FAILED").read_text())
     assert "injected failure at epoch 1" in failed["reason"]
@@ -140,8 +161,9 @@ def test_failure_writes_reason_and_exits_nonzero(tiny_manifest, tmp_path):
 
 
 def test_missing_manifest_is_a_clear_failure(tmp_path):
-    r = subprocess.run(_cmd(tmp_path / "nope.json", tmp_path / "ckpt", 1, np=0), capture_output=True, text=True,
-                       env=ENV, timeout=600)
+    r = subprocess.run(
+        _cmd(tmp_path / "nope.json", tmp_path / "ckpt", 1, np=0), capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert r.returncode != 0
     assert "FileNotFoundError" in json.loads((tmp_path / "ckpt" / "FAILED").read_text())["reason"]
 
@@ -155,8 +177,13 @@ def test_checkpoints_to_s3(tiny_manifest, moto_url, aws_test_env):
     r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **aws_test_env}, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="run-1/")["Contents"]}
-    assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json",
-            "run-1/epochs/0001/COMMITTED"} <= keys
+    assert {
+        "run-1/best.json",
+        "run-1/COMPLETE",
+        "run-1/best/model.keras",
+        "run-1/best/meta.json",
+        "run-1/epochs/0001/COMMITTED",
+    } <= keys
     assert any(k.startswith("run-1/logs/") for k in keys)
     best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
     assert best["path"] == "s3://ckpt/run-1/epochs/0001"

@@ -1,23 +1,31 @@
 """training.report: transfer vs scratch at several training-set sizes, with plots and a summary."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from _finetune_helpers import world  # noqa: F401 - session fixture
+
 from training import report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _run(size: int, seed: int, transfer: float, scratch: float) -> dict:
-    history = [{"epoch": e, "phase": "head" if e < 3 else "finetune", "train_accuracy": 0.5, "val_accuracy": transfer}
-               for e in (1, 2, 3)]
+    history = [
+        {"epoch": e, "phase": "head" if e < 3 else "finetune", "train_accuracy": 0.5, "val_accuracy": transfer}
+        for e in (1, 2, 3)
+    ]
     scratch_history = [{"epoch": e, "phase": "all", "train_accuracy": 0.5, "val_accuracy": scratch} for e in (1, 2, 3)]
-    return {"images_per_class": size, "seed": seed, "test_images": 40,
-            "transfer": {"accuracy": transfer, "history": history},
-            "scratch": {"accuracy": scratch, "history": scratch_history}, "gain": transfer - scratch}
+    return {
+        "images_per_class": size,
+        "seed": seed,
+        "test_images": 40,
+        "transfer": {"accuracy": transfer, "history": history},
+        "scratch": {"accuracy": scratch, "history": scratch_history},
+        "gain": transfer - scratch,
+    }
 
 
 def test_summary_and_verdict(tmp_path):
@@ -40,9 +48,30 @@ def test_summary_and_verdict(tmp_path):
 @pytest.mark.slow
 def test_report_runs_real_jobs(world, tmp_path):
     out = tmp_path / "report"
-    rc = report.main(["--out", str(out), "--manifest", str(world["manifest"]), "--pretrained", str(world["pretrained"]),
-                      "--sizes", "2,4", "--seeds", "1", "--gain-at", "4", "--min-gain", "-1",
-                      "--hp", "epochs_head=2", "--hp", "epochs_finetune=1", "--hp", "batch_size=8"])
+    rc = report.main(
+        [
+            "--out",
+            str(out),
+            "--manifest",
+            str(world["manifest"]),
+            "--pretrained",
+            str(world["pretrained"]),
+            "--sizes",
+            "2,4",
+            "--seeds",
+            "1",
+            "--gain-at",
+            "4",
+            "--min-gain",
+            "-1",
+            "--hp",
+            "epochs_head=2",
+            "--hp",
+            "epochs_finetune=1",
+            "--hp",
+            "batch_size=8",
+        ]
+    )
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert [r["images_per_class"] for r in doc["summary"]] == [2, 4]

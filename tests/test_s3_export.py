@@ -1,4 +1,5 @@
 """Content-addressed export to a real S3 API (moto's server on loopback): layout, checksums, reruns."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,18 +10,25 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 
 from plugins.tlpipe.config import S3Config
 from plugins.tlpipe.pretraining.export import MODEL_FILES, S3Exporter, build_model_tarball
-from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 from training.curate import read_list
 
 
 @pytest.fixture()
 def exporter(s3_endpoint, request):
     prefix = f"t/{request.node.name[:40]}"
-    return S3Exporter(S3Config(bucket="tlpipe-export", prefix=prefix, create_bucket=True,
-                               multipart_threshold_mb=5, multipart_chunksize_mb=5))
+    return S3Exporter(
+        S3Config(
+            bucket="tlpipe-export",
+            prefix=prefix,
+            create_bucket=True,
+            multipart_threshold_mb=5,
+            multipart_chunksize_mb=5,
+        )
+    )
 
 
 @pytest.fixture()
@@ -66,7 +74,7 @@ def test_model_export_is_content_addressed_and_uploaded_once(exporter, best_dir,
     assert manifest == Path(tiny_manifest).read_bytes()
     head = exporter.client.head_object(Bucket=exporter.bucket, Key=f"{base}/model.tar.gz", ChecksumMode="ENABLED")
     assert head["Metadata"]["sha256"] == sha
-    assert head["ContentLength"] > 5 * 2**20                       # went up as a multipart upload
+    assert head["ContentLength"] > 5 * 2**20  # went up as a multipart upload
 
     again = exporter.export_model(best_dir, tiny_manifest)
     assert again["model_sha256"] == sha

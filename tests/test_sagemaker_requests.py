@@ -1,4 +1,5 @@
 """Every SageMaker request the deploy DAG builds: botocore's service model, then the project's stricter rules."""
+
 from __future__ import annotations
 
 import copy
@@ -6,21 +7,29 @@ import copy
 import pytest
 from botocore.validate import ParamValidator
 
-from plugins.tlpipe.deploy import steps
-from plugins.tlpipe.deploy import sagemaker_requests as req
 from plugins.tlpipe.config import load_config
+from plugins.tlpipe.deploy import sagemaker_requests as req
+from plugins.tlpipe.deploy import steps
 from training.finetune import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 RUN_ID = "asset_triggered__2025-06-01T12:00:00.123456+00:00"
 EVENT = {
-    "model_uri": "s3://tlpipe/tlpipe/pretrained/5e1f/model.tar.gz", "model_sha256": "5e1f" * 16,
+    "model_uri": "s3://tlpipe/tlpipe/pretrained/5e1f/model.tar.gz",
+    "model_sha256": "5e1f" * 16,
     "manifest_uri": "s3://tlpipe/tlpipe/pretrained/5e1f/manifest.json",
     "metrics_uri": "s3://tlpipe/tlpipe/pretrained/5e1f/metrics.json",
     "domain_train_uri": "s3://tlpipe/tlpipe/domain/ab12cd34/train/",
     "domain_validation_uri": "s3://tlpipe/tlpipe/domain/ab12cd34/validation/",
-    "domain_classes": ["ring-dots", "stripes"], "dataset_fingerprint": "ab12cd34", "manifest_sha256": "9" * 64,
-    "checkpoint_uri": "/ckpt/run/best", "epoch": 7, "val_accuracy": 0.83, "training_params": {"epochs": 8},
-    "training_key": "k", "dag_id": "general_pretraining", "run_id": "scheduled__2025-06-01T00:00:00+00:00",
+    "domain_classes": ["ring-dots", "stripes"],
+    "dataset_fingerprint": "ab12cd34",
+    "manifest_sha256": "9" * 64,
+    "checkpoint_uri": "/ckpt/run/best",
+    "epoch": 7,
+    "val_accuracy": 0.83,
+    "training_params": {"epochs": 8},
+    "training_key": "k",
+    "dag_id": "general_pretraining",
+    "run_id": "scheduled__2025-06-01T00:00:00+00:00",
 }
 
 
@@ -36,18 +45,35 @@ def built_requests(profile: str) -> dict[str, dict]:
     """The requests of one run, built the way the DAG's tasks build them."""
     cfg = load_config(profile, environ={})
     params = params_of(cfg, compare_scratch=True, hyperparameters={"epochs_head": 2, "augment": False})
-    prepared = steps.prepare_finetune(cfg, params, dag_id="transfer_learning_deploy", run_id=RUN_ID, event=EVENT,
-                                      read_latest=lambda: pytest.fail("the event is enough"))
-    outcome = {"job": prepared["names"]["job"], "metrics": {PRIMARY_METRIC: 0.9},
-               "model_artifacts": f"{cfg.s3.uri('finetune')}/{prepared['names']['job']}/output/model.tar.gz"}
-    gate = {"decision": {"accuracy": 0.9}, "endpoint_plan": {"previous_config": "tlpipe-ft-000000000000-config",
-                                                             "action": "update"}}
-    deploy = steps.deploy_requests(cfg, params, prepared=prepared, outcome=outcome, gate=gate,
-                                   dag_id="transfer_learning_deploy", run_id=RUN_ID)
-    return {"CreateTrainingJob": prepared["training_request"], "CreateModel": deploy["model"],
-            "CreateEndpointConfig": deploy["endpoint_config"], "CreateEndpoint": deploy["endpoint"],
-            "UpdateEndpoint": req.endpoint_request(endpoint_name=deploy["endpoint"]["EndpointName"],
-                                                   config_name=gate["endpoint_plan"]["previous_config"])}
+    prepared = steps.prepare_finetune(
+        cfg,
+        params,
+        dag_id="transfer_learning_deploy",
+        run_id=RUN_ID,
+        event=EVENT,
+        read_latest=lambda: pytest.fail("the event is enough"),
+    )
+    outcome = {
+        "job": prepared["names"]["job"],
+        "metrics": {PRIMARY_METRIC: 0.9},
+        "model_artifacts": f"{cfg.s3.uri('finetune')}/{prepared['names']['job']}/output/model.tar.gz",
+    }
+    gate = {
+        "decision": {"accuracy": 0.9},
+        "endpoint_plan": {"previous_config": "tlpipe-ft-000000000000-config", "action": "update"},
+    }
+    deploy = steps.deploy_requests(
+        cfg, params, prepared=prepared, outcome=outcome, gate=gate, dag_id="transfer_learning_deploy", run_id=RUN_ID
+    )
+    return {
+        "CreateTrainingJob": prepared["training_request"],
+        "CreateModel": deploy["model"],
+        "CreateEndpointConfig": deploy["endpoint_config"],
+        "CreateEndpoint": deploy["endpoint"],
+        "UpdateEndpoint": req.endpoint_request(
+            endpoint_name=deploy["endpoint"]["EndpointName"], config_name=gate["endpoint_plan"]["previous_config"]
+        ),
+    }
 
 
 @pytest.mark.parametrize("profile", ["local", "production"])
@@ -63,8 +89,11 @@ def test_every_request_passes_botocore_and_the_project_checks(profile):
 def test_training_request_carries_the_finetune_contract():
     training = built_requests("local")["CreateTrainingJob"]
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in training["InputDataConfig"]}
-    assert channels == {"pretrained": EVENT["model_uri"], "train": EVENT["domain_train_uri"],
-                        "validation": EVENT["domain_validation_uri"]}
+    assert channels == {
+        "pretrained": EVENT["model_uri"],
+        "train": EVENT["domain_train_uri"],
+        "validation": EVENT["domain_validation_uri"],
+    }
     assert tuple(sorted(channels)) == tuple(sorted(CHANNELS))
     assert training["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
     assert training["HyperParameters"] == {"epochs_head": "2", "augment": "false", "compare_scratch": "true"}
@@ -103,37 +132,59 @@ def _broken(operation: str, change) -> list[str]:
     return req.problems(operation, params)
 
 
-@pytest.mark.parametrize("operation, change, expected", [
-    ("CreateTrainingJob", lambda p: p.update(TrainingJobName="fine_tune"), "TrainingJobName"),
-    ("CreateTrainingJob", lambda p: p.update(TrainingJobName="x" * 64), "TrainingJobName"),
-    ("CreateTrainingJob", lambda p: p.pop("AlgorithmSpecification"), "AlgorithmSpecification is required"),
-    ("CreateTrainingJob", lambda p: p["AlgorithmSpecification"].pop("TrainingImage"), "TrainingImage"),
-    ("CreateTrainingJob", lambda p: p["AlgorithmSpecification"].update(MetricDefinitions=METRIC_DEFINITIONS[:2]),
-     PRIMARY_METRIC),
-    ("CreateTrainingJob", lambda p: p["ResourceConfig"].update(InstanceType="m5.xlarge"), "ml.<family>.<size>"),
-    ("CreateTrainingJob", lambda p: p["ResourceConfig"].update(InstanceType="ml.m5.gigantic"), "TrainingInstanceType"),
-    ("CreateTrainingJob", lambda p: p["ResourceConfig"].update(InstanceCount="1"), "InstanceCount"),
-    ("CreateTrainingJob", lambda p: p.update(RoleArn="arn:aws:iam::123:user/me"), "RoleArn"),
-    ("CreateTrainingJob", lambda p: p["InputDataConfig"].pop(0), "channels must be"),
-    ("CreateTrainingJob", lambda p: p["InputDataConfig"][1]["DataSource"]["S3DataSource"].update(
-        S3Uri="https://example.com/train/"), "s3://<bucket>/<key>"),
-    ("CreateTrainingJob", lambda p: p["OutputDataConfig"].update(S3OutputPath="s3://Bad_Bucket/x"), "S3OutputPath"),
-    ("CreateTrainingJob", lambda p: p.update(Tags=[{"Key": "aws:owner", "Value": "me"}]), "reserved"),
-    ("CreateTrainingJob", lambda p: p.update(Tags=[{"Key": "k", "Value": "a\nb"}]), "Tags[0].Value"),
-    ("CreateTrainingJob", lambda p: p.update(Hyperparameters={}), "Unknown parameter"),
-    ("CreateTrainingJob", lambda p: p.pop("RoleArn"), "Missing required parameter"),
-    ("CreateModel", lambda p: p.update(ModelName="model.v2"), "ModelName"),
-    ("CreateModel", lambda p: p["PrimaryContainer"].update(ModelDataUrl="/tmp/model.tar.gz"), "ModelDataUrl"),
-    ("CreateModel", lambda p: p.pop("PrimaryContainer"), "PrimaryContainer"),
-    ("CreateEndpointConfig", lambda p: p["ProductionVariants"][0].update(InstanceType="ml.p3.enormous"),
-     "ProductionVariantInstanceType"),
-    ("CreateEndpointConfig", lambda p: p["ProductionVariants"][0].update(InitialInstanceCount=0),
-     "InitialInstanceCount"),
-    ("CreateEndpointConfig", lambda p: p["ProductionVariants"].append(dict(p["ProductionVariants"][0])),
-     "exactly one variant"),
-    ("CreateEndpoint", lambda p: p.update(EndpointName="-leading-hyphen"), "EndpointName"),
-    ("UpdateEndpoint", lambda p: p.update(EndpointConfigName="a" * 64), "EndpointConfigName"),
-])
+@pytest.mark.parametrize(
+    "operation, change, expected",
+    [
+        ("CreateTrainingJob", lambda p: p.update(TrainingJobName="fine_tune"), "TrainingJobName"),
+        ("CreateTrainingJob", lambda p: p.update(TrainingJobName="x" * 64), "TrainingJobName"),
+        ("CreateTrainingJob", lambda p: p.pop("AlgorithmSpecification"), "AlgorithmSpecification is required"),
+        ("CreateTrainingJob", lambda p: p["AlgorithmSpecification"].pop("TrainingImage"), "TrainingImage"),
+        (
+            "CreateTrainingJob",
+            lambda p: p["AlgorithmSpecification"].update(MetricDefinitions=METRIC_DEFINITIONS[:2]),
+            PRIMARY_METRIC,
+        ),
+        ("CreateTrainingJob", lambda p: p["ResourceConfig"].update(InstanceType="m5.xlarge"), "ml.<family>.<size>"),
+        (
+            "CreateTrainingJob",
+            lambda p: p["ResourceConfig"].update(InstanceType="ml.m5.gigantic"),
+            "TrainingInstanceType",
+        ),
+        ("CreateTrainingJob", lambda p: p["ResourceConfig"].update(InstanceCount="1"), "InstanceCount"),
+        ("CreateTrainingJob", lambda p: p.update(RoleArn="arn:aws:iam::123:user/me"), "RoleArn"),
+        ("CreateTrainingJob", lambda p: p["InputDataConfig"].pop(0), "channels must be"),
+        (
+            "CreateTrainingJob",
+            lambda p: p["InputDataConfig"][1]["DataSource"]["S3DataSource"].update(S3Uri="https://example.com/train/"),
+            "s3://<bucket>/<key>",
+        ),
+        ("CreateTrainingJob", lambda p: p["OutputDataConfig"].update(S3OutputPath="s3://Bad_Bucket/x"), "S3OutputPath"),
+        ("CreateTrainingJob", lambda p: p.update(Tags=[{"Key": "aws:owner", "Value": "me"}]), "reserved"),
+        ("CreateTrainingJob", lambda p: p.update(Tags=[{"Key": "k", "Value": "a\nb"}]), "Tags[0].Value"),
+        ("CreateTrainingJob", lambda p: p.update(Hyperparameters={}), "Unknown parameter"),
+        ("CreateTrainingJob", lambda p: p.pop("RoleArn"), "Missing required parameter"),
+        ("CreateModel", lambda p: p.update(ModelName="model.v2"), "ModelName"),
+        ("CreateModel", lambda p: p["PrimaryContainer"].update(ModelDataUrl="/tmp/model.tar.gz"), "ModelDataUrl"),
+        ("CreateModel", lambda p: p.pop("PrimaryContainer"), "PrimaryContainer"),
+        (
+            "CreateEndpointConfig",
+            lambda p: p["ProductionVariants"][0].update(InstanceType="ml.p3.enormous"),
+            "ProductionVariantInstanceType",
+        ),
+        (
+            "CreateEndpointConfig",
+            lambda p: p["ProductionVariants"][0].update(InitialInstanceCount=0),
+            "InitialInstanceCount",
+        ),
+        (
+            "CreateEndpointConfig",
+            lambda p: p["ProductionVariants"].append(dict(p["ProductionVariants"][0])),
+            "exactly one variant",
+        ),
+        ("CreateEndpoint", lambda p: p.update(EndpointName="-leading-hyphen"), "EndpointName"),
+        ("UpdateEndpoint", lambda p: p.update(EndpointConfigName="a" * 64), "EndpointConfigName"),
+    ],
+)
 def test_bad_requests_are_refused(operation, change, expected):
     found = _broken(operation, change)
     assert any(expected in problem for problem in found), found
@@ -161,5 +212,6 @@ def test_tag_values_are_made_acceptable():
     assert len(req.tag_value("x" * 300)) == 256
     assert req.tags({"accuracy": 0.5, "missing": None}) == [{"Key": "tlpipe:accuracy", "Value": "0.5"}]
     assert req.tag_dict([{"Key": "tlpipe:accuracy", "Value": "0.5"}, {"Key": "other", "Value": "x"}]) == {
-        "accuracy": "0.5"}
+        "accuracy": "0.5"
+    }
     assert req.hyperparameter_strings({"a": True, "b": 0.5, "c": "x"}) == {"a": "true", "b": "0.5", "c": "x"}

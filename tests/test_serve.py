@@ -1,4 +1,5 @@
 """training.serve and the artifact's code/inference.py: the SageMaker inference contract over real HTTP."""
+
 from __future__ import annotations
 
 import base64
@@ -15,8 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from _finetune_helpers import REPO, finetuned, image_bytes, subprocess_env, world  # noqa: F401 - fixtures
+
 from training import inference
 from training.sagemaker import extract_tar, make_tar
 from training.serve import MicroBatcher, TFSResponse
@@ -30,8 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-            conn: http.client.HTTPConnection | None = None):
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    conn: http.client.HTTPConnection | None = None,
+):
     c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     c.request(method, path, body=body, headers=headers or {})
     r = c.getresponse()
@@ -76,10 +83,32 @@ def model_dir(finetuned, tmp_path_factory):
 def server(model_dir):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.serve", "serve", "--model-dir", str(model_dir), "--port", str(port),
-         "--host", "127.0.0.1", "--max-batch-size", "8", "--max-wait-ms", "20", "--workers", "2",
-         "--max-payload-mb", str(MAX_PAYLOAD_MB)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(), cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "training.serve",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--max-batch-size",
+            "8",
+            "--max-wait-ms",
+            "20",
+            "--workers",
+            "2",
+            "--max-payload-mb",
+            str(MAX_PAYLOAD_MB),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
     try:
         wait_ready(proc, port)
         yield SimpleNamespace(port=port, proc=proc)
@@ -106,9 +135,12 @@ def test_classifies_real_images_in_both_content_types(server, world, reference, 
     expected = reference([data])[0]
     labels = world["classes"]
     answers = []
-    for content_type, body in (("application/x-image", data), ("application/json", as_json(data)),
-                               ("image/png" if suffix == ".png" else "image/jpeg", data),
-                               ("application/json; charset=utf-8", as_json(data, data))):
+    for content_type, body in (
+        ("application/x-image", data),
+        ("application/json", as_json(data)),
+        ("image/png" if suffix == ".png" else "image/jpeg", data),
+        ("application/json; charset=utf-8", as_json(data, data)),
+    ):
         status, ctype, doc = invoke(server.port, body, content_type)
         assert status == 200 and ctype == "application/json", doc
         for preds in doc["predictions"]:
@@ -120,8 +152,9 @@ def test_classifies_real_images_in_both_content_types(server, world, reference, 
     for a in answers[1:]:
         assert [p["label"] for p in a] == [p["label"] for p in answers[0]]
         np.testing.assert_allclose([p["probability"] for p in a], [p["probability"] for p in answers[0]], atol=1e-5)
-    status, _, doc = invoke(server.port, data, "application/x-image",
-                            headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=1"})
+    status, _, doc = invoke(
+        server.port, data, "application/x-image", headers={"X-Amzn-SageMaker-Custom-Attributes": "top_k=1"}
+    )
     assert status == 200 and len(doc["predictions"][0]) == 1
 
 
@@ -188,9 +221,14 @@ def test_sigterm_stops_cleanly(server):
 @pytest.mark.slow
 def test_a_model_that_does_not_load_ends_the_server(tmp_path):
     (tmp_path / "code").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "training.serve", "--model-dir", str(tmp_path), "--port", "0",
-                           "--host", "127.0.0.1"], capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.serve", "--model-dir", str(tmp_path), "--port", "0", "--host", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "cannot load the model" in proc.stdout and "saved_model.pb" in proc.stdout
 
@@ -221,8 +259,11 @@ def test_requests_that_queue_up_run_as_one_batch():
     try:
         first = b.submit([b"a"], announced=False)
         assert fake.entered.wait(30)  # the worker is inside predict with the first request alone
-        later = [b.submit([b"bb"], announced=False), b.submit([b"ccc", b"dddd"], announced=False),
-                 b.submit([b"e"], announced=False)]
+        later = [
+            b.submit([b"bb"], announced=False),
+            b.submit([b"ccc", b"dddd"], announced=False),
+            b.submit([b"e"], announced=False),
+        ]
         fake.release.set()
         for job in [first, *later]:
             assert job.done.wait(30)
@@ -295,9 +336,11 @@ def ctx(content_type, custom=None):
 
 def test_input_handler_builds_the_tfs_request(handlers):
     png = b"\x89PNG\r\n\x1a\n" + b"rest"
-    for body, ctype in ((png, "application/x-image"), (as_json(png), "application/json"),
-                        (json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(png).decode()}}]}),
-                         "application/json")):
+    for body, ctype in (
+        (png, "application/x-image"),
+        (as_json(png), "application/json"),
+        (json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(png).decode()}}]}), "application/json"),
+    ):
         req = json.loads(handlers.input_handler(body, ctx(ctype)))
         assert req["signature_name"] == "serving_default"
         assert [base64.b64decode(i["b64"]) for i in req["instances"]] == [png]
@@ -307,8 +350,9 @@ def test_input_handler_builds_the_tfs_request(handlers):
     with pytest.raises(handlers.RequestError, match="at least one instance"):
         handlers.input_handler(b'{"instances": []}', ctx("application/json"))
     with pytest.raises(handlers.RequestError, match="instance 1: empty image"):
-        handlers.input_handler(json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}, {"b64": ""}]}),
-                               ctx("application/json"))
+        handlers.input_handler(
+            json.dumps({"instances": [{"b64": base64.b64encode(png).decode()}, {"b64": ""}]}), ctx("application/json")
+        )
 
 
 def test_output_handler_returns_top_k_labels(handlers, monkeypatch):
@@ -316,8 +360,11 @@ def test_output_handler_returns_top_k_labels(handlers, monkeypatch):
     body, ctype = handlers.output_handler(response, ctx("application/json"))
     doc = json.loads(body)
     assert ctype == "application/json"
-    assert doc["predictions"][0] == [{"label": "dog", "probability": 0.7}, {"label": "eel", "probability": 0.2},
-                                     {"label": "cat", "probability": 0.1}]
+    assert doc["predictions"][0] == [
+        {"label": "dog", "probability": 0.7},
+        {"label": "eel", "probability": 0.2},
+        {"label": "cat", "probability": 0.1},
+    ]
     assert [p["label"] for p in doc["predictions"][1]] == ["cat", "eel", "dog"]
     one = json.loads(handlers.output_handler(response, ctx("application/json", "top_k=1, trace=abc"))[0])
     assert [len(p) for p in one["predictions"]] == [1, 1]
@@ -331,8 +378,7 @@ def test_output_handler_returns_top_k_labels(handlers, monkeypatch):
 def test_a_batch_waits_for_recently_active_clients_only_up_to_the_limit():
     fake = FakeModel()
     clients = {"n": 3}
-    b = MicroBatcher(fake.predict, max_batch_size=8, max_wait_ms=30_000, workers=1,
-                     active_clients=lambda: clients["n"])
+    b = MicroBatcher(fake.predict, max_batch_size=8, max_wait_ms=30_000, workers=1, active_clients=lambda: clients["n"])
     try:
         jobs = [b.submit([b"a"], announced=False)]
         time.sleep(0.2)

@@ -1,5 +1,6 @@
 """training.serve against hostile clients: decompression bombs, trickled headers, idle connections held open, more
 connections than it serves, and the address it binds by default."""
+
 from __future__ import annotations
 
 import base64
@@ -14,10 +15,10 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-
 from _finetune_helpers import REPO, finetuned, image_bytes, subprocess_env, world  # noqa: F401 - fixtures
-from training.sagemaker import extract_tar, make_tar
 from test_serve import free_port, invoke, request, wait_ready
+
+from training.sagemaker import extract_tar, make_tar
 
 pytestmark = pytest.mark.slow
 MAX_CONNECTIONS = 6
@@ -26,6 +27,7 @@ MAX_CONNECTIONS = 6
 def png_of_size(width: int, height: int) -> bytes:
     """A small, valid PNG whose header says ``width`` × ``height``, grayscale: a decompression bomb of ~1 MB
     per 100 M pixels (one zlib stream of zero rows)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -44,10 +46,29 @@ def guarded(finetuned, tmp_path_factory):
     port = free_port()
     # No --host: the default must be loopback.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--port", str(port),
-         "--max-connections", str(MAX_CONNECTIONS), "--header-timeout", "1", "--idle-timeout", "2",
-         "--max-request-pixels", str(3 * 2000 * 2000)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(), cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "training.serve",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--max-connections",
+            str(MAX_CONNECTIONS),
+            "--header-timeout",
+            "1",
+            "--idle-timeout",
+            "2",
+            "--max-request-pixels",
+            str(3 * 2000 * 2000),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
     try:
         wait_ready(proc, port)
         yield SimpleNamespace(port=port, proc=proc)
@@ -57,8 +78,9 @@ def guarded(finetuned, tmp_path_factory):
 
 
 def test_binds_loopback_unless_told_otherwise(guarded):
-    listening = [c.laddr for c in psutil.Process(guarded.proc.pid).net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [
+        c.laddr for c in psutil.Process(guarded.proc.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN
+    ]
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", guarded.port)]
 
 
@@ -66,17 +88,21 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header(guarded, world)
     bomb = png_of_size(20000, 20000)
     assert len(bomb) < 6 * 1024 * 1024  # under the payload limit: only the pixel count can stop it
     before = psutil.Process(guarded.proc.pid).memory_info().rss
-    for body, ctype in ((bomb, "application/x-image"),
-                        (json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode(),
-                         "application/json")):
+    for body, ctype in (
+        (bomb, "application/x-image"),
+        (json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode(), "application/json"),
+    ):
         status, _, doc = invoke(guarded.port, body, ctype)
         assert status == 400 and "400,000,000 pixels is over the 16,777,216-pixel limit" in doc["error"], doc
     grown = psutil.Process(guarded.proc.pid).memory_info().rss - before
     assert grown < 200 * 2**20, f"the server grew by {grown / 2**20:.0f} MB: it decoded the image"
     # Within the per-image limit, but together over the request's: refused as a whole.
     big = png_of_size(2000, 2000)
-    status, _, doc = invoke(guarded.port, json.dumps({"instances": [{"b64": base64.b64encode(big).decode()}] * 4})
-                            .encode(), "application/json")
+    status, _, doc = invoke(
+        guarded.port,
+        json.dumps({"instances": [{"b64": base64.b64encode(big).decode()}] * 4}).encode(),
+        "application/json",
+    )
     assert status == 400 and "over the 12,000,000-pixel limit" in doc["error"], doc
     _, data = image_bytes(world, ".png")
     assert invoke(guarded.port, data, "application/x-image")[0] == 200  # and real images are served
@@ -90,7 +116,7 @@ def _closed_by_server(sock: socket.socket, trickle: bytes = b"", within: float =
     while time.monotonic() < deadline:
         try:
             if sent < len(trickle):
-                sock.send(trickle[sent:sent + 1])
+                sock.send(trickle[sent : sent + 1])
                 sent += 1
             data = sock.recv(4096)
             if data == b"" or b"408" in data or b"400" in data:

@@ -1,5 +1,6 @@
 """The endpoint smoke test: sample choice, reply parsing, percentiles, the pass/fail rules, and a run through
 sagemaker-runtime (moto's, answering from a queue of canned replies)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,17 +9,26 @@ import json
 
 import pytest
 from botocore.exceptions import ClientError
+from transfer_learning_deploy_fixtures import moto_server  # noqa: F401  (fixture)
 
 from plugins.tlpipe.deploy import smoke_test as st
-from transfer_learning_deploy_fixtures import moto_server  # noqa: F401  (fixture)
 
 
 def test_samples_from_keys_take_class_folders_and_images_only():
-    keys = ["p/val/a/1.png", "p/val/a/2.JPG", "p/val/b/1.jpeg", "p/val/index.json", "p/val/b/notes.txt",
-            "p/other/a/1.png"]
+    keys = [
+        "p/val/a/1.png",
+        "p/val/a/2.JPG",
+        "p/val/b/1.jpeg",
+        "p/val/index.json",
+        "p/val/b/notes.txt",
+        "p/other/a/1.png",
+    ]
     samples = st.samples_from_keys(keys, "p/val/")
-    assert [(s.key, s.label) for s in samples] == [("p/val/a/1.png", "a"), ("p/val/a/2.JPG", "a"),
-                                                   ("p/val/b/1.jpeg", "b")]
+    assert [(s.key, s.label) for s in samples] == [
+        ("p/val/a/1.png", "a"),
+        ("p/val/a/2.JPG", "a"),
+        ("p/val/b/1.jpeg", "b"),
+    ]
     assert st.samples_from_keys(keys, "p/val") == samples
 
 
@@ -54,8 +64,10 @@ def test_percentiles_interpolate_like_numpy():
 
 
 def _invocations(pairs, latency=10.0):
-    return [st.Invocation(st.Sample(f"v/{label}/{i}.png", label), predicted, latency)
-            for i, (label, predicted) in enumerate(pairs)]
+    return [
+        st.Invocation(st.Sample(f"v/{label}/{i}.png", label), predicted, latency)
+        for i, (label, predicted) in enumerate(pairs)
+    ]
 
 
 def test_evaluate_passes_within_tolerance_and_bound():
@@ -111,28 +123,45 @@ class Ticks:
 def test_run_through_sagemaker_runtime(moto_server, validation_set):
     # Round-robin order: blue/0, red/0, blue/1, red/1; one reply per distinct image, in that order.
     moto_server.queue_predictions(["blue", "red", "blue", "blue"])
+
     def run(training_accuracy):
-        return st.run_smoke_test(moto_server.client("sagemaker-runtime"), moto_server.client("s3"),
-                                 endpoint="smoke-ep", validation_uri=validation_set, images=4,
-                                 training_accuracy=training_accuracy, tolerance=0.1, latency_bound_ms=50,
-                                 clock=Ticks(0.005))
+        return st.run_smoke_test(
+            moto_server.client("sagemaker-runtime"),
+            moto_server.client("s3"),
+            endpoint="smoke-ep",
+            validation_uri=validation_set,
+            images=4,
+            training_accuracy=training_accuracy,
+            tolerance=0.1,
+            latency_bound_ms=50,
+            clock=Ticks(0.005),
+        )
 
     report = run(0.95)
     assert report.images == 4 and report.correct == 3 and report.accuracy == 0.75
     assert not report.passed and "below the training accuracy 0.9500" in report.reason
     assert report.latency_p50_ms == pytest.approx(5.0) and report.latency_p95_ms == pytest.approx(5.0)
     assert report.mistakes == [{"key": "d/validation/red/1.png", "label": "red", "predicted": "blue", "error": None}]
-    again = run(0.8)                                     # the same images get the same replies
+    again = run(0.8)  # the same images get the same replies
     assert again.passed and again.accuracy == 0.75 and "passed" in again.reason
 
 
 def test_runtime_errors_fail_the_smoke_test(moto_server, validation_set):
     class FailingRuntime:
         def invoke_endpoint(self, **kwargs):
-            raise ClientError({"Error": {"Code": "ModelError", "Message": "Received server error (500)"}},
-                              "InvokeEndpoint")
+            raise ClientError(
+                {"Error": {"Code": "ModelError", "Message": "Received server error (500)"}}, "InvokeEndpoint"
+            )
 
-    report = st.run_smoke_test(FailingRuntime(), moto_server.client("s3"), endpoint="e",
-                               validation_uri=validation_set, images=2, training_accuracy=0.5, tolerance=0.5,
-                               latency_bound_ms=1000, clock=Ticks(0.001))
+    report = st.run_smoke_test(
+        FailingRuntime(),
+        moto_server.client("s3"),
+        endpoint="e",
+        validation_uri=validation_set,
+        images=2,
+        training_accuracy=0.5,
+        tolerance=0.5,
+        latency_bound_ms=1000,
+        clock=Ticks(0.001),
+    )
     assert not report.passed and report.errors == 2 and "ModelError" in report.reason

@@ -52,8 +52,17 @@ def test_split_s3_rejects_other_schemes():
     assert st.split_s3("s3://bucket/a/b") == ("bucket", "a/b")
 
 
-@pytest.mark.parametrize("planted", ["../../planted.txt", "../sibling/planted.txt", "/abs/planted.txt",
-                                     "a//planted.txt", "./planted.txt", "a/../../planted.txt"])
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "../../planted.txt",
+        "../sibling/planted.txt",
+        "/abs/planted.txt",
+        "a//planted.txt",
+        "./planted.txt",
+        "a/../../planted.txt",
+    ],
+)
 def test_a_download_refuses_keys_that_leave_the_target(planted, tmp_path, moto_url, aws_test_env):
     """A key planted in the checkpoint store (every training pod holds its keys) cannot write outside the
     directory the export or the resume downloads ``best/`` into."""
@@ -75,7 +84,9 @@ def test_a_download_skips_folder_markers_and_keeps_ordinary_names(tmp_path, moto
         store.s3.put_object(Bucket="markers", Key=key, Body=b"" if key.endswith("/") else b"x")
     out = store.download_dir("s3://markers/run/best", tmp_path / "dl")
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
-        "a.b/c", "sub/..weights.keras"]
+        "a.b/c",
+        "sub/..weights.keras",
+    ]
 
 
 def test_credentials_from_a_directory_of_files(tmp_path, monkeypatch):
@@ -84,7 +95,9 @@ def test_credentials_from_a_directory_of_files(tmp_path, monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     st.write_credentials_dir(tmp_path, "AKIAFILE", "from-a-file")
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
-        "AWS_ACCESS_KEY_ID": 0o600, "AWS_SECRET_ACCESS_KEY": 0o600}
+        "AWS_ACCESS_KEY_ID": 0o600,
+        "AWS_SECRET_ACCESS_KEY": 0o600,
+    }
     monkeypatch.setenv(st.CREDENTIALS_DIR_ENV, str(tmp_path))
     creds = st.s3_client("http://127.0.0.1:1")._request_signer._credentials
     assert (creds.access_key, creds.secret_key) == ("AKIAFILE", "from-a-file")

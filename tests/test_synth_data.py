@@ -34,7 +34,23 @@ def test_long_tail_and_shared_structure():
 
 
 def test_cli(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "training.synth_data", "--out", str(tmp_path / "d"), "--classes", "3",
-                        "--largest", "5", "--smallest", "3", "--no-defects"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.synth_data",
+            "--out",
+            str(tmp_path / "d"),
+            "--classes",
+            "3",
+            "--largest",
+            "5",
+            "--smallest",
+            "3",
+            "--no-defects",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert sorted(len(list(d.iterdir())) for d in (tmp_path / "d").iterdir()) == [3, 4, 5]

@@ -8,17 +8,24 @@ moto's runtime. moto has no UpdateEndpoint and replaces an existing endpoint on 
 update and update-rollback paths are covered by the decision tests (``test_deploy_decisions``) and by the
 local-cloud end-to-end run, not here.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 
 import pytest
+from airflow_env import (
+    DAGS_FOLDER,
+    api_client,
+    assert_parses_clean,
+    load_dagbag,
+    reset_config_cache,
+    run_dag,
+    setup_airflow,
+    sync_dags_to_db,
+)
 from botocore.validate import ParamValidator
-
-from airflow_env import assert_parses_clean
-from airflow_env import (DAGS_FOLDER, api_client, load_dagbag, reset_config_cache, run_dag, setup_airflow,
-                         sync_dags_to_db)
 from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
 
 DAG_ID = "transfer_learning_deploy"
@@ -38,9 +45,14 @@ def pipeline(moto_server, monkeypatch):
         "TLPIPE__AIRFLOW__RETRIES": "0",
         "TLPIPE__SAGEMAKER__SMOKE_TEST_IMAGES": "4",
         "TLPIPE__SAGEMAKER__KEEP_LAST": "1",
-        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                                                "extra": {"endpoint_url": moto_server.url,
-                                                          "region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": moto_server.url, "region_name": "us-east-1"},
+            }
+        ),
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -63,9 +75,18 @@ def test_dag_shape(dag):
     assert dag.max_active_runs == 1 and not dag.catchup
     assets = [asset.name for asset in dag.timetable.asset_condition.objects]
     assert assets == ["pretrained-model"]
-    assert set(dag.params) == {"base_model_uri", "domain_dataset_uri", "endpoint_name", "training_instance_type",
-                               "training_instance_count", "serving_instance_type", "serving_instance_count",
-                               "quality_threshold", "compare_scratch", "hyperparameters"}
+    assert set(dag.params) == {
+        "base_model_uri",
+        "domain_dataset_uri",
+        "endpoint_name",
+        "training_instance_type",
+        "training_instance_count",
+        "serving_instance_type",
+        "serving_instance_count",
+        "quality_threshold",
+        "compare_scratch",
+        "hyperparameters",
+    }
     assert dag.params["endpoint_name"] == cfg.sagemaker.endpoint_name
     assert dag.params["quality_threshold"] == cfg.sagemaker.quality_threshold
     assert "pretrained-model" in dag.doc_md and "rollback" in dag.doc_md
@@ -128,9 +149,18 @@ def test_rest_api_refuses_invalid_conf_before_creating_a_run(pipeline):
 def test_rest_api_accepts_valid_conf(pipeline):
     sync_dags_to_db(DAG_FILE.parent)
     with api_client() as client:
-        resp = client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {
-            "endpoint_name": "tlpipe-rest", "serving_instance_type": "ml.c5.large", "quality_threshold": 0.7,
-            "hyperparameters": {"epochs_head": 2}}})
+        resp = client.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={
+                "logical_date": None,
+                "conf": {
+                    "endpoint_name": "tlpipe-rest",
+                    "serving_instance_type": "ml.c5.large",
+                    "quality_threshold": 0.7,
+                    "hyperparameters": {"epochs_head": 2},
+                },
+            },
+        )
         assert resp.status_code == 200, resp.text
         run = resp.json()
         assert run["conf"]["serving_instance_type"] == "ml.c5.large" and run["state"] == "queued"
@@ -165,27 +195,36 @@ def _publish_latest(moto) -> dict:
     base = f"{PREFIX}/domain/{FINGERPRINT}"
     _upload_domain(s3, base, shade=50)
     extra = {
-        "model_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/model.tar.gz", "model_sha256": sha,
+        "model_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/model.tar.gz",
+        "model_sha256": sha,
         "manifest_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/manifest.json",
         "metrics_uri": f"s3://{BUCKET}/{PREFIX}/pretrained/{sha}/metrics.json",
         "domain_train_uri": f"s3://{BUCKET}/{base}/train/",
         "domain_validation_uri": f"s3://{BUCKET}/{base}/validation/",
-        "domain_classes": list(CLASSES), "dataset_fingerprint": FINGERPRINT, "manifest_sha256": "a" * 64,
-        "checkpoint_uri": "/checkpoints/run/best", "epoch": 3, "val_accuracy": 0.71, "training_params": {"epochs": 4},
-        "training_key": "k", "dag_id": "general_pretraining", "run_id": "manual__2025-01-01T00:00:00+00:00",
+        "domain_classes": list(CLASSES),
+        "dataset_fingerprint": FINGERPRINT,
+        "manifest_sha256": "a" * 64,
+        "checkpoint_uri": "/checkpoints/run/best",
+        "epoch": 3,
+        "val_accuracy": 0.71,
+        "training_params": {"epochs": 4},
+        "training_key": "k",
+        "dag_id": "general_pretraining",
+        "run_id": "manual__2025-01-01T00:00:00+00:00",
     }
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/pretrained/latest.json", Body=json.dumps(extra).encode())
     return extra
 
 
 def _object(moto, uri: str) -> dict:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return json.loads(moto.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def _check_requests(hooks) -> None:
     """Every SageMaker request the runs sent: botocore's model, and the project's rules for the ones it builds."""
     from plugins.tlpipe.deploy import sagemaker_requests as req
+
     model = req.service_model()
     for operation, params in hooks.requests:
         report = ParamValidator().validate(params, model.operation_model(operation).input_shape)
@@ -199,13 +238,23 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
 
     latest = _publish_latest(moto_server)
     sm = moto_server.client("sagemaker")
-    deploy_tasks = ("deploy.build_requests", "deploy.create_model", "deploy.create_endpoint_config",
-                    "deploy.create_or_update_endpoint", "deploy.verify_endpoint", "deploy.smoke_test")
+    deploy_tasks = (
+        "deploy.build_requests",
+        "deploy.create_model",
+        "deploy.create_endpoint_config",
+        "deploy.create_or_update_endpoint",
+        "deploy.verify_endpoint",
+        "deploy.smoke_test",
+    )
     with sagemaker_hooks(monkeypatch) as hooks:
         # 1. No endpoint yet: fine-tune on the last export, create the endpoint, pass the smoke test.
-        hooks.metrics = {"validation:accuracy": 0.9, "validation:loss": 0.3, "scratch:validation:accuracy": 0.5,
-                         "transfer:gain": 0.4}
-        moto_server.queue_predictions(["blue", "red", "blue", "red"])     # round-robin: blue/0, red/0, blue/1, red/1
+        hooks.metrics = {
+            "validation:accuracy": 0.9,
+            "validation:loss": 0.3,
+            "scratch:validation:accuracy": 0.5,
+            "transfer:gain": 0.4,
+        }
+        moto_server.queue_predictions(["blue", "red", "blue", "red"])  # round-robin: blue/0, red/0, blue/1, red/1
         first = run_dag(dag, {"endpoint_name": "tl-a", "compare_scratch": True})
         assert first.state == "success", first.tasks
         assert {first.tasks[t] for t in deploy_tasks} == {"success"}
@@ -217,8 +266,10 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         [training] = hooks.sent("CreateTrainingJob")
         assert training["TrainingJobName"] == prepared["names"]["job"]
         assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in training["InputDataConfig"]} == {
-            "pretrained": latest["model_uri"], "train": latest["domain_train_uri"],
-            "validation": latest["domain_validation_uri"]}
+            "pretrained": latest["model_uri"],
+            "train": latest["domain_train_uri"],
+            "validation": latest["domain_validation_uri"],
+        }
         assert training["HyperParameters"]["compare_scratch"] == "true"
 
         summary = first.xcom("record_lineage", "summary")
@@ -235,10 +286,14 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         assert record["pretrained"]["model_sha256"] == latest["model_sha256"]
         assert record["training_job"]["name"] == prepared["names"]["job"]
         assert record["model"]["name"] == prepared["names"]["model"] and record["model"]["arn"] == model["ModelArn"]
-        assert record["endpoint"] == {"name": "tl-a", "arn": live["EndpointArn"], "action": "create",
-                                      "previous_config": None}
+        assert record["endpoint"] == {
+            "name": "tl-a",
+            "arn": live["EndpointArn"],
+            "action": "create",
+            "previous_config": None,
+        }
         assert record["metrics"]["training"]["validation:accuracy"] == 0.9
-        with pytest.raises(Exception):      # the lock is released
+        with pytest.raises(Exception):  # the lock is released
             moto_server.client("s3").head_object(Bucket=BUCKET, Key=f"{PREFIX}/locks/endpoints/tl-a.json")
 
         # 2. A worse model: the gate reads the live model's accuracy tag and skips the deployment.
@@ -259,8 +314,14 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         _upload_domain(moto_server.client("s3"), f"{PREFIX}/domain/{OTHER_FINGERPRINT}", shade=150)
         hooks.metrics = {"validation:accuracy": 0.9}
         moto_server.queue_predictions(["red", "blue", "red", "blue"])
-        third = run_dag(dag, {"endpoint_name": "tl-c", "base_model_uri": latest["model_uri"],
-                              "domain_dataset_uri": f"s3://{BUCKET}/{PREFIX}/domain/{OTHER_FINGERPRINT}/"})
+        third = run_dag(
+            dag,
+            {
+                "endpoint_name": "tl-c",
+                "base_model_uri": latest["model_uri"],
+                "domain_dataset_uri": f"s3://{BUCKET}/{PREFIX}/domain/{OTHER_FINGERPRINT}/",
+            },
+        )
         assert third.state == "failed", third.tasks
         assert third.tasks["deploy.smoke_test"] == "failed" and third.tasks["rollback"] == "failed"
         assert third.tasks["record_lineage"] == "upstream_failed"
@@ -274,5 +335,11 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         assert record["dataset"]["fingerprint"] == OTHER_FINGERPRINT
 
     _check_requests(hooks)
-    assert {op for op, _ in hooks.requests} >= {"CreateTrainingJob", "CreateModel", "CreateEndpointConfig",
-                                                  "CreateEndpoint", "DeleteEndpoint", "ListTags"}
+    assert {op for op, _ in hooks.requests} >= {
+        "CreateTrainingJob",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "DeleteEndpoint",
+        "ListTags",
+    }

@@ -9,6 +9,7 @@ of canned replies (``queue_predictions``).
 
     from transfer_learning_deploy_fixtures import moto_server   # module fixture: Moto(url, client(...))
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,13 @@ class Moto:
     def client(self, service: str):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing",
-                            aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def queue_predictions(self, labels: list[str]) -> None:
         """The next InvokeEndpoint calls answer with these top-1 labels, in order, one per distinct body.
@@ -43,12 +49,22 @@ class Moto:
             for backend in regions.values():
                 backend.results.clear()
                 backend.results_queue.clear()
-        results = [{"Body": json.dumps({"predictions": [[{"label": label, "probability": 0.9},
-                                                         {"label": "other", "probability": 0.1}]]}),
-                    "ContentType": "application/json"} for label in labels]
+        results = [
+            {
+                "Body": json.dumps(
+                    {"predictions": [[{"label": label, "probability": 0.9}, {"label": "other", "probability": 0.1}]]}
+                ),
+                "ContentType": "application/json",
+            }
+            for label in labels
+        ]
         body = json.dumps({"region": REGION, "results": results}).encode()
-        req = urllib.request.Request(f"{self.url}/moto-api/static/sagemaker/endpoint-results", data=body,
-                                     method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/moto-api/static/sagemaker/endpoint-results",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(req).read()
 
 
@@ -62,8 +78,11 @@ def moto_server():
     server.start()
     host, port = server.get_host_and_port()
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": REGION}.items():
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+        }.items():
             mp.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
             mp.delenv(name, raising=False)
@@ -78,7 +97,7 @@ class SageMakerHooks:
     """What the hooks inject and what they saw."""
 
     metrics: dict[str, float] = field(default_factory=dict)
-    status: dict[str, str] = field(default_factory=dict)   # job name -> TrainingJobStatus to report
+    status: dict[str, str] = field(default_factory=dict)  # job name -> TrainingJobStatus to report
     requests: list[tuple[str, dict]] = field(default_factory=list)
 
     def sent(self, operation: str) -> list[dict]:

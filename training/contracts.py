@@ -14,6 +14,7 @@
 
 DAG files import this module (through the plugins), never the job modules themselves.
 """
+
 from __future__ import annotations
 
 import gzip

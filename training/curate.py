@@ -15,6 +15,7 @@ Output, beside each other in OUT:
   domain_val.tsv.gz     domain classes, validation split
   skipped.tsv.gz        every skipped file                 lines: <path>\\t<reason>
 """
+
 from __future__ import annotations
 
 import argparse
@@ -155,8 +156,11 @@ def _s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None
     def list_class(name):
         keys = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}{name}/"):
-            keys += [(o["Key"], o["Size"]) for o in page.get("Contents", [])
-                     if not o["Key"].endswith("/") and not o["Key"].rsplit("/", 1)[-1].startswith(".")]
+            keys += [
+                (o["Key"], o["Size"])
+                for o in page.get("Contents", [])
+                if not o["Key"].endswith("/") and not o["Key"].rsplit("/", 1)[-1].startswith(".")
+            ]
         return name, sorted(keys)
 
     def check(item):
@@ -183,7 +187,7 @@ def _s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None
                 nxt += 1
             scan = ClassScan(name)
             for key, size, fmt, reason in checkers.map(check, keys):
-                rel = key[len(prefix):]
+                rel = key[len(prefix) :]
                 if fmt is None:
                     scan.skipped.append((rel, reason))
                 else:
@@ -221,9 +225,17 @@ def parse_domain_classes(value: str) -> int | list[str]:
     return names
 
 
-def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_classes: int | list[str] = 0,
-           val_fraction: float = 0.1, min_domain_images: int = 10, progress: bool = True,
-           workers: int = 0, endpoint_url: str | None = None) -> dict:
+def curate(
+    data_dir: str | Path,
+    out: str | Path,
+    min_images: int = 500,
+    domain_classes: int | list[str] = 0,
+    val_fraction: float = 0.1,
+    min_domain_images: int = 10,
+    progress: bool = True,
+    workers: int = 0,
+    endpoint_url: str | None = None,
+) -> dict:
     out = Path(out)
     remote = str(data_dir).startswith("s3://")
     if not 0 < val_fraction < 1:
@@ -241,11 +253,15 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".curate-"))
-    writers = {k: gzip.open(tmp / v, "wt", encoding="utf-8", compresslevel=5) for k, v in LIST_FILES.items()
-               if k not in ("domain_train", "domain_val")}
+    writers = {
+        k: gzip.open(tmp / v, "wt", encoding="utf-8", compresslevel=5)
+        for k, v in LIST_FILES.items()
+        if k not in ("domain_train", "domain_val")
+    }
     # Dropped classes are spooled to disk until the domain classes are chosen, so memory stays bounded.
-    spools = {k: gzip.open(tmp / f"dropped-{k}.spool.gz", "wt", encoding="utf-8", compresslevel=1)
-              for k in ("train", "val")}
+    spools = {
+        k: gzip.open(tmp / f"dropped-{k}.spool.gz", "wt", encoding="utf-8", compresslevel=1) for k in ("train", "val")
+    }
     fingerprint = hashlib.sha256()
     kept, dropped = [], []
     skipped_sample: list[dict] = []
@@ -262,8 +278,11 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
         # One checking process per core: the parent only merges results and writes the lists, which costs
         # little next to checking (on 2 cores, 2 workers scan about 1.7x as fast as 1).
         workers = workers or (os.cpu_count() or 1)
-        scans = (_s3_scans(data_dir, class_names, workers, endpoint_url) if remote
-                 else _scans(str(data_dir), class_names, workers, val_fraction))
+        scans = (
+            _s3_scans(data_dir, class_names, workers, endpoint_url)
+            if remote
+            else _scans(str(data_dir), class_names, workers, val_fraction)
+        )
         for scan in scans:
             name = scan.name
             for rel, reason in scan.skipped:
@@ -306,8 +325,10 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
         domain = choose_domain_classes(dropped, kept, domain_classes, min_domain_images)
         domain_names = {c["name"] for c in domain}
         for split in ("train", "val"):
-            with gzip.open(tmp / f"dropped-{split}.spool.gz", "rt", encoding="utf-8") as src, \
-                    gzip.open(tmp / LIST_FILES[f"domain_{split}"], "wt", encoding="utf-8") as dst:
+            with (
+                gzip.open(tmp / f"dropped-{split}.spool.gz", "rt", encoding="utf-8") as src,
+                gzip.open(tmp / LIST_FILES[f"domain_{split}"], "wt", encoding="utf-8") as dst,
+            ):
                 for line in src:
                     if line.rstrip("\n").rsplit("\t", 1)[-1] in domain_names:
                         dst.write(line)
@@ -351,7 +372,9 @@ def curate(data_dir: str | Path, out: str | Path, min_images: int = 500, domain_
     return manifest
 
 
-def choose_domain_classes(dropped: list[dict], kept: list[dict], wanted: int | list[str], min_images: int) -> list[dict]:
+def choose_domain_classes(
+    dropped: list[dict], kept: list[dict], wanted: int | list[str], min_images: int
+) -> list[dict]:
     """The domain classes: named ones must be among the dropped; a count takes the largest dropped classes."""
     by_name = {c["name"]: c for c in dropped}
     if isinstance(wanted, list):
@@ -359,8 +382,10 @@ def choose_domain_classes(dropped: list[dict], kept: list[dict], wanted: int | l
         chosen = []
         for name in wanted:
             if name in kept_names:
-                raise CurationError(f"domain class {name!r} has enough images to be pretrained on; "
-                                    f"a domain class must be one of the dropped classes")
+                raise CurationError(
+                    f"domain class {name!r} has enough images to be pretrained on; "
+                    f"a domain class must be one of the dropped classes"
+                )
             if name not in by_name:
                 raise CurationError(f"domain class {name!r} not found in the tree")
             chosen.append(by_name[name])
@@ -369,8 +394,10 @@ def choose_domain_classes(dropped: list[dict], kept: list[dict], wanted: int | l
         return []
     eligible = sorted((c for c in dropped if c["count"] >= min_images), key=lambda c: (-c["count"], c["name"]))
     if len(eligible) < wanted:
-        raise CurationError(f"asked for {wanted} domain classes but only {len(eligible)} dropped classes have "
-                            f"at least {min_images} images")
+        raise CurationError(
+            f"asked for {wanted} domain classes but only {len(eligible)} dropped classes have "
+            f"at least {min_images} images"
+        )
     return sorted(eligible[:wanted], key=lambda c: c["name"])
 
 
@@ -379,24 +406,42 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", required=True, help="an ImageFolder tree: local path or s3://bucket/prefix")
     p.add_argument("--out", required=True)
     p.add_argument("--min-images", type=int, default=500, help="drop classes with fewer valid images (default 500)")
-    p.add_argument("--domain-classes", type=parse_domain_classes, default=0,
-                   help="how many dropped classes to hold out as domain classes, or their names, comma-separated")
+    p.add_argument(
+        "--domain-classes",
+        type=parse_domain_classes,
+        default=0,
+        help="how many dropped classes to hold out as domain classes, or their names, comma-separated",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--min-domain-images", type=int, default=10,
-                   help="a dropped class needs this many images to be picked as a domain class by count")
+    p.add_argument(
+        "--min-domain-images",
+        type=int,
+        default=10,
+        help="a dropped class needs this many images to be picked as a domain class by count",
+    )
     p.add_argument("--workers", type=int, default=0, help="processes checking files (default: one per core)")
     p.add_argument("--s3-endpoint-url", default=None, help="for an s3:// --data-dir on an S3-compatible store")
     args = p.parse_args(argv)
     try:
-        m = curate(args.data_dir, args.out, args.min_images, args.domain_classes, args.val_fraction,
-                   args.min_domain_images, workers=args.workers, endpoint_url=args.s3_endpoint_url)
+        m = curate(
+            args.data_dir,
+            args.out,
+            args.min_images,
+            args.domain_classes,
+            args.val_fraction,
+            args.min_domain_images,
+            workers=args.workers,
+            endpoint_url=args.s3_endpoint_url,
+        )
     except CurationError as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
     t = m["totals"]
-    print(f"curate: {len(m['classes'])} classes kept ({t['kept_images']} images), "
-          f"{len(m['excluded_classes'])} dropped, {len(m['domain_classes'])} domain classes "
-          f"({t['domain_images']} images), {t['skipped_files']} files skipped")
+    print(
+        f"curate: {len(m['classes'])} classes kept ({t['kept_images']} images), "
+        f"{len(m['excluded_classes'])} dropped, {len(m['domain_classes'])} domain classes "
+        f"({t['domain_images']} images), {t['skipped_files']} files skipped"
+    )
     for s in m["skipped_files"][:20]:
         print(f"curate: skipped {s['path']}: {s['reason']}")
     print(f"curate: fingerprint {m['fingerprint']}; manifest {Path(args.out) / 'manifest.json'}")

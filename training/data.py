@@ -7,6 +7,7 @@ Files that pass curation but still fail to decode are dropped from the stream (`
 reported: every element carries its index in the shard, and ``SkipTracker`` names the indices that never
 arrived in a pass.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,11 @@ def decode_and_resize(contents: tf.Tensor, image_size) -> tf.Tensor:
 
     def resize():
         shrink = tf.reduce_max(tf.cast(shape, tf.float32) / tf.cast(size, tf.float32))
-        x = tf.cond(shrink > 2.0,
-                    lambda: tf.image.resize(image, image_size, method="area"),
-                    lambda: tf.image.resize(image, image_size, method="bilinear"))
+        x = tf.cond(
+            shrink > 2.0,
+            lambda: tf.image.resize(image, image_size, method="area"),
+            lambda: tf.image.resize(image, image_size, method="bilinear"),
+        )
         return tf.cast(x + 0.5, tf.uint8)
 
     out = tf.cond(tf.reduce_all(tf.equal(shape, size)), lambda: image, resize)
@@ -73,6 +76,7 @@ def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Datas
     ``load``, if given, first turns each element (a file index, a record) into ``(image, label, index)`` in the
     same map: decoding and augmenting then cost one function call per element.
     """
+
     def augment(k, el):
         image, label, index = load(el) if load else el
         return augment_image(image, tf.stack([tf.cast(seed, tf.int64), k])), label, index
@@ -80,8 +84,15 @@ def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Datas
     return ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
 
 
-def load_elements(ds: tf.data.Dataset, load, training: bool, cache: bool, seed: int, shuffle_buffer: int,
-                  cached_shuffle_buffer: int | None = None) -> tf.data.Dataset:
+def load_elements(
+    ds: tf.data.Dataset,
+    load,
+    training: bool,
+    cache: bool,
+    seed: int,
+    shuffle_buffer: int,
+    cached_shuffle_buffer: int | None = None,
+) -> tf.data.Dataset:
     """Sources (file indices, records) -> ``(image, label, index)`` elements, undecodable ones dropped.
 
     Training without a cache shuffles the sources and repeats, then loads and augments in one map; otherwise
@@ -135,8 +146,15 @@ def image_folder_split(root: str | Path, class_names: list[str] | None = None) -
     return Split(paths, labels, names)
 
 
-def make_dataset(split: Split, image_size, batch_size: int, training: bool, seed: int = 0,
-                 cache: bool = False, drop_remainder: bool = False) -> tf.data.Dataset:
+def make_dataset(
+    split: Split,
+    image_size,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    cache: bool = False,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Elements: ``(uint8 images [B,H,W,3], int32 labels [B], int64 shard indices [B])``.
 
     Training datasets repeat forever (each pass reshuffled); evaluation datasets make one pass in order.
@@ -156,8 +174,15 @@ def make_dataset(split: Split, image_size, batch_size: int, training: bool, seed
     opts.deterministic = True
     opts.experimental_optimization.map_parallelization = True
 
-    ds = load_elements(tf.data.Dataset.range(n), load, training, cache, seed,
-                       shuffle_buffer=min(n, 200_000), cached_shuffle_buffer=min(n, 50_000))
+    ds = load_elements(
+        tf.data.Dataset.range(n),
+        load,
+        training,
+        cache,
+        seed,
+        shuffle_buffer=min(n, 200_000),
+        cached_shuffle_buffer=min(n, 50_000),
+    )
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     return ds.with_options(opts).prefetch(AUTOTUNE)
 

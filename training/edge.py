@@ -21,6 +21,7 @@ image there; the export fails (exit status 1) unless their top-1 labels agree on
 
 Beside the model it writes ``<out>.json``: labels, input shape and type, quantization, parity figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,11 @@ class EdgeError(RuntimeError):
 def image_files(root: Path, limit: int = 0) -> list[Path]:
     from training.imageio import check_image
 
-    files = [p for p in sorted(Path(root).rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-             and check_image(p)[0]]
+    files = [
+        p
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and check_image(p)[0]
+    ]
     return files[:limit] if limit else files
 
 
@@ -109,7 +113,7 @@ class TFLiteModel:
 
         out = []
         for i in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[i:i + batch_size], dtype=self.input_dtype)
+            batch = np.ascontiguousarray(images[i : i + batch_size], dtype=self.input_dtype)
             out.append(self.runner(image=batch)["probabilities"])
         return np.concatenate(out)
 
@@ -120,19 +124,31 @@ def parity(version_dir: Path, tflite: TFLiteModel, paths: list[Path], image_size
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(version_dir)).signatures[SERVING_SIGNATURE]
-    ref = np.concatenate([
-        serve(image_bytes=tf.constant([p.read_bytes() for p in paths[i:i + batch_size]]))["probabilities"].numpy()
-        for i in range(0, len(paths), batch_size)])
+    ref = np.concatenate(
+        [
+            serve(image_bytes=tf.constant([p.read_bytes() for p in paths[i : i + batch_size]]))["probabilities"].numpy()
+            for i in range(0, len(paths), batch_size)
+        ]
+    )
     got = tflite.predict(decode(paths, image_size), batch_size)
     agree = ref.argmax(-1) == got.argmax(-1)
-    return {"images": len(paths), "top1_agreement": float(agree.mean()),
-            "disagreements": [str(p) for p, ok in zip(paths, agree) if not ok][:20],
-            "max_abs_probability_diff": float(np.abs(ref - got).max())}
+    return {
+        "images": len(paths),
+        "top1_agreement": float(agree.mean()),
+        "disagreements": [str(p) for p, ok in zip(paths, agree) if not ok][:20],
+        "max_abs_probability_diff": float(np.abs(ref - got).max()),
+    }
 
 
-def export(model_dir: Path, out: Path, quantize: str = "float16", validation_dir: Path | None = None,
-           representative_dir: Path | None = None, representative_count: int = 200,
-           min_agreement: float | None = None) -> dict:
+def export(
+    model_dir: Path,
+    out: Path,
+    quantize: str = "float16",
+    validation_dir: Path | None = None,
+    representative_dir: Path | None = None,
+    representative_count: int = 200,
+    min_agreement: float | None = None,
+) -> dict:
     from training.serve import latest_version
 
     model_dir = Path(model_dir)
@@ -165,10 +181,19 @@ def export(model_dir: Path, out: Path, quantize: str = "float16", validation_dir
     out.write_bytes(model_bytes)
     tfl = TFLiteModel(model_bytes)
     info = {
-        "model": str(out), "bytes": len(model_bytes), "quantize": quantize, "source": str(version_dir),
-        "labels": labels, "image_size": list(image_size),
-        "input": {"name": "image", "dtype": str(tfl.input_dtype.__name__), "shape": tfl.input_shape,
-                  "layout": "NHWC", "range": [0, 255]},
+        "model": str(out),
+        "bytes": len(model_bytes),
+        "quantize": quantize,
+        "source": str(version_dir),
+        "labels": labels,
+        "image_size": list(image_size),
+        "input": {
+            "name": "image",
+            "dtype": str(tfl.input_dtype.__name__),
+            "shape": tfl.input_shape,
+            "layout": "NHWC",
+            "range": [0, 255],
+        },
         "output": {"name": "probabilities", "dtype": "float32"},
         "convert_seconds": round(time.perf_counter() - t0, 2),
     }
@@ -182,12 +207,16 @@ def export(model_dir: Path, out: Path, quantize: str = "float16", validation_dir
         check["min_agreement"] = threshold
         check["passed"] = check["top1_agreement"] >= threshold
         info["parity"] = check
-        log(f"parity on {check['images']} images: top-1 agreement {check['top1_agreement']:.4f} "
-            f"(need {threshold:.2f}); max probability difference {check['max_abs_probability_diff']:.4f}")
+        log(
+            f"parity on {check['images']} images: top-1 agreement {check['top1_agreement']:.4f} "
+            f"(need {threshold:.2f}); max probability difference {check['max_abs_probability_diff']:.4f}"
+        )
     Path(f"{out}.json").write_text(json.dumps(info, indent=2))
     if "parity" in info and not info["parity"]["passed"]:
-        raise EdgeError(f"TFLite top-1 agrees with the SavedModel on {info['parity']['top1_agreement']:.2%} of the "
-                        f"validation images, below {info['parity']['min_agreement']:.0%}")
+        raise EdgeError(
+            f"TFLite top-1 agrees with the SavedModel on {info['parity']['top1_agreement']:.2%} of the "
+            f"validation images, below {info['parity']['min_agreement']:.0%}"
+        )
     return info
 
 
@@ -203,8 +232,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        export(args.model_dir, args.out, args.quantize, args.validation_dir, args.representative_dir,
-               args.representative_count, args.min_agreement)
+        export(
+            args.model_dir,
+            args.out,
+            args.quantize,
+            args.validation_dir,
+            args.representative_dir,
+            args.representative_count,
+            args.min_agreement,
+        )
     except (EdgeError, FileNotFoundError) as err:
         log(f"error: {err}")
         return 1

@@ -6,6 +6,7 @@ end marker says whether the file was cut short. Colour mode (CMYK, grayscale, RG
 the training pipeline converts every image to RGB. Files that pass this check and still fail to decode in
 training are skipped and counted there.
 """
+
 from __future__ import annotations
 
 import os

@@ -20,6 +20,7 @@ header or the ``TLPIPE_TOP_K`` environment variable changes it.
 Errors raise ``RequestError`` subclasses whose ``status`` is the HTTP status the local server answers with
 (400 bad request, 415 unsupported media type); the TFS container answers any handler exception itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -119,13 +120,18 @@ def parse_request(body: bytes, content_type: str | None) -> list[bytes]:
         _check_image(body, "request body")
         return [body]
     raise UnsupportedMediaType(
-        f"unsupported content type {content_type!r}; use application/json or application/x-image")
+        f"unsupported content type {content_type!r}; use application/json or application/x-image"
+    )
 
 
 def tfs_request(images: list[bytes]) -> str:
     """The TensorFlow Serving REST predict request for the serving signature ``image_bytes: string[None]``."""
-    return json.dumps({"signature_name": "serving_default",
-                       "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in images]})
+    return json.dumps(
+        {
+            "signature_name": "serving_default",
+            "instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in images],
+        }
+    )
 
 
 def _top_k(context) -> int:

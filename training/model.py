@@ -6,6 +6,7 @@ pooling layer is named ``features``: that is where a new head attaches for trans
 ``meta.json`` records it together with the block names, ordered from input to output, so fine-tuning can
 unfreeze the top blocks by name.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,12 @@ class Preprocess(layers.Layer):
         if not (training and self.jitter):
             return x * (1.0 / 127.5) - 1.0
         shape = (ops.shape(x)[0], 1, 1, 1)
-        c = keras.random.uniform(shape, 1.0 - self.contrast, 1.0 + self.contrast, dtype=self.compute_dtype,
-                                 seed=self.seed_generator)
-        b = keras.random.uniform(shape, -self.brightness, self.brightness, dtype=self.compute_dtype,
-                                 seed=self.seed_generator)
+        c = keras.random.uniform(
+            shape, 1.0 - self.contrast, 1.0 + self.contrast, dtype=self.compute_dtype, seed=self.seed_generator
+        )
+        b = keras.random.uniform(
+            shape, -self.brightness, self.brightness, dtype=self.compute_dtype, seed=self.seed_generator
+        )
         mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
         # ((x - mean) * c + mean + b) / 127.5 - 1, as one multiply-add per pixel.
         return x * (c / 127.5) + ((mean * (1.0 - c) + b) / 127.5 - 1.0)
@@ -56,8 +59,13 @@ class Preprocess(layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "brightness": self.brightness, "contrast": self.contrast,
-                "jitter": self.jitter, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "brightness": self.brightness,
+            "contrast": self.contrast,
+            "jitter": self.jitter,
+            "seed": self.seed,
+        }
 
 
 def set_jitter(model: keras.Model, on: bool) -> bool:
@@ -100,8 +108,13 @@ def _resnet50(x):
     return base.output, ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 
-def build_model(num_classes: int, image_size: tuple[int, int] = (64, 64), arch: str = "small_resnet",
-                dropout: float = 0.2, width: int = 32) -> keras.Model:
+def build_model(
+    num_classes: int,
+    image_size: tuple[int, int] = (64, 64),
+    arch: str = "small_resnet",
+    dropout: float = 0.2,
+    width: int = 32,
+) -> keras.Model:
     if arch not in ARCHS:
         raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
     inputs = keras.Input(shape=(*image_size, 3), dtype="uint8", name="image")
@@ -152,5 +165,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         return ops.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "floor": self.floor}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "floor": self.floor,
+        }

@@ -28,6 +28,7 @@ and ``horovodrun -np 2 python -m training.pretrain --epochs 20`` (one worker wit
 Quality bar: transfer must beat scratch by at least ``--min-gain`` (0.15) mean accuracy at ``--gain-at``
 (20) images per class; the exit status is 1 when it does not.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,19 @@ def demo_inputs(workdir: Path, workers: int = 2) -> tuple[Path, Path]:
     if not (curated / "manifest.json").is_file():
         _run([py, "-m", "training.curate", "--data-dir", str(raw), "--out", str(curated), *DEMO_CURATE])
     if not Path(CheckpointDir(str(ckpt)).complete).is_file():
-        pretrain = [py, "-m", "training.pretrain", "--manifest", str(curated / "manifest.json"),
-                    "--checkpoint-dir", str(ckpt), "--epochs", str(DEMO_PRETRAIN_EPOCHS), "--threads", "1"]
+        pretrain = [
+            py,
+            "-m",
+            "training.pretrain",
+            "--manifest",
+            str(curated / "manifest.json"),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--epochs",
+            str(DEMO_PRETRAIN_EPOCHS),
+            "--threads",
+            "1",
+        ]
         horovodrun = shutil.which("horovodrun") or str(Path(py).with_name("horovodrun"))
         if workers > 1 and Path(horovodrun).exists():
             _run([horovodrun, "-np", str(workers), *pretrain])
@@ -101,8 +113,16 @@ def _link_tree(dest: Path, paths: list[str], labels: list[int], class_names: lis
         link.symlink_to(Path(path).resolve())
 
 
-def job_root(runs_dir: Path, name: str, pool: Path, test: Path, pretrained: Path, size: int, seed: int,
-             hyperparameters: dict[str, str]) -> Path:
+def job_root(
+    runs_dir: Path,
+    name: str,
+    pool: Path,
+    test: Path,
+    pretrained: Path,
+    size: int,
+    seed: int,
+    hyperparameters: dict[str, str],
+) -> Path:
     """A SageMaker job directory: ``size`` training images per class drawn (by ``seed``) from ``pool``, the
     pool's other images as the validation channel (early stopping, best epoch) and ``test`` as the test
     channel, which no choice is made on: the report's figures come from it."""
@@ -125,14 +145,16 @@ def job_root(runs_dir: Path, name: str, pool: Path, test: Path, pretrained: Path
     config = root / "input" / "config"
     config.mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}, indent=1))
-    (config / "inputdataconfig.json").write_text(json.dumps(
-        {c: {"TrainingInputMode": "File"} for c in ("train", "validation", "test", "pretrained")}))
+    (config / "inputdataconfig.json").write_text(
+        json.dumps({c: {"TrainingInputMode": "File"} for c in ("train", "validation", "test", "pretrained")})
+    )
     return root
 
 
 # -- runs ---------------------------------------------------------------------------------------------------
-def run_jobs(pool: Path, test: Path, pretrained: Path, runs_dir: Path, sizes: list[int], seeds: list[int],
-             extra: dict[str, str]) -> list[dict]:
+def run_jobs(
+    pool: Path, test: Path, pretrained: Path, runs_dir: Path, sizes: list[int], seeds: list[int], extra: dict[str, str]
+) -> list[dict]:
     import keras
 
     from training.finetune import run
@@ -149,25 +171,47 @@ def run_jobs(pool: Path, test: Path, pretrained: Path, runs_dir: Path, sizes: li
             keras.backend.clear_session()
             report = run(TrainingEnv(root), {})
             t = report["runs"]
-            results.append({
-                "images_per_class": size, "seed": seed, "job": str(root),
-                "train_images": sum(report["counts"]["train"].values()),
-                "val_images": t["transfer"]["val_images"], "test_images": t["transfer"]["test_images"],
-                "selected_on_test": (root / "input" / "data" / "validation").is_symlink(),
-                "transfer": _summary(t["transfer"]), "scratch": _summary(t["scratch"]),
-                "gain": t["transfer"]["test_accuracy"] - t["scratch"]["test_accuracy"],
-                "seconds": round(time.perf_counter() - t0, 1),
-            })
+            results.append(
+                {
+                    "images_per_class": size,
+                    "seed": seed,
+                    "job": str(root),
+                    "train_images": sum(report["counts"]["train"].values()),
+                    "val_images": t["transfer"]["val_images"],
+                    "test_images": t["transfer"]["test_images"],
+                    "selected_on_test": (root / "input" / "data" / "validation").is_symlink(),
+                    "transfer": _summary(t["transfer"]),
+                    "scratch": _summary(t["scratch"]),
+                    "gain": t["transfer"]["test_accuracy"] - t["scratch"]["test_accuracy"],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
             r = results[-1]
-            log(f"{name}: test accuracy transfer {r['transfer']['accuracy']:.3f}  scratch "
-                f"{r['scratch']['accuracy']:.3f}  gain {r['gain']:+.3f}  ({r['seconds']:.0f}s)")
+            log(
+                f"{name}: test accuracy transfer {r['transfer']['accuracy']:.3f}  scratch "
+                f"{r['scratch']['accuracy']:.3f}  gain {r['gain']:+.3f}  ({r['seconds']:.0f}s)"
+            )
     return results
 
 
 def _summary(run: dict) -> dict:
-    return {"accuracy": run["test_accuracy"],
-            **{k: run[k] for k in ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "best_epoch",
-                                   "epochs_run", "seconds", "history", "test_per_class_accuracy")}}
+    return {
+        "accuracy": run["test_accuracy"],
+        **{
+            k: run[k]
+            for k in (
+                "test_accuracy",
+                "test_loss",
+                "val_accuracy",
+                "val_loss",
+                "best_epoch",
+                "epochs_run",
+                "seconds",
+                "history",
+                "test_per_class_accuracy",
+            )
+        },
+    }
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -197,8 +241,15 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
         mean = [r[kind]["mean"] for r in rows]
         lo = [r[kind]["mean"] - r[kind]["min"] for r in rows]
         hi = [r[kind]["max"] - r[kind]["mean"] for r in rows]
-        ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=color,
-                    label="transfer (pretrained base)" if kind == "transfer" else "from scratch")
+        ax.errorbar(
+            x,
+            mean,
+            yerr=[lo, hi],
+            marker="o",
+            capsize=4,
+            color=color,
+            label="transfer (pretrained base)" if kind == "transfer" else "from scratch",
+        )
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([str(v) for v in x])
@@ -226,8 +277,14 @@ def plot_curves(results: list[dict], path: Path) -> None:
         for kind, color in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
             h = r[kind]["history"]
             ax.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], color=color, label=f"{kind} val")
-            ax.plot([e["epoch"] for e in h], [e["train_accuracy"] for e in h], color=color, alpha=0.35,
-                    linestyle="--", label=f"{kind} train")
+            ax.plot(
+                [e["epoch"] for e in h],
+                [e["train_accuracy"] for e in h],
+                color=color,
+                alpha=0.35,
+                linestyle="--",
+                label=f"{kind} train",
+            )
         ft = [e["epoch"] for e in r["transfer"]["history"] if e["phase"] == "finetune"]
         if ft:
             ax.axvline(ft[0] - 0.5, color="gray", linestyle=":", linewidth=1)
@@ -248,8 +305,13 @@ def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
         "",
         f"Domain classes: {', '.join(context['classes'])}; test images: {context['test_images']}; "
         f"seeds: {', '.join(str(s) for s in context['seeds'])}. Pretrained model: `{context['pretrained']}`"
-        + (f" (epoch {context['pretrained_epoch']}, validation accuracy {context['pretrained_val_accuracy']:.3f} on "
-           "the general classes)" if context.get("pretrained_val_accuracy") is not None else "") + ".",
+        + (
+            f" (epoch {context['pretrained_epoch']}, validation accuracy {context['pretrained_val_accuracy']:.3f} on "
+            "the general classes)"
+            if context.get("pretrained_val_accuracy") is not None
+            else ""
+        )
+        + ".",
         "Each job (`training.finetune`, `compare_scratch=true`) trains on N images per class, chooses its epochs on "
         "the other domain training images, and is scored on the held-out domain validation list (test accuracy). "
         "The scratch baseline trains the same architecture from random weights for the same number of epochs.",
@@ -260,9 +322,11 @@ def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
     ]
     for r in rows:
         per_seed = ", ".join(f"{t:.3f} / {s:.3f}" for t, s in zip(r["transfer"]["all"], r["scratch"]["all"]))
-        lines.append(f"| {r['images_per_class']} | {r['transfer']['mean']:.3f} | {r['scratch']['mean']:.3f} | "
-                     f"{100 * r['gain']['mean']:+.1f} | {100 * r['gain']['min']:+.1f} .. {100 * r['gain']['max']:+.1f} "
-                     f"| {per_seed} |")
+        lines.append(
+            f"| {r['images_per_class']} | {r['transfer']['mean']:.3f} | {r['scratch']['mean']:.3f} | "
+            f"{100 * r['gain']['mean']:+.1f} | {100 * r['gain']['min']:+.1f} .. {100 * r['gain']['max']:+.1f} "
+            f"| {per_seed} |"
+        )
     lines += [
         "",
         f"**Quality bar** (transfer ≥ scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']} "
@@ -285,18 +349,20 @@ def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
 def html_page(md_rows: list[dict], verdict: dict, context: dict) -> str:
     rows = "".join(
         f"<tr><td>{r['images_per_class']}</td><td>{r['transfer']['mean']:.3f}</td><td>{r['scratch']['mean']:.3f}</td>"
-        f"<td>{100 * r['gain']['mean']:+.1f}</td></tr>" for r in md_rows)
+        f"<td>{100 * r['gain']['mean']:+.1f}</td></tr>"
+        for r in md_rows
+    )
     status = "met" if verdict["passed"] else "NOT met"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Transfer vs scratch</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style>
 </head><body><h1>Transfer learning vs training from scratch</h1>
-<p>Domain classes: {html.escape(', '.join(context['classes']))}; test images: {context['test_images']};
-seeds: {len(context['seeds'])}. Pretrained model: <code>{html.escape(context['pretrained'])}</code>.</p>
+<p>Domain classes: {html.escape(", ".join(context["classes"]))}; test images: {context["test_images"]};
+seeds: {len(context["seeds"])}. Pretrained model: <code>{html.escape(context["pretrained"])}</code>.</p>
 <table><tr><th>images/class</th><th>transfer test accuracy</th><th>scratch test accuracy</th>
 <th>gain (points)</th></tr>{rows}</table>
-<p><b>Quality bar</b> (transfer &ge; scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']}
+<p><b>Quality bar</b> (transfer &ge; scratch + {100 * verdict["min_gain"]:.0f} points at {verdict["gain_at"]}
 images/class):
-measured {100 * verdict['gain']:+.1f} points: <b>{status}</b>.</p>
+measured {100 * verdict["gain"]:+.1f} points: <b>{status}</b>.</p>
 <img src="accuracy.png" alt="accuracy"><br><img src="learning_curves.png" alt="learning curves">
 </body></html>
 """
@@ -311,8 +377,9 @@ def write_report(out: Path, results: list[dict], context: dict, min_gain: float,
     plot_curves(results, out / "learning_curves.png")
     (out / "report.md").write_text(markdown(rows, verdict, context))
     (out / "report.html").write_text(html_page(rows, verdict, context))
-    (out / "results.json").write_text(json.dumps({"summary": rows, "verdict": verdict, "context": context,
-                                                  "runs": results}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps({"summary": rows, "verdict": verdict, "context": context, "runs": results}, indent=2)
+    )
     return verdict
 
 
@@ -357,16 +424,27 @@ def main(argv=None) -> int:
     classes = sorted(p.name for p in channels["train"].iterdir() if p.is_dir())
     meta_path = next((p for p in (pretrained / "meta.json", pretrained / "best" / "meta.json") if p.is_file()), None)
     meta = json.loads(meta_path.read_text()) if meta_path else {}
-    context = {"classes": classes, "test_images": results[0]["test_images"], "seeds": seeds,
-               "pretrained": str(pretrained), "pretrained_val_accuracy": meta.get("val_accuracy"),
-               "pretrained_epoch": meta.get("epoch"), "manifest": str(manifest), "hyperparameters": extra,
-               "seconds": round(time.perf_counter() - t0, 1)}
+    context = {
+        "classes": classes,
+        "test_images": results[0]["test_images"],
+        "seeds": seeds,
+        "pretrained": str(pretrained),
+        "pretrained_val_accuracy": meta.get("val_accuracy"),
+        "pretrained_epoch": meta.get("epoch"),
+        "manifest": str(manifest),
+        "hyperparameters": extra,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     verdict = write_report(out, results, context, args.min_gain, args.gain_at)
     for r in aggregate(results):
-        log(f"{r['images_per_class']:>3} images/class: transfer {r['transfer']['mean']:.3f}  "
-            f"scratch {r['scratch']['mean']:.3f}  gain {100 * r['gain']['mean']:+.1f} points")
-    log(f"quality bar at {args.gain_at}/class (gain >= {100 * args.min_gain:.0f} points): "
-        f"{'met' if verdict['passed'] else 'NOT met'}; report in {out / 'report.md'}")
+        log(
+            f"{r['images_per_class']:>3} images/class: transfer {r['transfer']['mean']:.3f}  "
+            f"scratch {r['scratch']['mean']:.3f}  gain {100 * r['gain']['mean']:+.1f} points"
+        )
+    log(
+        f"quality bar at {args.gain_at}/class (gain >= {100 * args.min_gain:.0f} points): "
+        f"{'met' if verdict['passed'] else 'NOT met'}; report in {out / 'report.md'}"
+    )
     return 0 if verdict["passed"] else 1
 
 

@@ -18,6 +18,7 @@ Hyperparameter values arrive as strings. The SageMaker Python SDK JSON-encodes t
 ``"0.001"``) while ``boto3``/Airflow callers pass plain strings (``"scratch"``); both decode to the same value
 here. Keys starting with ``sagemaker_`` or ``_`` are the platform's own and are ignored.
 """
+
 from __future__ import annotations
 
 import json

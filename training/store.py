@@ -10,6 +10,7 @@ the files ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and optionally ``AWS_
 secret mounted as a volume, or the local launcher's 0600 files): credentials that never pass through an
 environment, which Horovod's launchers copy onto every worker's command line.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,10 +31,17 @@ def safe_destination(root: str | Path, relative: str, key: str) -> Path:
     """``root/relative`` for the object ``key``; refuses keys that resolve outside ``root`` (``..``, ``.``,
     absolute, empty segments, backslashes, NUL), so a planted key cannot write anywhere else on this machine."""
     parts = relative.split("/")
-    if (not relative or relative.startswith("/") or "\\" in relative or "\x00" in relative
-            or any(part in ("", ".", "..") for part in parts)):
-        raise UnsafeKey(f"refusing to download object {key!r}: its path {relative!r} would resolve outside "
-                        f"{root} ('..', '.', absolute or empty path segments)")
+    if (
+        not relative
+        or relative.startswith("/")
+        or "\\" in relative
+        or "\x00" in relative
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise UnsafeKey(
+            f"refusing to download object {key!r}: its path {relative!r} would resolve outside "
+            f"{root} ('..', '.', absolute or empty path segments)"
+        )
     root = Path(root)
     dest = root.joinpath(*parts)
     if not dest.resolve().is_relative_to(root.resolve()):  # a symlink inside root pointing out
@@ -60,8 +68,11 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 CREDENTIALS_DIR_ENV = "TLPIPE_S3_CREDENTIALS_DIR"
-CREDENTIAL_FILES = {"AWS_ACCESS_KEY_ID": "aws_access_key_id", "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
-                    "AWS_SESSION_TOKEN": "aws_session_token"}
+CREDENTIAL_FILES = {
+    "AWS_ACCESS_KEY_ID": "aws_access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "aws_secret_access_key",
+    "AWS_SESSION_TOKEN": "aws_session_token",
+}
 
 
 def write_credentials_dir(directory: str | Path, access_key: str, secret_key: str, token: str | None = None) -> Path:
@@ -185,7 +196,7 @@ class Store:
             names = []
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
                 for cp in page.get("CommonPrefixes", []):
-                    names.append(cp["Prefix"][len(prefix):].rstrip("/"))
+                    names.append(cp["Prefix"][len(prefix) :].rstrip("/"))
             return sorted(names)
         path = Path(uri)
         if not path.is_dir():
@@ -199,7 +210,7 @@ class Store:
             prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    yield obj["Key"][len(prefix):], obj["Size"]
+                    yield obj["Key"][len(prefix) :], obj["Size"]
             return
         root = Path(uri)
         for path in sorted(root.rglob("*")):

@@ -12,11 +12,11 @@ With ``--defects`` (on by default) it also writes the files real collections con
 JPEGs, RGBA PNGs, a PNG named ``.jpg``, ``.JPEG`` in capitals (all valid), and zero-byte, truncated and
 non-image files (all to be skipped).
 """
+
 from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import math
 import random
@@ -37,7 +37,7 @@ def class_pairs(n: int, seed: int) -> list[tuple[str, str]]:
         for i, shape in enumerate(SHAPES):
             pairs.append((shape, TEXTURES[(i + shift) % len(TEXTURES)]))
     rng = random.Random(seed)
-    head, tail = pairs[: len(SHAPES)], pairs[len(SHAPES):]
+    head, tail = pairs[: len(SHAPES)], pairs[len(SHAPES) :]
     rng.shuffle(tail)
     ordered = head + tail
     if n > len(ordered):
@@ -89,7 +89,10 @@ def _shape(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Gener
     angle = float(rng.uniform(0, 2 * math.pi))
 
     def poly(k, radius=r, phase=angle):
-        return [(cx + radius * math.cos(phase + 2 * math.pi * j / k), cy + radius * math.sin(phase + 2 * math.pi * j / k)) for j in range(k)]
+        return [
+            (cx + radius * math.cos(phase + 2 * math.pi * j / k), cy + radius * math.sin(phase + 2 * math.pi * j / k))
+            for j in range(k)
+        ]
 
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
@@ -101,7 +104,10 @@ def _shape(draw: ImageDraw.ImageDraw, kind: str, size: int, rng: np.random.Gener
     elif kind == "diamond":
         pts = poly(4)
         # Stretch one diagonal so it is not a rotated square.
-        pts = [(cx + (x - cx) * (1.0 if j % 2 else 0.55), cy + (y - cy) * (1.0 if j % 2 else 0.55)) for j, (x, y) in enumerate(pts)]
+        pts = [
+            (cx + (x - cx) * (1.0 if j % 2 else 0.55), cy + (y - cy) * (1.0 if j % 2 else 0.55))
+            for j, (x, y) in enumerate(pts)
+        ]
         draw.polygon(pts, fill=color)
     elif kind == "triangle":
         draw.polygon(poly(3), fill=color)
@@ -154,8 +160,16 @@ def _write_defects(out: Path, names: list[str], rng: np.random.Generator) -> dic
     return report
 
 
-def generate(out: Path, classes: int = 16, seed: int = 0, largest: int = 300, smallest: int = 80,
-             min_size: int = 56, max_size: int = 88, defects: bool = True) -> dict:
+def generate(
+    out: Path,
+    classes: int = 16,
+    seed: int = 0,
+    largest: int = 300,
+    smallest: int = 80,
+    min_size: int = 56,
+    max_size: int = 88,
+    defects: bool = True,
+) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pairs = class_pairs(classes, seed)
@@ -192,7 +206,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-size", type=int, default=88)
     p.add_argument("--no-defects", dest="defects", action="store_false")
     args = p.parse_args(argv)
-    s = generate(args.out, args.classes, args.seed, args.largest, args.smallest, args.min_size, args.max_size, args.defects)
+    s = generate(
+        args.out, args.classes, args.seed, args.largest, args.smallest, args.min_size, args.max_size, args.defects
+    )
     total = sum(s["classes"].values())
     print(f"wrote {total} images in {len(s['classes'])} classes to {args.out}")
     return 0

@@ -11,6 +11,7 @@ Layout: ``OUT/<split>-SSSSS-of-NNNNN.tfrecord`` plus ``OUT/index.json`` (class n
 manifest's sha256). Shards are written to a temporary name and renamed, so a reader never sees a partial one,
 and a rerun skips the shards that already exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,19 +47,29 @@ def _write_shard(args) -> tuple[str, int, int]:
             except OSError:
                 failed += 1
                 continue
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                "image": feature_bytes(data),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                "path": feature_bytes(rel.encode()),
-            }))
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image": feature_bytes(data),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                        "path": feature_bytes(rel.encode()),
+                    }
+                )
+            )
             w.write(ex.SerializeToString())
             written += 1
     os.replace(tmp, out_path)
     return out_path, written, failed
 
 
-def convert(manifest_path: str | Path, out: str | Path, splits=("train", "val"), shards: int = 16,
-            workers: int = 0, data_root: str | None = None) -> dict:
+def convert(
+    manifest_path: str | Path,
+    out: str | Path,
+    splits=("train", "val"),
+    shards: int = 16,
+    workers: int = 0,
+    data_root: str | None = None,
+) -> dict:
     manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     root = data_root or manifest["data_root"]
@@ -76,8 +87,11 @@ def convert(manifest_path: str | Path, out: str | Path, splits=("train", "val"),
         buckets = [[] for _ in range(n)]
         for i, (rel, cls) in enumerate(pairs):
             buckets[i % n].append((os.path.join(root, rel), rel, label[cls]))
-        index["splits"][split] = {"class_names": names, "shards": [_shard_name(split, i, n) for i in range(n)],
-                                  "count": len(pairs)}
+        index["splits"][split] = {
+            "class_names": names,
+            "shards": [_shard_name(split, i, n) for i in range(n)],
+            "count": len(pairs),
+        }
         jobs += [(str(out / _shard_name(split, i, n)), b) for i, b in enumerate(buckets)]
     failed = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -95,8 +109,17 @@ def tfrecord_split(directory: str | Path, split: str):
     return [str(directory / s) for s in info["shards"]], info["class_names"], info["count"]
 
 
-def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, training: bool, rank: int = 0,
-                          size: int = 1, seed: int = 0, drop_remainder: bool = False, cache: bool = False):
+def make_tfrecord_dataset(
+    shards: list[str],
+    image_size,
+    batch_size: int,
+    training: bool,
+    rank: int = 0,
+    size: int = 1,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    cache: bool = False,
+):
     """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
     import tensorflow as tf
 
@@ -112,8 +135,12 @@ def make_tfrecord_dataset(shards: list[str], image_size, batch_size: int, traini
     files = tf.data.Dataset.from_tensor_slices(shards)
     if len(shards) >= size:
         files = files.shard(size, rank)  # whole shards per rank: sequential reads
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(8, len(shards)), num_parallel_calls=AUTOTUNE,
-                          deterministic=not training)
+    ds = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(8, len(shards)),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=not training,
+    )
     if len(shards) < size:
         ds = ds.shard(size, rank)
     ds = load_elements(ds, parse, training, cache, seed, shuffle_buffer=10_000)

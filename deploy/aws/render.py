@@ -15,6 +15,7 @@ policies can never drift from what the DAGs use:
     ${TrainingImageRepositoryArn}         the ECR repository of sagemaker.training_image_uri
     ${ServingImageRepositoryArn}          the ECR repository of sagemaker.serving_image_uri
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,6 +73,7 @@ def render(template, values: dict[str, str]):
                 out.append(item)
         return out
     if isinstance(template, str):
+
         def sub(match: re.Match) -> str:
             if match.group(1) not in values:
                 raise KeyError(f"no value for ${{{match.group(1)}}}")

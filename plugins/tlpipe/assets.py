@@ -5,11 +5,11 @@ is scheduled on it and reads the URIs from the triggering event:
 
     event = PretrainedModelEvent.model_validate(triggering_asset_events[PRETRAINED_MODEL][-1].extra)
 """
+
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from airflow.sdk import Asset
+from pydantic import BaseModel, ConfigDict, Field
 
 from plugins.tlpipe.config import PipelineConfig
 

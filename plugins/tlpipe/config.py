@@ -9,6 +9,7 @@ the defaults, then every ``TLPIPE__<SECTION>__<KEY>[__<KEY>...]`` variable is ap
 then the result is validated. Relative paths are resolved against the project root (``TLPIPE_HOME``, default
 the directory above ``config/``). Reading the configuration touches only the local file system.
 """
+
 from __future__ import annotations
 
 import copy
@@ -216,7 +217,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not path:
             continue
         node = out
@@ -230,8 +231,9 @@ def env_overrides(environ: Mapping[str, str]) -> dict:
     return out
 
 
-def load_config(profile: str | None = None, path: str | Path | None = None,
-                environ: Mapping[str, str] | None = None) -> PipelineConfig:
+def load_config(
+    profile: str | None = None, path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> PipelineConfig:
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get("TLPIPE_CONFIG") or DEFAULT_CONFIG)
     profile = profile or environ.get("TLPIPE_PROFILE") or "local"
@@ -253,6 +255,11 @@ def _cached(profile: str | None, path: str | None, env_key: tuple) -> PipelineCo
 
 def get_config(profile: str | None = None, path: str | Path | None = None) -> PipelineConfig:
     """The configuration for this process, cached until an environment variable it depends on changes."""
-    env_key = tuple(sorted((k, v) for k, v in os.environ.items()
-                           if k.startswith(ENV_PREFIX) or k in ("TLPIPE_PROFILE", "TLPIPE_CONFIG", "TLPIPE_HOME")))
+    env_key = tuple(
+        sorted(
+            (k, v)
+            for k, v in os.environ.items()
+            if k.startswith(ENV_PREFIX) or k in ("TLPIPE_PROFILE", "TLPIPE_CONFIG", "TLPIPE_HOME")
+        )
+    )
     return _cached(profile, str(path) if path else None, env_key)

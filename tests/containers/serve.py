@@ -5,6 +5,7 @@ as a container with a broken model artifact does; ``GET /ping`` answers 200 (wit
 503 until that file exists: a model still loading); ``POST /invocations`` classifies raw image bytes
 (``application/x-image``) or ``{"instances": [{"b64": ...}]}`` by nearest mean colour.
 """
+
 import argparse
 import base64
 import io

@@ -6,6 +6,7 @@ for MetricDefinitions, and writes ``model.json`` to the model directory. Hyperpa
 in the model), ``epochs``, ``epoch_seconds`` (a pause per epoch, to have something to stop), ``fail`` (write
 ``output/failure`` and exit 1). On SIGTERM it saves what it has and exits, as SageMaker asks of containers.
 """
+
 import json
 import os
 import signal

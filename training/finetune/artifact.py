@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import json
 import shutil
 from pathlib import Path
-
 
 from training.finetune.hyperparameters import IMAGES_SIGNATURE, SERVING_SIGNATURE, FinetuneError
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import math
 import time
 from dataclasses import dataclass
-
 
 from training.finetune.hyperparameters import Hyperparameters, log, metric_value
 from training.finetune.inputs import DomainData, Pretrained

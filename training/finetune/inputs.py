@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-from training.sagemaker import TrainingEnv, extract_tar
-
 from training.finetune.hyperparameters import FinetuneError, Hyperparameters
+from training.sagemaker import TrainingEnv, extract_tar
 
 
 @dataclass

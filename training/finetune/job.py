@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import argparse
 import json
 import os
@@ -16,9 +15,6 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-from training.sagemaker import ContractError, TrainingEnv
-
 from training.finetune.artifact import write_artifact
 from training.finetune.fit import datasets_for, evaluate, train_scratch, train_transfer, transfer_model
 from training.finetune.hyperparameters import (
@@ -30,6 +26,7 @@ from training.finetune.hyperparameters import (
     parse_hyperparameters,
 )
 from training.finetune.inputs import load_domain, load_pretrained, locate_pretrained
+from training.sagemaker import ContractError, TrainingEnv
 
 
 def final_metrics(results: dict, primary_name: str, compared: bool) -> tuple[dict, list[str]]:
@@ -147,13 +144,15 @@ def _evaluate_runs(runs: dict[str, dict], ds, class_names: list[str]) -> dict[st
             if dataset is not None:
                 ev = evaluate(r["model"], dataset, class_names)
                 prefix = "" if split == "val" else "test_"
-                results[name].update({
-                    f"{split}_accuracy": ev["accuracy"],
-                    f"{split}_loss": ev["loss"],
-                    f"{split}_images": ev["images"],
-                    f"{prefix}per_class_accuracy": ev["per_class_accuracy"],
-                    f"{prefix}confusion": ev["confusion"],
-                })
+                results[name].update(
+                    {
+                        f"{split}_accuracy": ev["accuracy"],
+                        f"{split}_loss": ev["loss"],
+                        f"{split}_images": ev["images"],
+                        f"{prefix}per_class_accuracy": ev["per_class_accuracy"],
+                        f"{prefix}confusion": ev["confusion"],
+                    }
+                )
     return results
 
 
@@ -171,11 +170,17 @@ def _model_meta(pre, model, data, hp, image_size, primary: dict) -> dict:
         "input": {"dtype": "uint8", "layout": "NHWC", "channels": 3, "range": [0, 255]},
         "init": hp.init,
         "val_accuracy": primary["val_accuracy"],
-        "serving": {"version": hp.model_version, "signature": SERVING_SIGNATURE, "input": "image_bytes",
-                    "output": "probabilities", "images_signature": IMAGES_SIGNATURE},
+        "serving": {
+            "version": hp.model_version,
+            "signature": SERVING_SIGNATURE,
+            "input": "image_bytes",
+            "output": "probabilities",
+            "images_signature": IMAGES_SIGNATURE,
+        },
         "pretrained": (
             {k: pre.meta.get(k) for k in ("arch", "epoch", "val_accuracy", "manifest_sha256", "manifest_fingerprint")}
-            if pre else None
+            if pre
+            else None
         ),
         "hyperparameters": hp.model_dump(mode="json"),
         "keras_version": keras.__version__,
@@ -216,8 +221,10 @@ def run(env: TrainingEnv, overrides: dict[str, str]) -> dict:
         }
         env.output_data_dir.mkdir(parents=True, exist_ok=True)
         (env.output_data_dir / "metrics.json").write_text(json.dumps(report, indent=2))
-        log(f"model written to {env.model_dir} (version {hp.model_version}); metrics in "
-            f"{env.output_data_dir / 'metrics.json'}")
+        log(
+            f"model written to {env.model_dir} (version {hp.model_version}); metrics in "
+            f"{env.output_data_dir / 'metrics.json'}"
+        )
         log("final: " + " ".join(final))
         return report
     finally:

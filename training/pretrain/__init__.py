@@ -22,6 +22,7 @@ model, the epochs), ``checkpoints`` (resume and the epoch commit).
 Keras 3 note: ``horovod.tensorflow.keras`` targets Keras 2, so this uses ``horovod.tensorflow`` directly and
 hands Horovod each Keras variable's backing ``tf.Variable`` (``v.value``).
 """
+
 from training.pretrain.cli import main, parse_args
 from training.pretrain.loop import bind_to_cores, train
 

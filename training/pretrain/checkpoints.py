@@ -1,5 +1,6 @@
 """The checkpoint directory from the training side: what to resume from, and committing an epoch (epoch
 directory first, COMMITTED last; then best/ and best.json when the epoch is the most accurate)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def resume_state(store: st.Store, run_dir: CheckpointDir) -> dict:
     return state
 
 
-def commit_epoch(store: st.Store, run_dir: CheckpointDir, model, metrics: dict, meta: dict, best: dict | None,
-                  workdir: Path) -> dict:
+def commit_epoch(
+    store: st.Store, run_dir: CheckpointDir, model, metrics: dict, meta: dict, best: dict | None, workdir: Path
+) -> dict:
     """Write the epoch directory, then best/ and best.json if this epoch is the most accurate so far."""
     local = workdir / f"epoch-{metrics['epoch']:0{run_dir.EPOCH_DIGITS}d}"
     local.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """``python -m training.pretrain``: the flags, and the FAILED record when training fails."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,17 +30,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default="auto", choices=["auto", "on", "off"],
-                   help="keep decoded images in memory (auto: when they fit in 2 GB per worker)")
+    p.add_argument(
+        "--cache",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="keep decoded images in memory (auto: when they fit in 2 GB per worker)",
+    )
     p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPUs)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (GPUs)")
     p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
-    p.add_argument("--bind-cores", default="auto", choices=["auto", "on", "off"],
-                   help="pin each rank to its slice of the host's cores (auto: when several ranks share a host)")
-    p.add_argument("--allreduce-groups", type=int, default=1,
-                   help="gradient allreduce groups per step (1: one grouped allreduce of every gradient, which "
-                        "pays the per-collective latency once; 0: one allreduce per gradient, fused by Horovod "
-                        "as they come ready)")
+    p.add_argument(
+        "--bind-cores",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="pin each rank to its slice of the host's cores (auto: when several ranks share a host)",
+    )
+    p.add_argument(
+        "--allreduce-groups",
+        type=int,
+        default=1,
+        help="gradient allreduce groups per step (1: one grouped allreduce of every gradient, which "
+        "pays the per-collective latency once; 0: one allreduce per gradient, fused by Horovod "
+        "as they come ready)",
+    )
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads per worker (0: TF decides)")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training list")
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
@@ -64,7 +77,8 @@ def main(argv=None) -> int:
         if int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))) == 0:
             try:
                 st.Store(args.s3_endpoint_url).write_json(
-                    CheckpointDir(args.checkpoint_dir).failed, {"reason": reason, "failed_at": utcnow()})
+                    CheckpointDir(args.checkpoint_dir).failed, {"reason": reason, "failed_at": utcnow()}
+                )
             except Exception as write_err:  # noqa: BLE001
                 print(f"[pretrain] could not write FAILED: {write_err}", file=sys.stderr)
         print(f"[pretrain] failed: {reason}", file=sys.stderr, flush=True)

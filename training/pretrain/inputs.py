@@ -1,5 +1,6 @@
 """What every rank trains on: the manifest (fetched from S3 when it lives there), this rank's shard of the
 training and validation lists, and their tf.data pipelines (image files, or a TFRecord conversion)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,12 +50,28 @@ def _datasets(args, train_split, val_split, class_names, image_size, rank: int, 
         val_shards, _, _ = tfrecord_split(args.tfrecords, "val")
         if names != class_names:
             raise ValueError(f"{args.tfrecords} was converted from another manifest (class names differ)")
-        train_ds = make_tfrecord_dataset(train_shards, image_size, args.batch_size, True, rank, size,
-                                         seed=args.seed * 1000 + rank, drop_remainder=True, cache=cache)
+        train_ds = make_tfrecord_dataset(
+            train_shards,
+            image_size,
+            args.batch_size,
+            True,
+            rank,
+            size,
+            seed=args.seed * 1000 + rank,
+            drop_remainder=True,
+            cache=cache,
+        )
         val_ds = make_tfrecord_dataset(val_shards, image_size, args.batch_size, False, rank, size, cache=cache)
         return train_ds, val_ds
-    train_ds = tdata.make_dataset(train_split, image_size, args.batch_size, training=True,
-                                  seed=args.seed * 1000 + rank, cache=cache, drop_remainder=True)
+    train_ds = tdata.make_dataset(
+        train_split,
+        image_size,
+        args.batch_size,
+        training=True,
+        seed=args.seed * 1000 + rank,
+        cache=cache,
+        drop_remainder=True,
+    )
     val_ds = tdata.make_dataset(val_split, image_size, args.batch_size, training=False, cache=cache)
     return train_ds, val_ds
 
@@ -74,8 +91,17 @@ def load_inputs(args, store: st.Store, workdir: Path, rank: int, size: int) -> I
     cache = args.cache == "on" or (args.cache == "auto" and len(train_split) * args.image_size**2 * 3 < 2 * 2**30)
     train_ds, val_ds = _datasets(args, train_split, val_split, train_all.class_names, image_size, rank, size, cache)
     return Inputs(
-        manifest=manifest, manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-        class_names=train_all.class_names, train_all=train_all, val_all=val_all, train_split=train_split,
-        val_split=val_split, train_ds=train_ds, val_ds=val_ds, image_size=image_size,
-        steps_per_epoch=args.steps_per_epoch or max(1, len(train_all) // global_batch), global_batch=global_batch,
-        cache=cache)
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        class_names=train_all.class_names,
+        train_all=train_all,
+        val_all=val_all,
+        train_split=train_split,
+        val_split=val_split,
+        train_ds=train_ds,
+        val_ds=val_ds,
+        image_size=image_size,
+        steps_per_epoch=args.steps_per_epoch or max(1, len(train_all) // global_batch),
+        global_batch=global_batch,
+        cache=cache,
+    )

@@ -1,5 +1,6 @@
 """The distributed training loop: Horovod setup, the model and optimizer (new or resumed), the train and eval
 steps, and one epoch at a time until the last, each committed by rank 0 alone."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ def bind_to_cores(local_rank: int, local_size: int) -> set[int]:
     """
     cores = sorted(os.sched_getaffinity(0))
     per = max(1, len(cores) // local_size)
-    mine = set(cores[local_rank * per:(local_rank + 1) * per]) or set(cores)
+    mine = set(cores[local_rank * per : (local_rank + 1) * per]) or set(cores)
     os.sched_setaffinity(0, mine)
     return mine
 
@@ -52,8 +53,9 @@ def init_horovod(args):
     return hvd
 
 
-def model_and_optimizer(args, data: Inputs, start: int, store: st.Store, run_dir: CheckpointDir, workdir: Path,
-                        size: int, log):
+def model_and_optimizer(
+    args, data: Inputs, start: int, store: st.Store, run_dir: CheckpointDir, workdir: Path, size: int, log
+):
     """(model, optimizer, blocks): restored from epoch ``start`` when resuming, else built and compiled."""
     import keras
 
@@ -133,7 +135,7 @@ class EpochRunner:
             loss_sum += float(loss)
             correct_sum += float(correct)
             seen += int(labels.shape[0])
-            for path in (self.train_skips.update(idx.numpy()) if self.track else []):
+            for path in self.train_skips.update(idx.numpy()) if self.track else []:
                 self.skipped_total += 1
                 print(f"[pretrain] rank {self.rank}: skipped undecodable file {path}", flush=True)
         return loss_sum, correct_sum, seen
@@ -166,9 +168,22 @@ class EpochRunner:
                 v.assign(hvd.allreduce(v.value, op=hvd.Average, name=f"sync_{v.path}"))
         v_loss, v_correct, v_n, val_skipped = self._validate()
         # Horovod: one allreduce of this epoch's sums gives every rank the same metrics.
-        totals = hvd.allreduce(tf.constant([loss_sum / self.data.steps_per_epoch, correct_sum, seen, v_loss,
-                                            v_correct, v_n, float(val_skipped + self.skipped_total)], tf.float64),
-                               op=hvd.Sum, name=f"epoch_metrics_{epoch}").numpy()
+        totals = hvd.allreduce(
+            tf.constant(
+                [
+                    loss_sum / self.data.steps_per_epoch,
+                    correct_sum,
+                    seen,
+                    v_loss,
+                    v_correct,
+                    v_n,
+                    float(val_skipped + self.skipped_total),
+                ],
+                tf.float64,
+            ),
+            op=hvd.Sum,
+            name=f"epoch_metrics_{epoch}",
+        ).numpy()
         return {
             "epoch": epoch,
             "loss": totals[0] / self.size,
@@ -250,19 +265,24 @@ class ChiefWriter:
         self.tb.flush()
         if self.remote:
             self.store.upload_dir(self.workdir / "logs", st.join(self.run_dir.uri, "logs"))
-        self.log(f"epoch {metrics['epoch']}/{epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-                 f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
-                 f"lr {metrics['learning_rate']:.2e} {metrics['images_per_second']:.0f} img/s "
-                 f"{metrics['epoch_seconds']:.1f}s skipped {metrics['skipped_files']} "
-                 f"best {best['epoch']}:{best['val_accuracy']:.4f}")
+        self.log(
+            f"epoch {metrics['epoch']}/{epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
+            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
+            f"lr {metrics['learning_rate']:.2e} {metrics['images_per_second']:.0f} img/s "
+            f"{metrics['epoch_seconds']:.1f}s skipped {metrics['skipped_files']} "
+            f"best {best['epoch']}:{best['val_accuracy']:.4f}"
+        )
         return best
 
     def complete(self, epochs: int, best: dict | None) -> None:
         if self.is_chief:
-            self.store.write_json(self.run_dir.complete, {"epochs": epochs, "best_epoch": best and best["epoch"],
-                                                          "finished_at": utcnow()})
-            self.log(f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> "
-                     f"{self.run_dir.best_dir}")
+            self.store.write_json(
+                self.run_dir.complete, {"epochs": epochs, "best_epoch": best and best["epoch"], "finished_at": utcnow()}
+            )
+            self.log(
+                f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> "
+                f"{self.run_dir.best_dir}"
+            )
 
 
 def train(args) -> int:
@@ -292,9 +312,11 @@ def train(args) -> int:
     runner = EpochRunner(args, hvd, model, optimizer, data, rank, size)
     meta_base = model_meta(args, data, blocks)
 
-    chief.log(f"{size} worker(s), {len(data.train_all)} train / {len(data.val_all)} val images, "
-              f"{len(data.class_names)} classes, {data.steps_per_epoch} steps/epoch of {data.global_batch}, "
-              f"epochs {start + 1}..{args.epochs}, model {args.model}, cache {'on' if data.cache else 'off'}")
+    chief.log(
+        f"{size} worker(s), {len(data.train_all)} train / {len(data.val_all)} val images, "
+        f"{len(data.class_names)} classes, {data.steps_per_epoch} steps/epoch of {data.global_batch}, "
+        f"epochs {start + 1}..{args.epochs}, model {args.model}, cache {'on' if data.cache else 'off'}"
+    )
     if start >= args.epochs:
         chief.log(f"nothing to do: {start} epochs already committed")
     if is_chief and start < args.epochs and store.exists(run_dir.complete):

@@ -12,6 +12,7 @@
 
 Nothing here talks to AWS; ``plugins.tlpipe.deploy.steps`` does, and calls these.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,10 @@ def resolve_inputs(params: Mapping[str, Any], event: Mapping | None, latest: Map
     else:
         train = validation = ""
     if not model_uri or not train:
-        raise ValueError("nothing to fine-tune: no pretrained-model event triggered this run, no latest.json was "
-                         "found, and the Params base_model_uri/domain_dataset_uri are not both set")
+        raise ValueError(
+            "nothing to fine-tune: no pretrained-model event triggered this run, no latest.json was "
+            "found, and the Params base_model_uri/domain_dataset_uri are not both set"
+        )
     overridden = bool(params.get("base_model_uri") or params.get("domain_dataset_uri"))
     same_model = record is not None and model_uri == record.model_uri
     same_data = record is not None and train == record.domain_train_uri
@@ -132,8 +135,9 @@ def plan_training_job(names: Sequence[str], statuses: Sequence[str | None]) -> T
     if status == "Completed":
         return TrainingJobPlan("reuse", name, f"training job {name} already Completed: reusing its results")
     if status in ("InProgress", "Stopping"):
-        return TrainingJobPlan("wait", name,
-                               f"training job {name} is {status}: waiting for it instead of starting another")
+        return TrainingJobPlan(
+            "wait", name, f"training job {name} is {status}: waiting for it instead of starting another"
+        )
     index = list(names).index(name)
     if index + 1 >= len(names):
         raise RuntimeError(f"training job {name} is {status} and all {len(names)} attempt names are used")
@@ -173,14 +177,21 @@ def plan_endpoint(endpoint: str, description: Mapping[str, Any] | None) -> Endpo
     status = description.get("EndpointStatus")
     config = description.get("EndpointConfigName")
     if status == "InService":
-        return EndpointPlan("update", endpoint, config, f"endpoint {endpoint} serves {config}: it will be updated "
-                                                        f"(rollback target {config})")
+        return EndpointPlan(
+            "update",
+            endpoint,
+            config,
+            f"endpoint {endpoint} serves {config}: it will be updated (rollback target {config})",
+        )
     if status in TRANSITIONAL:
-        raise EndpointBusy(f"endpoint {endpoint} is {status}: another change is in progress; "
-                           "try again when it is InService")
+        raise EndpointBusy(
+            f"endpoint {endpoint} is {status}: another change is in progress; try again when it is InService"
+        )
     reason = description.get("FailureReason") or "no reason given"
-    raise EndpointBusy(f"endpoint {endpoint} is {status} ({reason}): it cannot be updated; delete it, and the next "
-                       "run creates it afresh")
+    raise EndpointBusy(
+        f"endpoint {endpoint} is {status} ({reason}): it cannot be updated; delete it, and the next "
+        "run creates it afresh"
+    )
 
 
 # -- the quality gate -----------------------------------------------------------------------------------------
@@ -211,12 +222,19 @@ def live_accuracy(tag_values: Mapping[str, str]) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def quality_gate(metrics: Mapping[str, float], threshold: float, live: float | None = None,
-                 live_model: str | None = None, metric: str = PRIMARY_METRIC) -> GateDecision:
+def quality_gate(
+    metrics: Mapping[str, float],
+    threshold: float,
+    live: float | None = None,
+    live_model: str | None = None,
+    metric: str = PRIMARY_METRIC,
+) -> GateDecision:
     """Deploy only when ``metric`` >= ``threshold`` and >= the live model's accuracy (ties deploy)."""
     if metric not in metrics:
-        raise MissingMetric(f"the training job reported no {metric} (metrics: {', '.join(sorted(metrics)) or 'none'}); "
-                            "check the MetricDefinitions against the job's log")
+        raise MissingMetric(
+            f"the training job reported no {metric} (metrics: {', '.join(sorted(metrics)) or 'none'}); "
+            "check the MetricDefinitions against the job's log"
+        )
     accuracy = float(metrics[metric])
     failures = []
     if accuracy < threshold:
@@ -253,8 +271,11 @@ def verify_live_config(endpoint: str, description: Mapping[str, Any] | None, exp
     if status != "InService":
         return Verification(False, f"endpoint {endpoint} is {status}" + (f": {failure}" if failure else ""))
     if live != expected_config:
-        return Verification(False, f"endpoint {endpoint} serves {live}, not the new {expected_config}"
-                                   + (f" (the update failed: {failure})" if failure else " (the update did not take)"))
+        return Verification(
+            False,
+            f"endpoint {endpoint} serves {live}, not the new {expected_config}"
+            + (f" (the update failed: {failure})" if failure else " (the update did not take)"),
+        )
     return Verification(True, f"endpoint {endpoint} is InService on {expected_config}")
 
 
@@ -265,8 +286,9 @@ class RollbackPlan:
     target_config: str | None = None
 
 
-def plan_rollback(endpoint: str, description: Mapping[str, Any] | None, previous_config: str | None,
-                  new_config: str) -> RollbackPlan:
+def plan_rollback(
+    endpoint: str, description: Mapping[str, Any] | None, previous_config: str | None, new_config: str
+) -> RollbackPlan:
     """What restores the endpoint to how it was before this run.
 
     ``previous_config`` is the config the endpoint served before (None: this run created the endpoint);
@@ -274,8 +296,11 @@ def plan_rollback(endpoint: str, description: Mapping[str, Any] | None, previous
     """
     if description is None:
         if previous_config:
-            return RollbackPlan("none", f"endpoint {endpoint} no longer exists; nothing to restore "
-                                        f"(it served {previous_config} before this run)")
+            return RollbackPlan(
+                "none",
+                f"endpoint {endpoint} no longer exists; nothing to restore "
+                f"(it served {previous_config} before this run)",
+            )
         return RollbackPlan("none", f"endpoint {endpoint} was not created; nothing to roll back")
     status = description.get("EndpointStatus")
     live = description.get("EndpointConfigName")
@@ -286,13 +311,16 @@ def plan_rollback(endpoint: str, description: Mapping[str, Any] | None, previous
             return RollbackPlan("none", f"endpoint {endpoint} serves {live}, which this run did not deploy: leaving it")
         return RollbackPlan("delete", f"endpoint {endpoint} did not exist before this run: deleting it")
     if live == previous_config and status == "InService":
-        return RollbackPlan("none", f"endpoint {endpoint} already serves the previous config {previous_config}",
-                            previous_config)
+        return RollbackPlan(
+            "none", f"endpoint {endpoint} already serves the previous config {previous_config}", previous_config
+        )
     if status in UNUSABLE:
-        return RollbackPlan("recreate", f"endpoint {endpoint} is {status}: recreating it on {previous_config}",
-                            previous_config)
-    return RollbackPlan("update", f"endpoint {endpoint} serves {live}: updating it back to {previous_config}",
-                        previous_config)
+        return RollbackPlan(
+            "recreate", f"endpoint {endpoint} is {status}: recreating it on {previous_config}", previous_config
+        )
+    return RollbackPlan(
+        "update", f"endpoint {endpoint} serves {live}: updating it back to {previous_config}", previous_config
+    )
 
 
 # -- retention ------------------------------------------------------------------------------------------------
@@ -308,8 +336,9 @@ class RetentionPlan:
     delete: list[str] = field(default_factory=list)
 
 
-def plan_retention(resources: Iterable[Resource], keep_last: int,
-                   protected: Iterable[str | None] = ()) -> RetentionPlan:
+def plan_retention(
+    resources: Iterable[Resource], keep_last: int, protected: Iterable[str | None] = ()
+) -> RetentionPlan:
     """Keep the ``keep_last`` newest and every protected name (live, previous, this run's); delete the rest."""
     if keep_last < 1:
         raise ValueError("keep_last must be at least 1")
@@ -334,11 +363,21 @@ def lineage_key(prefix_key, endpoint: str, job_name: str) -> str:
 Status = Literal["deployed", "rejected", "rolled_back", "failed", "rollback_failed"]
 
 
-def lineage_record(*, status: Status, reason: str, dag_id: str, run_id: str,
-                   inputs: Mapping[str, Any], training: Mapping[str, Any], metrics: Mapping[str, float],
-                   gate: Mapping[str, Any] | None = None, deployment: Mapping[str, Any] | None = None,
-                   smoke_test: Mapping[str, Any] | None = None, rollback: Mapping[str, Any] | None = None,
-                   now: datetime | None = None) -> dict:
+def lineage_record(
+    *,
+    status: Status,
+    reason: str,
+    dag_id: str,
+    run_id: str,
+    inputs: Mapping[str, Any],
+    training: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    gate: Mapping[str, Any] | None = None,
+    deployment: Mapping[str, Any] | None = None,
+    smoke_test: Mapping[str, Any] | None = None,
+    rollback: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict:
     """One run's record: what the model came from, where it went, and how it measured."""
     deployment = deployment or {}
     return {
@@ -375,11 +414,18 @@ def lineage_record(*, status: Status, reason: str, dag_id: str, run_id: str,
             "billable_seconds": training.get("BillableTimeInSeconds"),
         },
         "model": {"name": deployment.get("model"), "arn": deployment.get("model_arn")},
-        "endpoint_config": {"name": deployment.get("endpoint_config"), "arn": deployment.get("endpoint_config_arn"),
-                            "instance_type": deployment.get("instance_type"),
-                            "instance_count": deployment.get("instance_count")},
-        "endpoint": {"name": deployment.get("endpoint"), "arn": deployment.get("endpoint_arn"),
-                     "action": deployment.get("action"), "previous_config": deployment.get("previous_config")},
+        "endpoint_config": {
+            "name": deployment.get("endpoint_config"),
+            "arn": deployment.get("endpoint_config_arn"),
+            "instance_type": deployment.get("instance_type"),
+            "instance_count": deployment.get("instance_count"),
+        },
+        "endpoint": {
+            "name": deployment.get("endpoint"),
+            "arn": deployment.get("endpoint_arn"),
+            "action": deployment.get("action"),
+            "previous_config": deployment.get("previous_config"),
+        },
         "metrics": {"training": dict(metrics), "gate": dict(gate or {}), "smoke_test": dict(smoke_test or {})},
         "rollback": dict(rollback) if rollback else None,
     }

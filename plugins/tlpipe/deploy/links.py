@@ -3,6 +3,7 @@
 The provider's ``BaseAwsLink`` builds the console URL from what ``persist`` stored in XCom when the task ran;
 ``tlpipe_plugin`` registers these classes, as Airflow needs for links of custom operators.
 """
+
 from __future__ import annotations
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
@@ -29,7 +30,12 @@ def persist(link: type[BaseAwsLink], context, operator, **names: str) -> None:
     a convenience: failing to record one never fails the task."""
     try:
         hook = operator.hook
-        link.persist(context=context, operator=operator, region_name=hook.conn_region_name,
-                     aws_partition=hook.conn_partition, **names)
+        link.persist(
+            context=context,
+            operator=operator,
+            region_name=hook.conn_region_name,
+            aws_partition=hook.conn_partition,
+            **names,
+        )
     except Exception as err:  # noqa: BLE001
         operator.log.debug("no %s link: %s", link.name, err)

@@ -12,6 +12,7 @@ the live model to the smoke test and rollback. It is an S3 conditional write (``
 writers cannot both create it. The same run may re-enter (an Airflow retry); a lock older than its TTL
 (its holder died without the teardown releasing it) is taken over with ``If-Match`` on its ETag.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,14 +46,22 @@ def decide(existing: Mapping[str, Any], owner: Mapping[str, Any], now: datetime,
         return LockDecision("take_over", f"the lock held by {holder} is unreadable: taking it over")
     since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
     if now - since > ttl:
-        return LockDecision("take_over", f"the lock held by {holder} since {since.isoformat()} is older than "
-                                         f"{ttl}: taking it over")
+        return LockDecision(
+            "take_over", f"the lock held by {holder} since {since.isoformat()} is older than {ttl}: taking it over"
+        )
     return LockDecision("busy", f"{holder} has been deploying since {since.isoformat()}")
 
 
 class EndpointLock:
-    def __init__(self, client, bucket: str, key: str, owner: Mapping[str, Any], ttl: timedelta = DEFAULT_TTL,
-                 clock=lambda: datetime.now(timezone.utc)):
+    def __init__(
+        self,
+        client,
+        bucket: str,
+        key: str,
+        owner: Mapping[str, Any],
+        ttl: timedelta = DEFAULT_TTL,
+        clock=lambda: datetime.now(timezone.utc),
+    ):
         self.client, self.bucket, self.key = client, bucket, key
         self.owner, self.ttl, self.clock = dict(owner), ttl, clock
 
@@ -79,8 +88,9 @@ class EndpointLock:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*",
-                                   ContentType="application/json")
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*", ContentType="application/json"
+            )
             return f"acquired s3://{self.bucket}/{self.key}"
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") not in _CONFLICT:
@@ -94,8 +104,9 @@ class EndpointLock:
             return decision.reason
         if decision.action == "take_over":
             try:
-                self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=etag,
-                                       ContentType="application/json")
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=etag, ContentType="application/json"
+                )
                 return decision.reason
             except ClientError as err:
                 if err.response.get("Error", {}).get("Code") not in _CONFLICT | _MISSING:

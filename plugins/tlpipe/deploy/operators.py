@@ -12,6 +12,7 @@
     Create; the provider turns SageMaker's "Cannot create already existing endpoint" into an UpdateEndpoint.
     A retry that finds the endpoint already on (or moving to) the new config waits instead of updating again.
 """
+
 from __future__ import annotations
 
 import math
@@ -111,8 +112,13 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
         if self.deferrable:
             self.defer(trigger=self._trigger(plan.name), method_name="execute_complete", timeout=self._timeout())
         self.hook.check_training_status_with_log(
-            plan.name, self.hook.non_terminal_states, self.hook.training_failed_states,
-            wait_for_completion=True, check_interval=self.check_interval, max_ingestion_time=self.max_ingestion_time)
+            plan.name,
+            self.hook.non_terminal_states,
+            self.hook.training_failed_states,
+            wait_for_completion=True,
+            check_interval=self.check_interval,
+            max_ingestion_time=self.max_ingestion_time,
+        )
         return self.serialize_result(plan.name)
 
     def _timeout(self):
@@ -123,10 +129,16 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
         return self.execution_timeout
 
     def _trigger(self, name: str) -> FinetuneJobTrigger:
-        return FinetuneJobTrigger(job_name=name, job_type="Training", waiter_delay=self.check_interval,
-                                  waiter_max_attempts=self.max_attempts, aws_conn_id=self.aws_conn_id,
-                                  region_name=self.region_name, verify=self.verify,
-                                  botocore_config=self.botocore_config)
+        return FinetuneJobTrigger(
+            job_name=name,
+            job_type="Training",
+            waiter_delay=self.check_interval,
+            waiter_max_attempts=self.max_attempts,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
 
     def defer(self, *, trigger, method_name: str, kwargs: dict[str, Any] | None = None, timeout=None):
         # The provider defers on a plain SageMakerTrigger; ours also stops the job when the task is killed.
@@ -150,8 +162,10 @@ class DeployModelOperator(SageMakerModelOperator):
         want = self.config["PrimaryContainer"]
         have = found.get("PrimaryContainer") or {}
         if (have.get("Image"), have.get("ModelDataUrl")) != (want.get("Image"), want.get("ModelDataUrl")):
-            raise RuntimeError(f"model {name} exists with another image or artifact ({have.get('ModelDataUrl')}); "
-                               "it was not created by this run")
+            raise RuntimeError(
+                f"model {name} exists with another image or artifact ({have.get('ModelDataUrl')}); "
+                "it was not created by this run"
+            )
         self.log.info("model %s exists with the same artifact: reusing it", name)
         return {"Model": serialize(found)}
 
@@ -164,13 +178,18 @@ class DeployEndpointConfigOperator(SageMakerEndpointConfigOperator):
         found = describe_or_none(self.hook.conn.describe_endpoint_config, EndpointConfigName=name)
         if found is None:
             return super().execute(context)
-        want = [(v["ModelName"], v["InstanceType"], int(v["InitialInstanceCount"]))
-                for v in self.config["ProductionVariants"]]
-        have = [(v.get("ModelName"), v.get("InstanceType"), v.get("InitialInstanceCount"))
-                for v in found.get("ProductionVariants") or []]
+        want = [
+            (v["ModelName"], v["InstanceType"], int(v["InitialInstanceCount"]))
+            for v in self.config["ProductionVariants"]
+        ]
+        have = [
+            (v.get("ModelName"), v.get("InstanceType"), v.get("InitialInstanceCount"))
+            for v in found.get("ProductionVariants") or []
+        ]
         if want != have:
-            raise RuntimeError(f"endpoint config {name} exists with other variants {have}; "
-                               "it was not created by this run")
+            raise RuntimeError(
+                f"endpoint config {name} exists with other variants {have}; it was not created by this run"
+            )
         self.log.info("endpoint config %s exists with the same variants: reusing it", name)
         return {"EndpointConfig": serialize(found)}
 
@@ -187,15 +206,22 @@ class DeployEndpointOperator(SageMakerEndpointOperator):
         pending = ((found or {}).get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
         if found and found.get("EndpointStatus") == "InService" and found.get("EndpointConfigName") == target:
             self.log.info("endpoint %s already serves %s", name, target)
-            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
-                    "Endpoint": serialize(found)}
+            return {
+                "EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
+                "Endpoint": serialize(found),
+            }
         moving = found is not None and found.get("EndpointStatus") in TRANSITIONAL
         if moving and target in (found.get("EndpointConfigName"), pending):
             self.log.info("endpoint %s is already %s towards %s: waiting", name, found["EndpointStatus"], target)
             self.hook.get_waiter("endpoint_in_service").wait(
                 EndpointName=name,
-                WaiterConfig={"Delay": self.check_interval,
-                              "MaxAttempts": math.ceil(self.max_ingestion_time / max(self.check_interval, 1))})
-            return {"EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
-                    "Endpoint": serialize(self.hook.describe_endpoint(name))}
+                WaiterConfig={
+                    "Delay": self.check_interval,
+                    "MaxAttempts": math.ceil(self.max_ingestion_time / max(self.check_interval, 1)),
+                },
+            )
+            return {
+                "EndpointConfig": serialize(self.hook.describe_endpoint_config(target)),
+                "Endpoint": serialize(self.hook.describe_endpoint(name)),
+            }
         return super().execute(context)

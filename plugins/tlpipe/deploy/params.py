@@ -4,6 +4,7 @@ Airflow validates a run's ``conf`` against them when the run is created, so the 
 run exists when, for example, an instance type is not ``ml.<family>.<size>`` or the threshold is above 1.
 Empty URIs mean: take them from the triggering ``pretrained-model`` event, else from the last export.
 """
+
 from __future__ import annotations
 
 from airflow.sdk import Param
@@ -21,25 +22,50 @@ HYPERPARAMETER_KEY = r"^[a-z][a-z0-9_]{0,63}$"
 def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
     sm = cfg.sagemaker
     return {
-        "base_model_uri": Param("", type="string", pattern=MODEL_URI, title="Pretrained model",
-                                description="s3://…/model.tar.gz of the pretrained model; empty: the triggering "
-                                            "event's, else the last exported (pretrained/latest.json)"),
-        "domain_dataset_uri": Param("", type="string", pattern=PREFIX_URI, title="Domain dataset",
-                                    description="s3://…/ prefix holding train/ and validation/ (one folder per "
-                                                "class); empty: the triggering event's, else the last exported"),
+        "base_model_uri": Param(
+            "",
+            type="string",
+            pattern=MODEL_URI,
+            title="Pretrained model",
+            description="s3://…/model.tar.gz of the pretrained model; empty: the triggering "
+            "event's, else the last exported (pretrained/latest.json)",
+        ),
+        "domain_dataset_uri": Param(
+            "",
+            type="string",
+            pattern=PREFIX_URI,
+            title="Domain dataset",
+            description="s3://…/ prefix holding train/ and validation/ (one folder per "
+            "class); empty: the triggering event's, else the last exported",
+        ),
         "endpoint_name": Param(sm.endpoint_name, type="string", pattern=ENDPOINT_NAME, minLength=1, maxLength=63),
         "training_instance_type": Param(sm.training_instance_type, type="string", pattern=INSTANCE_TYPE),
-        "training_instance_count": Param(sm.training_instance_count, type="integer", minimum=1, maximum=16,
-                                         description="the fine-tune script trains on one host; more only cost"),
+        "training_instance_count": Param(
+            sm.training_instance_count,
+            type="integer",
+            minimum=1,
+            maximum=16,
+            description="the fine-tune script trains on one host; more only cost",
+        ),
         "serving_instance_type": Param(sm.serving_instance_type, type="string", pattern=INSTANCE_TYPE),
         "serving_instance_count": Param(sm.serving_instance_count, type="integer", minimum=1, maximum=32),
-        "quality_threshold": Param(sm.quality_threshold, type="number", minimum=0, maximum=1,
-                                   description="deploy only when validation accuracy reaches this (and the live "
-                                               "model's accuracy)"),
-        "compare_scratch": Param(sm.compare_scratch, type="boolean",
-                                 description="also train the from-scratch baseline and report both accuracies"),
-        "hyperparameters": Param(dict(sm.hyperparameters), type="object",
-                                 propertyNames={"pattern": HYPERPARAMETER_KEY},
-                                 additionalProperties={"type": ["string", "number", "integer", "boolean"]},
-                                 description="training.finetune hyperparameters (see its docstring)"),
+        "quality_threshold": Param(
+            sm.quality_threshold,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="deploy only when validation accuracy reaches this (and the live model's accuracy)",
+        ),
+        "compare_scratch": Param(
+            sm.compare_scratch,
+            type="boolean",
+            description="also train the from-scratch baseline and report both accuracies",
+        ),
+        "hyperparameters": Param(
+            dict(sm.hyperparameters),
+            type="object",
+            propertyNames={"pattern": HYPERPARAMETER_KEY},
+            additionalProperties={"type": ["string", "number", "integer", "boolean"]},
+            description="training.finetune hyperparameters (see its docstring)",
+        ),
     }

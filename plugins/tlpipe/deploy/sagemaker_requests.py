@@ -14,6 +14,7 @@ lengths, patterns and enums (e.g. name patterns, the instance-type lists), plus 
 ``s3://`` URIs with valid bucket names, an IAM role ARN, instance types of the form ``ml.<family>.<size>``
 that SageMaker lists, tags outside the reserved ``aws:`` namespace.
 """
+
 from __future__ import annotations
 
 import functools
@@ -96,7 +97,7 @@ def tags(values: Mapping[str, Any]) -> list[dict[str, str]]:
 
 def tag_dict(tag_list: Iterable[Mapping[str, str]]) -> dict[str, str]:
     """ListTags' ``Tags`` -> ``{"accuracy": "0.9", ...}`` for the project's tags."""
-    return {t["Key"][len(TAG_PREFIX):]: t["Value"] for t in tag_list if t.get("Key", "").startswith(TAG_PREFIX)}
+    return {t["Key"][len(TAG_PREFIX) :]: t["Value"] for t in tag_list if t.get("Key", "").startswith(TAG_PREFIX)}
 
 
 # -- builders -------------------------------------------------------------------------------------------------
@@ -108,15 +109,27 @@ def hyperparameter_strings(values: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def training_job_request(sm: SageMakerConfig, s3: S3Config, *, job_name: str, model_uri: str, train_uri: str,
-                         validation_uri: str, instance_type: str, instance_count: int,
-                         hyperparameters: Mapping[str, Any], lineage: Mapping[str, Any]) -> dict:
+def training_job_request(
+    sm: SageMakerConfig,
+    s3: S3Config,
+    *,
+    job_name: str,
+    model_uri: str,
+    train_uri: str,
+    validation_uri: str,
+    instance_type: str,
+    instance_count: int,
+    hyperparameters: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+) -> dict:
     """CreateTrainingJob for ``python -m training.finetune`` with the pretrained/train/validation channels."""
+
     def channel(name: str, uri: str, content_type: str) -> dict:
         return {
             "ChannelName": name,
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri,
-                                            "S3DataDistributionType": "FullyReplicated"}},
+            "DataSource": {
+                "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+            },
             "ContentType": content_type,
             "CompressionType": "None",
             "InputMode": "File",
@@ -137,8 +150,11 @@ def training_job_request(sm: SageMakerConfig, s3: S3Config, *, job_name: str, mo
             channel("validation", validation_uri, "application/x-image"),
         ],
         "OutputDataConfig": {"S3OutputPath": s3.uri("finetune")},
-        "ResourceConfig": {"InstanceType": instance_type, "InstanceCount": int(instance_count),
-                           "VolumeSizeInGB": sm.training_volume_gb},
+        "ResourceConfig": {
+            "InstanceType": instance_type,
+            "InstanceCount": int(instance_count),
+            "VolumeSizeInGB": sm.training_volume_gb,
+        },
         "StoppingCondition": {"MaxRuntimeInSeconds": sm.training_max_runtime_seconds},
         "Tags": tags(lineage),
     }
@@ -154,18 +170,21 @@ def model_request(sm: SageMakerConfig, *, model_name: str, model_data_url: str, 
     }
 
 
-def endpoint_config_request(*, config_name: str, model_name: str, instance_type: str, instance_count: int,
-                            tag_values: Mapping[str, Any]) -> dict:
+def endpoint_config_request(
+    *, config_name: str, model_name: str, instance_type: str, instance_count: int, tag_values: Mapping[str, Any]
+) -> dict:
     """CreateEndpointConfig: one variant taking all traffic (a new config per run, so rollback has the old one)."""
     return {
         "EndpointConfigName": config_name,
-        "ProductionVariants": [{
-            "VariantName": VARIANT,
-            "ModelName": model_name,
-            "InstanceType": instance_type,
-            "InitialInstanceCount": int(instance_count),
-            "InitialVariantWeight": 1.0,
-        }],
+        "ProductionVariants": [
+            {
+                "VariantName": VARIANT,
+                "ModelName": model_name,
+                "InstanceType": instance_type,
+                "InitialInstanceCount": int(instance_count),
+                "InitialVariantWeight": 1.0,
+            }
+        ],
         "Tags": tags(tag_values),
     }
 
@@ -297,16 +316,18 @@ def project_problems(operation: str, params: Mapping[str, Any]) -> list[str]:
         channels = params.get("InputDataConfig") or []
         got = sorted(c.get("ChannelName") for c in channels if isinstance(c, Mapping))
         if got != sorted(CHANNELS):
-            p.append(f"InputDataConfig: channels must be {', '.join(CHANNELS)}; "
-                     f"got {', '.join(map(str, got)) or 'none'}")
+            p.append(
+                f"InputDataConfig: channels must be {', '.join(CHANNELS)}; got {', '.join(map(str, got)) or 'none'}"
+            )
         for i, c in enumerate(channels):
             uri = (((c or {}).get("DataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
             p.append(_s3_problem(f"InputDataConfig[{i}].S3Uri", uri))
         output = (params.get("OutputDataConfig") or {}).get("S3OutputPath")
         p.append(_s3_problem("OutputDataConfig.S3OutputPath", output))
         resources = params.get("ResourceConfig") or {}
-        p.append(_instance_problem("ResourceConfig.InstanceType", resources.get("InstanceType"),
-                                   "TrainingInstanceType"))
+        p.append(
+            _instance_problem("ResourceConfig.InstanceType", resources.get("InstanceType"), "TrainingInstanceType")
+        )
         if not isinstance(resources.get("InstanceCount"), int) or resources.get("InstanceCount") < 1:
             p.append("ResourceConfig.InstanceCount must be a positive integer")
         if not (params.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds"):
@@ -328,8 +349,11 @@ def project_problems(operation: str, params: Mapping[str, Any]) -> list[str]:
             p.append(f"ProductionVariants: exactly one variant expected, got {len(variants)}")
         for i, v in enumerate(variants):
             p.append(_name_problem(f"ProductionVariants[{i}].ModelName", v.get("ModelName")))
-            p.append(_instance_problem(f"ProductionVariants[{i}].InstanceType", v.get("InstanceType"),
-                                       "ProductionVariantInstanceType"))
+            p.append(
+                _instance_problem(
+                    f"ProductionVariants[{i}].InstanceType", v.get("InstanceType"), "ProductionVariantInstanceType"
+                )
+            )
             count = v.get("InitialInstanceCount")
             if not isinstance(count, int) or count < 1:
                 p.append(f"ProductionVariants[{i}].InitialInstanceCount must be a positive integer")

@@ -11,6 +11,7 @@ classes in a fixed order, sends each as ``{"instances": [{"b64": ...}]}`` (the e
 succeeds, the top-1 accuracy is at least the training job's validation accuracy minus the tolerance, and the
 95th-percentile latency (client side, after one untimed warm-up request) is within the bound.
 """
+
 from __future__ import annotations
 
 import base64
@@ -73,11 +74,11 @@ def samples_from_keys(keys: Iterable[str], prefix: str) -> list[Sample]:
     prefix = prefix if prefix.endswith("/") or not prefix else prefix + "/"
     out = []
     for key in keys:
-        rest = key[len(prefix):] if key.startswith(prefix) else None
+        rest = key[len(prefix) :] if key.startswith(prefix) else None
         if not rest or "/" not in rest:
             continue
         label, name = rest.split("/", 1)
-        suffix = name[name.rfind("."):].lower() if "." in name else ""
+        suffix = name[name.rfind(".") :].lower() if "." in name else ""
         if label and name and suffix in IMAGE_SUFFIXES:
             out.append(Sample(key=key, label=label))
     return out
@@ -106,8 +107,9 @@ def top_label(body: bytes | str | dict) -> str:
         best = max(first, key=lambda p: float(p["probability"]))
         return str(best["label"])
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise ValueError(f"unexpected reply (want {{'predictions': [[{{'label', 'probability'}}]]}}): "
-                         f"{str(payload)[:200]}") from err
+        raise ValueError(
+            f"unexpected reply (want {{'predictions': [[{{'label', 'probability'}}]]}}): {str(payload)[:200]}"
+        ) from err
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -120,8 +122,9 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def evaluate(invocations: Sequence[Invocation], training_accuracy: float, tolerance: float,
-             latency_bound_ms: float) -> SmokeReport:
+def evaluate(
+    invocations: Sequence[Invocation], training_accuracy: float, tolerance: float, latency_bound_ms: float
+) -> SmokeReport:
     """Pass/fail of a smoke test from its invocations."""
     failures = []
     images = len(invocations)
@@ -137,22 +140,40 @@ def evaluate(invocations: Sequence[Invocation], training_accuracy: float, tolera
     if errors:
         failures.append(f"{len(errors)} of {images} invocations failed (first: {errors[0].error})")
     if accuracy is not None and accuracy < floor - 1e-12:
-        failures.append(f"accuracy {accuracy:.4f} on {images} images is below the training accuracy "
-                        f"{training_accuracy:.4f} minus the tolerance {tolerance:.4f}")
+        failures.append(
+            f"accuracy {accuracy:.4f} on {images} images is below the training accuracy "
+            f"{training_accuracy:.4f} minus the tolerance {tolerance:.4f}"
+        )
     if p95 is not None and p95 > latency_bound_ms:
         failures.append(f"p95 latency {p95:.1f} ms exceeds the bound {latency_bound_ms:.1f} ms")
     if failures:
         reason = "smoke test failed: " + "; ".join(failures)
     else:
-        reason = (f"smoke test passed: accuracy {accuracy:.4f} on {images} images (training {training_accuracy:.4f}, "
-                  f"tolerance {tolerance:.4f}), latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
-                  f"(bound {latency_bound_ms:.1f} ms)")
-    mistakes = [{"key": i.sample.key, "label": i.sample.label, "predicted": i.predicted, "error": i.error}
-                for i in invocations if not i.correct][:20]
-    return SmokeReport(passed=not failures, reason=reason, images=images, correct=correct, errors=len(errors),
-                       accuracy=accuracy, training_accuracy=training_accuracy, tolerance=tolerance,
-                       latency_p50_ms=p50, latency_p95_ms=p95, latency_bound_ms=latency_bound_ms,
-                       failures=failures, mistakes=mistakes)
+        reason = (
+            f"smoke test passed: accuracy {accuracy:.4f} on {images} images (training {training_accuracy:.4f}, "
+            f"tolerance {tolerance:.4f}), latency p50 {p50:.1f} ms, p95 {p95:.1f} ms "
+            f"(bound {latency_bound_ms:.1f} ms)"
+        )
+    mistakes = [
+        {"key": i.sample.key, "label": i.sample.label, "predicted": i.predicted, "error": i.error}
+        for i in invocations
+        if not i.correct
+    ][:20]
+    return SmokeReport(
+        passed=not failures,
+        reason=reason,
+        images=images,
+        correct=correct,
+        errors=len(errors),
+        accuracy=accuracy,
+        training_accuracy=training_accuracy,
+        tolerance=tolerance,
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        latency_bound_ms=latency_bound_ms,
+        failures=failures,
+        mistakes=mistakes,
+    )
 
 
 def list_validation_samples(s3, validation_uri: str) -> list[Sample]:
@@ -168,14 +189,16 @@ def request_body(image: bytes) -> bytes:
     return json.dumps({"instances": [{"b64": base64.b64encode(image).decode("ascii")}]}).encode()
 
 
-def invoke(runtime, endpoint: str, sample: Sample, body: bytes, clock: Callable[[], float] = time.perf_counter,
-           ) -> Invocation:
+def invoke(
+    runtime, endpoint: str, sample: Sample, body: bytes, clock: Callable[[], float] = time.perf_counter
+) -> Invocation:
     from botocore.exceptions import BotoCoreError, ClientError
 
     start = clock()
     try:
-        response = runtime.invoke_endpoint(EndpointName=endpoint, ContentType="application/json",
-                                           Accept="application/json", Body=request_body(body))
+        response = runtime.invoke_endpoint(
+            EndpointName=endpoint, ContentType="application/json", Accept="application/json", Body=request_body(body)
+        )
         payload = response["Body"].read()
         latency = (clock() - start) * 1000.0
     except (ClientError, BotoCoreError) as err:
@@ -186,9 +209,19 @@ def invoke(runtime, endpoint: str, sample: Sample, body: bytes, clock: Callable[
         return Invocation(sample, None, latency, str(err))
 
 
-def run_smoke_test(runtime, s3, *, endpoint: str, validation_uri: str, images: int, training_accuracy: float,
-                   tolerance: float, latency_bound_ms: float, log: Callable[[str], Any] = print,
-                   clock: Callable[[], float] = time.perf_counter) -> SmokeReport:
+def run_smoke_test(
+    runtime,
+    s3,
+    *,
+    endpoint: str,
+    validation_uri: str,
+    images: int,
+    training_accuracy: float,
+    tolerance: float,
+    latency_bound_ms: float,
+    log: Callable[[str], Any] = print,
+    clock: Callable[[], float] = time.perf_counter,
+) -> SmokeReport:
     """Invoke ``endpoint`` with up to ``images`` validation images and evaluate the replies."""
     bucket, _ = split_s3_uri(validation_uri)
     chosen = select_samples(list_validation_samples(s3, validation_uri), images)
@@ -199,7 +232,9 @@ def run_smoke_test(runtime, s3, *, endpoint: str, validation_uri: str, images: i
     results = []
     for sample in chosen:
         result = invoke(runtime, endpoint, sample, bodies[sample.key], clock)
-        log(f"{sample.key}: label {sample.label}, predicted {result.predicted}, {result.latency_ms:.1f} ms"
-            + (f", error {result.error}" if result.error else ""))
+        log(
+            f"{sample.key}: label {sample.label}, predicted {result.predicted}, {result.latency_ms:.1f} ms"
+            + (f", error {result.error}" if result.error else "")
+        )
         results.append(result)
     return evaluate(results, training_accuracy, tolerance, latency_bound_ms)

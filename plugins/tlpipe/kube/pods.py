@@ -4,6 +4,7 @@ Everything here is a plain ``kubernetes.client`` model, so the pod operator take
 it into JSON with ``ApiClient().sanitize_for_serialization``. The security settings pass Pod Security
 "restricted": non-root user, seccomp RuntimeDefault, all capabilities dropped, no privilege escalation.
 """
+
 from __future__ import annotations
 
 from kubernetes.client import models as k8s
@@ -39,8 +40,12 @@ def container_security_context() -> k8s.V1SecurityContext:
 
 
 def tolerations(kube: KubernetesConfig) -> list[k8s.V1Toleration]:
-    return [k8s.V1Toleration(key=t.key, operator=t.operator, value=t.value, effect=t.effect,
-                             toleration_seconds=t.toleration_seconds) for t in kube.tolerations]
+    return [
+        k8s.V1Toleration(
+            key=t.key, operator=t.operator, value=t.value, effect=t.effect, toleration_seconds=t.toleration_seconds
+        )
+        for t in kube.tolerations
+    ]
 
 
 def image_pull_secrets(kube: KubernetesConfig) -> list[k8s.V1LocalObjectReference]:
@@ -48,22 +53,38 @@ def image_pull_secrets(kube: KubernetesConfig) -> list[k8s.V1LocalObjectReferenc
 
 
 def volumes(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1Volume]:
-    out = [k8s.V1Volume(name=DATA_VOLUME, persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
-        claim_name=kube.data_volume.claim_name, read_only=kube.data_volume.read_only))]
+    out = [
+        k8s.V1Volume(
+            name=DATA_VOLUME,
+            persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                claim_name=kube.data_volume.claim_name, read_only=kube.data_volume.read_only
+            ),
+        )
+    ]
     if credentials and kube.checkpoint_secret:
         # 0440: the pod's fsGroup owns the files, so the non-root user reads them and nobody else.
-        out.append(k8s.V1Volume(name=CREDENTIALS_VOLUME, secret=k8s.V1SecretVolumeSource(
-            secret_name=kube.checkpoint_secret, default_mode=0o440)))
+        out.append(
+            k8s.V1Volume(
+                name=CREDENTIALS_VOLUME,
+                secret=k8s.V1SecretVolumeSource(secret_name=kube.checkpoint_secret, default_mode=0o440),
+            )
+        )
     if shm:
         # NCCL and tf.data use /dev/shm; the container runtime's default 64 MiB is far too small.
-        out.append(k8s.V1Volume(name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(
-            medium="Memory", size_limit=kube.shm_size)))
+        out.append(
+            k8s.V1Volume(
+                name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=kube.shm_size)
+            )
+        )
     return out
 
 
 def volume_mounts(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1VolumeMount]:
-    out = [k8s.V1VolumeMount(name=DATA_VOLUME, mount_path=kube.data_volume.mount_path,
-                             read_only=kube.data_volume.read_only)]
+    out = [
+        k8s.V1VolumeMount(
+            name=DATA_VOLUME, mount_path=kube.data_volume.mount_path, read_only=kube.data_volume.read_only
+        )
+    ]
     if credentials and kube.checkpoint_secret:
         out.append(k8s.V1VolumeMount(name=CREDENTIALS_VOLUME, mount_path=CREDENTIALS_DIR, read_only=True))
     if shm:

@@ -12,6 +12,7 @@ completed, so no reader sees part of one; index.json and latest.json are written
 Uploads go through the Amazon provider's S3Hook (connection, endpoint, credentials) and boto3's transfer
 manager (multipart above the threshold, concurrent small files).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -67,9 +68,12 @@ class S3Exporter:
         from boto3.s3.transfer import TransferConfig
 
         mb = 1024 * 1024
-        return TransferConfig(multipart_threshold=self.cfg.multipart_threshold_mb * mb,
-                              multipart_chunksize=self.cfg.multipart_chunksize_mb * mb,
-                              max_concurrency=self.cfg.max_concurrency, use_threads=True)
+        return TransferConfig(
+            multipart_threshold=self.cfg.multipart_threshold_mb * mb,
+            multipart_chunksize=self.cfg.multipart_chunksize_mb * mb,
+            max_concurrency=self.cfg.max_concurrency,
+            use_threads=True,
+        )
 
     def ensure_bucket(self) -> None:
         if self.hook.check_for_bucket(self.bucket):
@@ -98,14 +102,21 @@ class S3Exporter:
     def _extra_args(sha: str, content_type: str) -> dict:
         return {"Metadata": {SHA_META: sha}, "ChecksumAlgorithm": "SHA256", "ContentType": content_type}
 
-    def put_file(self, path: Path, key: str, report: UploadReport, content_type: str = "application/octet-stream",
-                 sha: str | None = None) -> None:
+    def put_file(
+        self,
+        path: Path,
+        key: str,
+        report: UploadReport,
+        content_type: str = "application/octet-stream",
+        sha: str | None = None,
+    ) -> None:
         sha = sha or sha256_file(path)
         if self.stored_sha(key) == sha:
             report.skipped.append(key)
             return
-        self.client.upload_file(str(path), self.bucket, key, ExtraArgs=self._extra_args(sha, content_type),
-                                Config=self.transfer_config())
+        self.client.upload_file(
+            str(path), self.bucket, key, ExtraArgs=self._extra_args(sha, content_type), Config=self.transfer_config()
+        )
         report.uploaded.append(key)
         report.bytes_uploaded += path.stat().st_size
 
@@ -116,8 +127,14 @@ class S3Exporter:
             if report is not None:
                 report.skipped.append(key)
             return
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={SHA_META: sha},
-                               ChecksumAlgorithm="SHA256", ContentType="application/json")
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            Metadata={SHA_META: sha},
+            ChecksumAlgorithm="SHA256",
+            ContentType="application/json",
+        )
         if report is not None:
             report.uploaded.append(key)
             report.bytes_uploaded += len(body)
@@ -147,8 +164,13 @@ class S3Exporter:
             self.put_file(tarball, f"{base}/model.tar.gz", report, "application/gzip", sha)
             self.put_file(best_dir / "metrics.json", f"{base}/metrics.json", report, "application/json")
             self.put_file(manifest_path, f"{base}/manifest.json", report, "application/json")
-        log.info("model %s: uploaded %d object(s) (%d bytes), already there: %d",
-                 sha[:12], len(report.uploaded), report.bytes_uploaded, len(report.skipped))
+        log.info(
+            "model %s: uploaded %d object(s) (%d bytes), already there: %d",
+            sha[:12],
+            len(report.uploaded),
+            report.bytes_uploaded,
+            len(report.skipped),
+        )
         return {
             "model_sha256": sha,
             "prefix_uri": self.uri(base) + "/",
@@ -205,7 +227,7 @@ class S3Exporter:
         todo = []
         for key, path in sorted(wanted.items()):
             sha = sha256_file(path)
-            index["files"][key[len(base) + 1:]] = {"sha256": sha, "size": path.stat().st_size}
+            index["files"][key[len(base) + 1 :]] = {"sha256": sha, "size": path.stat().st_size}
             # A key left by an interrupted run counts only if it holds the same bytes.
             if key in present and present[key] == path.stat().st_size and self.stored_sha(key) == sha:
                 report.skipped.append(key)
@@ -214,9 +236,10 @@ class S3Exporter:
         log.info("domain dataset %s: %d files, %d to upload", fingerprint[:12], len(wanted), len(todo))
         if todo:
             with create_transfer_manager(self.client, self.transfer_config()) as manager:
-                futures = [manager.upload(str(path), self.bucket, key,
-                                          extra_args=self._extra_args(sha, _content_type(path)))
-                           for key, path, sha in todo]
+                futures = [
+                    manager.upload(str(path), self.bucket, key, extra_args=self._extra_args(sha, _content_type(path)))
+                    for key, path, sha in todo
+                ]
                 for (key, path, _), fut in zip(todo, futures):
                     fut.result()
                     report.uploaded.append(key)
@@ -245,8 +268,11 @@ def build_model_tarball(best_dir: Path, dest: Path) -> str:
     missing = [n for n in MODEL_FILES if not (best_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{best_dir} lacks {', '.join(missing)}")
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for name in MODEL_FILES:
             data = (best_dir / name).read_bytes()
             info = tarfile.TarInfo(name)

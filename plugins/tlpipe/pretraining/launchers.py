@@ -13,6 +13,7 @@ All three run exactly ``TrainingSpec.argv()``:
   built by ``plugins.tlpipe.pretraining.mpijob.build_mpijob``; creating an MPIJob that exists (a retry) reuses it, deleting one that
   is gone is a no-op, so the delete can be the teardown of every outcome.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,29 +33,60 @@ from airflow.providers.cncf.kubernetes.operators.resource import (
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from plugins.tlpipe.kube import pods as pod_parts
 from plugins.tlpipe.config import KubernetesConfig
+from plugins.tlpipe.kube import pods as pod_parts
 from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 KILL_GRACE_SECONDS = 20
 # What training processes may inherit from the task's environment: the interpreter's and the libraries' own
 # settings (threads, TensorFlow, Horovod, NCCL, CUDA) and where S3 is, never credentials, Airflow's
 # configuration (database URL, JWT secret, fernet key) or its connections and variables.
-TRAINING_ENV_NAMES = frozenset({
-    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "PYTHONPATH",
-    "PYTHONHASHSEED", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "AWS_CA_BUNDLE", "TLPIPE_S3_ENDPOINT_URL",
-})
-TRAINING_ENV_PREFIXES = ("LC_", "OMP_", "KMP_", "MKL_", "TF_", "HOROVOD_", "NCCL_", "CUDA_", "GLOO_", "OMPI_",
-                         "PMIX_", "UCX_", "MALLOC_")
+TRAINING_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "USER",
+        "LOGNAME",
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "PYTHONHASHSEED",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_CA_BUNDLE",
+        "TLPIPE_S3_ENDPOINT_URL",
+    }
+)
+TRAINING_ENV_PREFIXES = (
+    "LC_",
+    "OMP_",
+    "KMP_",
+    "MKL_",
+    "TF_",
+    "HOROVOD_",
+    "NCCL_",
+    "CUDA_",
+    "GLOO_",
+    "OMPI_",
+    "PMIX_",
+    "UCX_",
+    "MALLOC_",
+)
 _SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|_KEY$|_CONN$|^AIRFLOW)", re.I)
 
 
 def training_environment(source: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed part of ``source`` that training processes get (see ``TRAINING_ENV_NAMES``)."""
-    return {k: v for k, v in source.items()
-            if (k in TRAINING_ENV_NAMES or k.startswith(TRAINING_ENV_PREFIXES)) and not _SECRET_NAME.search(k)}
-
+    return {
+        k: v
+        for k, v in source.items()
+        if (k in TRAINING_ENV_NAMES or k.startswith(TRAINING_ENV_PREFIXES)) and not _SECRET_NAME.search(k)
+    }
 
 
 def _as_spec(value: Any) -> TrainingSpec:
@@ -95,8 +127,9 @@ class LocalCommandOperator(BaseOperator):
     template_fields: Sequence[str] = ("argv", "env")
     ui_color = "#fde2e4"
 
-    def __init__(self, *, argv: list[str] | Any, env: dict[str, str] | None = None, cwd: str | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, *, argv: list[str] | Any, env: dict[str, str] | None = None, cwd: str | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.argv = argv
         self.env = env
@@ -164,8 +197,9 @@ class LocalTrainingOperator(LocalCommandOperator):
 
             creds = S3Hook(aws_conn_id=self.checkpoint_conn_id).get_credentials()
             # Horovod: the Gloo launcher copies the environment into argv; a directory path is all it may see.
-            env[CREDENTIALS_DIR_ENV] = str(write_credentials_dir(
-                self._secrets_dir, creds.access_key, creds.secret_key, creds.token))
+            env[CREDENTIALS_DIR_ENV] = str(
+                write_credentials_dir(self._secrets_dir, creds.access_key, creds.secret_key, creds.token)
+            )
         return env
 
     def on_failure_reason(self, exit_code: int, last_line: str) -> str:
@@ -176,7 +210,8 @@ class LocalTrainingOperator(LocalCommandOperator):
         reason = f"horovodrun exited with code {exit_code}"
         try:
             recorded = CheckpointDir(spec.checkpoint_dir).failure_reason(
-                checkpoint_store(spec.checkpoint_dir, self.checkpoint_conn_id))
+                checkpoint_store(spec.checkpoint_dir, self.checkpoint_conn_id)
+            )
             if recorded:
                 reason += f": {recorded}"
         except Exception as err:  # noqa: BLE001 - the exit code is the failure; the reason is a bonus
@@ -241,8 +276,9 @@ class TrainingPodOperator(KubernetesPodOperator):
             raise AirflowException(f"the pod launcher cannot run a {spec.launcher!r} spec")
         self.cmds = spec.argv()
         self.arguments = []
-        self.container_resources = pod_parts.resources(self.kube.worker_resources, spec.gpus_per_worker,
-                                                       self.kube.gpu_resource)
+        self.container_resources = pod_parts.resources(
+            self.kube.worker_resources, spec.gpus_per_worker, self.kube.gpu_resource
+        )
         return super().build_pod_request_obj(context, dry_run=dry_run)
 
     def cleanup(self, pod, remote_pod, xcom_result=None, context=None) -> None:
@@ -262,14 +298,16 @@ def pod_failure_reason(remote_pod, container: str) -> str | None:
     status = getattr(remote_pod, "status", None)
     if status is None or status.phase != "Failed":
         return None
-    parts = [f"pod phase Failed" + (f" ({status.reason})" if status.reason else "")]
+    parts = ["pod phase Failed" + (f" ({status.reason})" if status.reason else "")]
     if status.message:
         parts.append(status.message)
     for cs in status.container_statuses or []:
         term = cs.state.terminated if cs.state else None
         if cs.name == container and term is not None:
-            parts.append(f"container {cs.name} terminated: {term.reason or 'Error'} (exit {term.exit_code})"
-                         + (f": {term.message.strip()}" if term.message else ""))
+            parts.append(
+                f"container {cs.name} terminated: {term.reason or 'Error'} (exit {term.exit_code})"
+                + (f": {term.message.strip()}" if term.message else "")
+            )
     return "; ".join(parts)
 
 
@@ -325,8 +363,9 @@ class CreateMPIJobOperator(KubernetesCreateResourceOperator):
         except ApiException as err:
             if err.status != 409:
                 raise
-            self.log.info("MPIJob %s exists already (an earlier try of this run); watching it",
-                          body["metadata"]["name"])
+            self.log.info(
+                "MPIJob %s exists already (an earlier try of this run); watching it", body["metadata"]["name"]
+            )
 
 
 class DeleteMPIJobOperator(KubernetesDeleteResourceOperator):

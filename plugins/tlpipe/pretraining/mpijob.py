@@ -4,6 +4,7 @@ The model covers the fields this pipeline writes and reads (spec, runPolicy, rep
 and forbids unknown spec fields, so a typo fails here and not in the cluster. Pod templates stay plain dicts
 validated by deserialising them into ``kubernetes.client.V1PodTemplateSpec``.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from plugins.tlpipe.kube import pods as pod_parts
 from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.kube import pods as pod_parts
 from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 GROUP = "kubeflow.org"
@@ -47,7 +48,8 @@ class RunPolicy(_Strict):
 class ReplicaSpec(_Strict):
     replicas: int = Field(ge=0)
     restart_policy: Literal["Always", "OnFailure", "Never", "ExitCode"] | None = Field(
-        default=None, alias="restartPolicy")
+        default=None, alias="restartPolicy"
+    )
     template: dict
 
     @field_validator("template")
@@ -65,7 +67,8 @@ class MPIJobSpec(_Strict):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, alias="runPolicy")
     ssh_auth_mount_path: str | None = Field(default=None, alias="sshAuthMountPath")
     launcher_creation_policy: Literal["AtStartup", "WaitForWorkersReady"] | None = Field(
-        default=None, alias="launcherCreationPolicy")
+        default=None, alias="launcherCreationPolicy"
+    )
     mpi_implementation: Literal["OpenMPI", "Intel", "MPICH"] | None = Field(default=None, alias="mpiImplementation")
     mpi_replica_specs: dict[Literal["Launcher", "Worker"], ReplicaSpec] = Field(alias="mpiReplicaSpecs")
 
@@ -181,22 +184,29 @@ def build_mpijob(spec: TrainingSpec, cfg: PipelineConfig, name: str, labels: dic
         resources=pod_parts.resources(kube.worker_resources, spec.gpus_per_worker, kube.gpu_resource),
         security_context=pod_parts.container_security_context(),
         volume_mounts=pod_parts.volume_mounts(kube, shm=True),
-        readiness_probe=k8s.V1Probe(tcp_socket=k8s.V1TCPSocketAction(port=mpi.ssh_port),
-                                    period_seconds=5, initial_delay_seconds=2),
+        readiness_probe=k8s.V1Probe(
+            tcp_socket=k8s.V1TCPSocketAction(port=mpi.ssh_port), period_seconds=5, initial_delay_seconds=2
+        ),
     )
     return MPIJob(
         metadata=ObjectMeta(name=name, namespace=kube.namespace, labels=labels),
         spec=MPIJobSpec(
             slots_per_worker=spec.slots_per_worker,
-            run_policy=RunPolicy(clean_pod_policy=mpi.clean_pod_policy,
-                                 ttl_seconds_after_finished=mpi.ttl_seconds_after_finished,
-                                 backoff_limit=mpi.backoff_limit),
+            run_policy=RunPolicy(
+                clean_pod_policy=mpi.clean_pod_policy,
+                ttl_seconds_after_finished=mpi.ttl_seconds_after_finished,
+                backoff_limit=mpi.backoff_limit,
+            ),
             ssh_auth_mount_path=mpi.ssh_auth_mount_path,
             launcher_creation_policy=mpi.launcher_creation_policy,
             mpi_implementation="OpenMPI",
             mpi_replica_specs={
-                "Launcher": ReplicaSpec(replicas=1, restart_policy="Never", template=template("launcher", launcher, False)),
-                "Worker": ReplicaSpec(replicas=spec.workers, restart_policy="Never", template=template("worker", worker, True)),
+                "Launcher": ReplicaSpec(
+                    replicas=1, restart_policy="Never", template=template("launcher", launcher, False)
+                ),
+                "Worker": ReplicaSpec(
+                    replicas=spec.workers, restart_policy="Never", template=template("worker", worker, True)
+                ),
             },
         ),
     )

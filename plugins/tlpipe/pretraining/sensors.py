@@ -1,4 +1,5 @@
 """Sensors: the best checkpoint of a training run, and the conditions of an MPIJob."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,8 +35,9 @@ class BestCheckpointSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("checkpoint_uri", "expected_manifest_sha256")
     ui_color = "#d8f3dc"
 
-    def __init__(self, *, checkpoint_uri: str, conn_id: str | None = None,
-                 expected_manifest_sha256: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, *, checkpoint_uri: str, conn_id: str | None = None, expected_manifest_sha256: str | None = None, **kwargs
+    ) -> None:
         kwargs.setdefault("mode", "reschedule")
         super().__init__(**kwargs)
         self.checkpoint_uri = checkpoint_uri
@@ -45,6 +47,7 @@ class BestCheckpointSensor(BaseSensorOperator):
 
     def poke(self, context) -> Any:
         from airflow.sdk import PokeReturnValue
+
         from training.contracts import CheckpointDir
 
         uri = str(self.checkpoint_uri).rstrip("/")
@@ -52,15 +55,19 @@ class BestCheckpointSensor(BaseSensorOperator):
         store = checkpoint_store(uri, self.conn_id)
         if store.exists(run_dir.failed):
             info = store.read_json(run_dir.failed)
-            raise AirflowFailException(f"training failed: {info.get('reason', 'no reason recorded')} "
-                                       f"(at {info.get('failed_at', '?')}; {run_dir.failed})")
+            raise AirflowFailException(
+                f"training failed: {info.get('reason', 'no reason recorded')} "
+                f"(at {info.get('failed_at', '?')}; {run_dir.failed})"
+            )
         missing = []
         best = run_dir.read_best(store)
         if best is None:
             missing.append("best.json")
         elif self.expected_manifest_sha256 and best.get("manifest_sha256") != self.expected_manifest_sha256:
-            missing.append(f"best.json for manifest {str(self.expected_manifest_sha256)[:12]} "
-                           f"(found one for {str(best.get('manifest_sha256'))[:12]})")
+            missing.append(
+                f"best.json for manifest {str(self.expected_manifest_sha256)[:12]} "
+                f"(found one for {str(best.get('manifest_sha256'))[:12]})"
+            )
         if not store.exists(run_dir.complete):
             missing.append("COMPLETE")
         self._missing = missing
@@ -73,8 +80,9 @@ class BestCheckpointSensor(BaseSensorOperator):
             "val_accuracy": float(best["val_accuracy"]),
             "manifest_sha256": best["manifest_sha256"],
         }
-        self.log.info("best checkpoint: epoch %d, val_accuracy %.4f at %s",
-                      result["epoch"], result["val_accuracy"], result["uri"])
+        self.log.info(
+            "best checkpoint: epoch %d, val_accuracy %.4f at %s", result["epoch"], result["val_accuracy"], result["uri"]
+        )
         return PokeReturnValue(is_done=True, xcom_value=result)
 
     def execute(self, context) -> Any:
@@ -82,8 +90,9 @@ class BestCheckpointSensor(BaseSensorOperator):
             return super().execute(context)
         except AirflowSensorTimeout as err:
             missing = " and ".join(self._missing) or "best.json and COMPLETE"
-            raise AirflowSensorTimeout(f"no finished training in {self.checkpoint_uri}: {missing} "
-                                       f"still missing ({err})") from err
+            raise AirflowSensorTimeout(
+                f"no finished training in {self.checkpoint_uri}: {missing} still missing ({err})"
+            ) from err
 
 
 class MPIJobSensor(BaseSensorOperator):
@@ -95,8 +104,7 @@ class MPIJobSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("name", "namespace")
     ui_color = "#e0e7ff"
 
-    def __init__(self, *, name: str, namespace: str, kubernetes_conn_id: str = "kubernetes_default",
-                 **kwargs) -> None:
+    def __init__(self, *, name: str, namespace: str, kubernetes_conn_id: str = "kubernetes_default", **kwargs) -> None:
         kwargs.setdefault("mode", "reschedule")
         super().__init__(**kwargs)
         self.name = name
@@ -110,24 +118,37 @@ class MPIJobSensor(BaseSensorOperator):
 
     def poke(self, context) -> bool:
         from plugins.tlpipe.pretraining import mpijob
-        obj = self._hook().get_custom_object(group=mpijob.GROUP, version=mpijob.VERSION, plural=mpijob.PLURAL,
-                                             name=self.name, namespace=self.namespace)
+
+        obj = self._hook().get_custom_object(
+            group=mpijob.GROUP, version=mpijob.VERSION, plural=mpijob.PLURAL, name=self.name, namespace=self.namespace
+        )
         status = mpijob.MPIJobStatus.model_validate(obj.get("status") or {})
-        replicas = ", ".join(f"{role}: {', '.join(f'{k} {v}' for k, v in counts.items())}"
-                             for role, counts in sorted(status.replica_statuses.items()))
-        self.log.info("MPIJob %s/%s: %s%s", self.namespace, self.name, status.phase,
-                      f" ({replicas})" if replicas else "")
+        replicas = ", ".join(
+            f"{role}: {', '.join(f'{k} {v}' for k, v in counts.items())}"
+            for role, counts in sorted(status.replica_statuses.items())
+        )
+        self.log.info(
+            "MPIJob %s/%s: %s%s", self.namespace, self.name, status.phase, f" ({replicas})" if replicas else ""
+        )
         failed = status.condition("Failed")
         if failed:
-            raise AirflowFailException(f"MPIJob {self.namespace}/{self.name} failed: "
-                                       f"{failed.reason or 'no reason'}: {failed.message or 'no message'}")
+            raise AirflowFailException(
+                f"MPIJob {self.namespace}/{self.name} failed: "
+                f"{failed.reason or 'no reason'}: {failed.message or 'no message'}"
+            )
         return status.condition("Succeeded") is not None
 
     def on_kill(self) -> None:
         from plugins.tlpipe.pretraining import mpijob
+
         try:
-            self._hook().delete_custom_object(group=mpijob.GROUP, version=mpijob.VERSION, plural=mpijob.PLURAL,
-                                              name=self.name, namespace=self.namespace)
+            self._hook().delete_custom_object(
+                group=mpijob.GROUP,
+                version=mpijob.VERSION,
+                plural=mpijob.PLURAL,
+                name=self.name,
+                namespace=self.namespace,
+            )
             self.log.info("deleted MPIJob %s/%s", self.namespace, self.name)
         except Exception as err:  # noqa: BLE001 - a kill must not fail on cleanup
             self.log.warning("could not delete MPIJob %s/%s: %s", self.namespace, self.name, err)

@@ -3,6 +3,7 @@
 Every launcher (a local subprocess, a Kubernetes pod, the launcher of an MPIJob) runs exactly ``spec.argv()``;
 only where the interpreter lives and how Horovod finds its hosts differ, and those are fields of the spec.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,14 +69,23 @@ class TrainingSpec(BaseModel):
     def pretrain_argv(self) -> list[str]:
         """``python -m training.pretrain …``: the part every launcher shares word for word."""
         argv = [
-            self.python, "-m", "training.pretrain",
-            "--manifest", self.manifest,
-            "--checkpoint-dir", self.checkpoint_dir,
-            "--epochs", str(self.epochs),
-            "--model", self.model,
-            "--image-size", str(self.image_size),
-            "--batch-size", str(self.batch_size),
-            "--learning-rate", repr(float(self.learning_rate)),
+            self.python,
+            "-m",
+            "training.pretrain",
+            "--manifest",
+            self.manifest,
+            "--checkpoint-dir",
+            self.checkpoint_dir,
+            "--epochs",
+            str(self.epochs),
+            "--model",
+            self.model,
+            "--image-size",
+            str(self.image_size),
+            "--batch-size",
+            str(self.batch_size),
+            "--learning-rate",
+            repr(float(self.learning_rate)),
         ]
         if self.data_root:
             argv += ["--data-root", self.data_root]

@@ -1,11 +1,12 @@
 """What the pretraining DAG's Python tasks do, importable and testable without Airflow running.
 
-    prepare_run      conf + configuration -> paths of this run, the curate argv, the TrainingSpec, the MPIJob
-    plan_training    after curation: skip (same data and parameters as the last export) or which launcher
-    export_model     best checkpoint -> s3://…/pretrained/<sha>/
-    upload_domain    domain classes' train/validation images -> s3://…/domain/<fingerprint>/
-    publish_record   the ``pretrained-model`` event's extra (also written to …/pretrained/latest.json)
+prepare_run      conf + configuration -> paths of this run, the curate argv, the TrainingSpec, the MPIJob
+plan_training    after curation: skip (same data and parameters as the last export) or which launcher
+export_model     best checkpoint -> s3://…/pretrained/<sha>/
+upload_domain    domain classes' train/validation images -> s3://…/domain/<fingerprint>/
+publish_record   the ``pretrained-model`` event's extra (also written to …/pretrained/latest.json)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,13 +100,21 @@ def _checkpoint_endpoint(cfg: PipelineConfig) -> str | None:
 def curate_argv(cfg: PipelineConfig, params: RunParams, out: str, python: str) -> list[str]:
     domain = params.domain_classes
     return [
-        python, "-m", "training.curate",
-        "--data-dir", params.dataset_uri,
-        "--out", out,
-        "--min-images", str(params.min_images_per_class),
-        "--domain-classes", ",".join(domain) if isinstance(domain, list) else str(domain),
-        "--val-fraction", repr(float(params.val_fraction)),
-        "--min-domain-images", str(cfg.dataset.min_domain_images),
+        python,
+        "-m",
+        "training.curate",
+        "--data-dir",
+        params.dataset_uri,
+        "--out",
+        out,
+        "--min-images",
+        str(params.min_images_per_class),
+        "--domain-classes",
+        ",".join(domain) if isinstance(domain, list) else str(domain),
+        "--val-fraction",
+        repr(float(params.val_fraction)),
+        "--min-domain-images",
+        str(cfg.dataset.min_domain_images),
     ]
 
 
@@ -145,8 +154,14 @@ def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> 
 
         mpijob_yaml = build_mpijob(spec, cfg, mpijob_name, labels={"tlpipe/dag": dag_id[:63]}).to_yaml()
     curate_python = sys.executable if cfg.airflow.curate_runner == "local" else "python"
-    log.info("run %s: launcher %s (%s), %d Horovod process(es), checkpoints in %s",
-             run_id, launcher, p.launcher, spec.num_processes, checkpoint_uri)
+    log.info(
+        "run %s: launcher %s (%s), %d Horovod process(es), checkpoints in %s",
+        run_id,
+        launcher,
+        p.launcher,
+        spec.num_processes,
+        checkpoint_uri,
+    )
     return {
         "run_key": key,
         "launcher": launcher,
@@ -179,24 +194,40 @@ def plan_training(prepared: dict, exporter) -> tuple[str, dict]:
         "train_images": sum(c["train"] for c in manifest["classes"]),
         "domain_classes": [c["name"] for c in manifest["domain_classes"]],
     }
-    log.info("curated dataset %s: %d classes (%d training images), domain classes %s",
-             dataset["fingerprint"][:12], dataset["classes"], dataset["train_images"],
-             ", ".join(dataset["domain_classes"]) or "none")
+    log.info(
+        "curated dataset %s: %d classes (%d training images), domain classes %s",
+        dataset["fingerprint"][:12],
+        dataset["classes"],
+        dataset["train_images"],
+        ", ".join(dataset["domain_classes"]) or "none",
+    )
     latest = exporter.read_latest()
     if latest is None:
         log.info("no exported model yet: training")
     elif prepared["force"]:
         log.info("force is set: training even if the last export matches")
-    elif (latest.get("dataset_fingerprint") == dataset["fingerprint"]
-          and latest.get("training_key") == prepared["training_key"]):
-        log.info("skipping training: dataset fingerprint %s and training parameters %s match the last exported "
-                 "model %s (run %s); nothing new to publish", dataset["fingerprint"][:12],
-                 prepared["training_key"][:12], latest.get("model_uri"), latest.get("run_id"))
+    elif (
+        latest.get("dataset_fingerprint") == dataset["fingerprint"]
+        and latest.get("training_key") == prepared["training_key"]
+    ):
+        log.info(
+            "skipping training: dataset fingerprint %s and training parameters %s match the last exported "
+            "model %s (run %s); nothing new to publish",
+            dataset["fingerprint"][:12],
+            prepared["training_key"][:12],
+            latest.get("model_uri"),
+            latest.get("run_id"),
+        )
         return SKIP_TASK, dataset
     else:
-        changed = [name for name, a, b in (
-            ("dataset fingerprint", latest.get("dataset_fingerprint"), dataset["fingerprint"]),
-            ("training parameters", latest.get("training_key"), prepared["training_key"])) if a != b]
+        changed = [
+            name
+            for name, a, b in (
+                ("dataset fingerprint", latest.get("dataset_fingerprint"), dataset["fingerprint"]),
+                ("training parameters", latest.get("training_key"), prepared["training_key"]),
+            )
+            if a != b
+        ]
         log.info("training: %s differ from the last exported model %s", " and ".join(changed), latest.get("model_uri"))
     return prepared["launch_task"], dataset
 
@@ -218,8 +249,9 @@ def export_model(best: dict, prepared: dict, exporter, checkpoint_conn_id: str |
         return exporter.export_model(local, prepared["manifest_path"])
 
 
-def publish_record(*, prepared: dict, best: dict, exported: dict, domain: dict, dataset: dict,
-                   dag_id: str, run_id: str) -> dict:
+def publish_record(
+    *, prepared: dict, best: dict, exported: dict, domain: dict, dataset: dict, dag_id: str, run_id: str
+) -> dict:
     spec = TrainingSpec.model_validate(prepared["training"])
     event = PretrainedModelEvent(
         model_uri=exported["model_uri"],
