@@ -29,7 +29,7 @@ from . import procs, training_container
 from .errors import AwsError, arn, not_found, validation
 from .runtime import Runtime
 from .state import TRAINING_JOB
-from .training_container import FAILURE_REASON_LIMIT, JobFailure, MetricScanner
+from .training_container import FAILURE_REASON_LIMIT, JobFailure, MetricScanner, transition
 
 log = logging.getLogger("localcloud.jobs")
 
@@ -85,7 +85,7 @@ class TrainingJobs:
         doc.setdefault("EnableNetworkIsolation", False)
         doc.setdefault("EnableInterContainerTrafficEncryption", False)
         doc.setdefault("EnableManagedSpotTraining", False)
-        _transition(doc, "Starting", "Preparing the instances for training", now)
+        transition(doc, "Starting", "Preparing the instances for training", now)
         if not self.state.insert(TRAINING_JOB, name, job_arn, now, doc):
             existing = self.state.get(TRAINING_JOB, name)
             raise AwsError(
@@ -106,7 +106,7 @@ class TrainingJobs:
             now = time.time()
             doc["TrainingJobStatus"] = "Stopping"
             doc["_stop"] = "user"
-            _transition(doc, "Stopping", "Stopping the training job", now)
+            transition(doc, "Stopping", "Stopping the training job", now)
 
         if self.state.update(TRAINING_JOB, name, change) is None:
             raise not_found()
@@ -154,7 +154,7 @@ class TrainingJobs:
     def _set_secondary(self, name: str, status: str, message: str) -> None:
         def change(doc: dict) -> None:
             if doc["TrainingJobStatus"] == "InProgress":
-                _transition(doc, status, message, time.time())
+                transition(doc, status, message, time.time())
 
         self.state.update(TRAINING_JOB, name, change)
 
@@ -203,7 +203,7 @@ class TrainingJobs:
 
         def begin(d: dict) -> None:
             d.setdefault("TrainingStartTime", now)
-            _transition(d, "Downloading", "Downloading input data", now)
+            transition(d, "Downloading", "Downloading input data", now)
 
         self.state.update(TRAINING_JOB, name, begin)
         training_container.write_config(doc, paths)
@@ -250,7 +250,7 @@ class TrainingJobs:
                 }
             )
             if d["TrainingJobStatus"] == "InProgress":
-                _transition(d, "Training", "Training image download completed. Training in progress.", now)
+                transition(d, "Training", "Training image download completed. Training in progress.", now)
 
         self.state.update(TRAINING_JOB, name, running)
         log.info("training job %s: started %s (pid %s)", name, argv, proc.pid)
@@ -327,7 +327,7 @@ class TrainingJobs:
             if doc["TrainingJobStatus"] == "InProgress":
                 doc["TrainingJobStatus"] = "Stopping"
                 doc["_stop"] = "runtime"
-                _transition(doc, "MaxRuntimeExceeded", "Job stopped because max run time was exceeded", time.time())
+                transition(doc, "MaxRuntimeExceeded", "Job stopped because max run time was exceeded", time.time())
 
         self.state.update(TRAINING_JOB, name, change)
 
@@ -350,17 +350,17 @@ class TrainingJobs:
             if d["TrainingJobStatus"] == "Stopping":
                 d["TrainingJobStatus"] = "Stopped"
                 if d.get("_stop") != "runtime":
-                    _transition(d, "Stopped", "Training job stopped", now)
+                    transition(d, "Stopped", "Training job stopped", now)
                 elif d["SecondaryStatusTransitions"]:
                     d["SecondaryStatusTransitions"][-1]["EndTime"] = now
                     d["LastModifiedTime"] = now
             elif code == 0:
                 d["TrainingJobStatus"] = "Completed"
-                _transition(d, "Completed", "Training job completed", now)
+                transition(d, "Completed", "Training job completed", now)
             else:
                 d["TrainingJobStatus"] = "Failed"
                 d["FailureReason"] = training_container.failure_reason(paths, code)
-                _transition(d, "Failed", "Training job failed", now)
+                transition(d, "Failed", "Training job failed", now)
             self._close_times(d, now)
             if metrics:
                 d["FinalMetricDataList"] = metrics
@@ -390,20 +390,8 @@ class TrainingJobs:
                 return
             d["TrainingJobStatus"] = "Failed"
             d["FailureReason"] = reason[:FAILURE_REASON_LIMIT]
-            _transition(d, "Failed", "Training job failed", now)
+            transition(d, "Failed", "Training job failed", now)
             self._close_times(d, now)
             d["_phase"] = "done"
 
         self.state.update(TRAINING_JOB, name, change)
-
-
-def _transition(doc: dict, status: str, message: str, now: float) -> None:
-    transitions = doc.setdefault("SecondaryStatusTransitions", [])
-    if transitions and "EndTime" not in transitions[-1]:
-        transitions[-1]["EndTime"] = now
-    entry = {"Status": status, "StartTime": now, "StatusMessage": message}
-    if status in ("Completed", "Failed", "Stopped"):
-        entry["EndTime"] = now
-    transitions.append(entry)
-    doc["SecondaryStatus"] = status
-    doc["LastModifiedTime"] = now

@@ -11,8 +11,6 @@ endpoint configuration / endpoint ...", "Cannot create already existing endpoint
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import re
 import time
@@ -25,6 +23,7 @@ from . import validation as checks
 from .endpoints import Endpoints, not_found_message
 from .errors import AwsError, arn, not_found, validation
 from .jobs import TrainingJobs
+from .responses import decode_token, encode_token, error_response, json_response, listing, page, render, request_region
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
 
@@ -33,55 +32,6 @@ log = logging.getLogger("localcloud.sagemaker")
 RUNTIME_PATH = re.compile(r"^/endpoints/([^/]+)/invocations/?$")
 DEFAULT_REGION = "us-east-1"
 MAX_TAGS = 50
-
-
-def request_region(environ: dict) -> str:
-    auth = environ.get("HTTP_AUTHORIZATION", "")
-    match = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", auth)
-    if match:
-        return match.group(1)
-    host = environ.get("HTTP_HOST", "")
-    match = re.match(r"^(?:api|runtime)\.sagemaker\.([a-z0-9-]+)\.", host)
-    return match.group(1) if match else DEFAULT_REGION
-
-
-def render(shape, value):
-    """Keep only what the output shape declares; timestamps as epoch seconds."""
-    if value is None or shape is None:
-        return None
-    kind = shape.type_name
-    if kind == "structure":
-        if not isinstance(value, dict):
-            return None
-        out = {}
-        for member, member_shape in shape.members.items():
-            if member in value:
-                rendered = render(member_shape, value[member])
-                if rendered is not None:
-                    out[member] = rendered
-        return out
-    if kind == "list":
-        return [r for r in (render(shape.member, v) for v in value) if r is not None]
-    if kind == "map":
-        return {k: render(shape.value, v) for k, v in value.items()}
-    if kind == "timestamp":
-        return float(value)
-    return value
-
-
-def _json_response(status: int, payload: dict, extra_headers: dict | None = None) -> Response:
-    headers = {"x-amzn-RequestId": str(uuid.uuid4())}
-    headers.update(extra_headers or {})
-    return Response(json.dumps(payload), status=status, headers=headers, content_type="application/x-amz-json-1.1")
-
-
-def error_response(err: AwsError, rest: bool = False) -> Response:
-    payload = {"__type": err.code, "message": err.message, **err.extra}
-    headers = {"x-amzn-ErrorType": f"{err.code}:"}
-    response = _json_response(err.status, payload, headers)
-    if rest:
-        response.content_type = "application/json"
-    return response
 
 
 class SageMaker:
@@ -134,7 +84,7 @@ class SageMaker:
             checks.validate_request("sagemaker", action, body)
             result = handler(body, request_region(environ)) or {}
             output_shape = self.model.operation_model(action).output_shape
-            response = _json_response(200, render(output_shape, result) or {})
+            response = json_response(200, render(output_shape, result) or {})
         except AwsError as err:
             response = error_response(err)
         except Exception:
@@ -183,7 +133,7 @@ class SageMaker:
         return {}
 
     def list_training_jobs(self, body: dict, region: str) -> dict:
-        items, token = _page(
+        items, token = page(
             self.state.list(TRAINING_JOB),
             body,
             name_key="TrainingJobName",
@@ -199,7 +149,7 @@ class SageMaker:
             "TrainingJobStatus",
             "SecondaryStatus",
         )
-        return _listing("TrainingJobSummaries", [{f: d[f] for f in fields if f in d} for d in items], token)
+        return listing("TrainingJobSummaries", [{f: d[f] for f in fields if f in d} for d in items], token)
 
     # -- models ------------------------------------------------------------------------------------------
     def create_model(self, body: dict, region: str) -> dict:
@@ -253,8 +203,8 @@ class SageMaker:
         return {}
 
     def list_models(self, body: dict, region: str) -> dict:
-        items, token = _page(self.state.list(MODEL), body, name_key="ModelName")
-        return _listing(
+        items, token = page(self.state.list(MODEL), body, name_key="ModelName")
+        return listing(
             "Models",
             [
                 {"ModelName": d["ModelName"], "ModelArn": d["ModelArn"], "CreationTime": d["CreationTime"]}
@@ -312,9 +262,9 @@ class SageMaker:
         return {}
 
     def list_endpoint_configs(self, body: dict, region: str) -> dict:
-        items, token = _page(self.state.list(ENDPOINT_CONFIG), body, name_key="EndpointConfigName")
+        items, token = page(self.state.list(ENDPOINT_CONFIG), body, name_key="EndpointConfigName")
         fields = ("EndpointConfigName", "EndpointConfigArn", "CreationTime")
-        return _listing("EndpointConfigs", [{f: d[f] for f in fields} for d in items], token)
+        return listing("EndpointConfigs", [{f: d[f] for f in fields} for d in items], token)
 
     # -- endpoints ---------------------------------------------------------------------------------------
     def create_endpoint(self, body: dict, region: str) -> dict:
@@ -334,9 +284,9 @@ class SageMaker:
         return {}
 
     def list_endpoints(self, body: dict, region: str) -> dict:
-        items, token = _page(self.state.list(ENDPOINT), body, name_key="EndpointName", status_key="EndpointStatus")
+        items, token = page(self.state.list(ENDPOINT), body, name_key="EndpointName", status_key="EndpointStatus")
         fields = ("EndpointName", "EndpointArn", "CreationTime", "LastModifiedTime", "EndpointStatus")
-        return _listing("Endpoints", [{f: d[f] for f in fields} for d in items], token)
+        return listing("Endpoints", [{f: d[f] for f in fields} for d in items], token)
 
     # -- tags --------------------------------------------------------------------------------------------
     def _tagged(self, resource_arn: str) -> None:
@@ -354,10 +304,10 @@ class SageMaker:
     def list_tags(self, body: dict, region: str) -> dict:
         self._tagged(body["ResourceArn"])
         tags = self.state.list_tags(body["ResourceArn"])
-        start = _decode_token(body.get("NextToken"))
+        start = decode_token(body.get("NextToken"))
         size = body.get("MaxResults") or 50
         page = tags[start : start + size]
-        return _listing("Tags", page, _encode_token(start + size) if start + size < len(tags) else None)
+        return listing("Tags", page, encode_token(start + size) if start + size < len(tags) else None)
 
     def delete_tags(self, body: dict, region: str) -> dict:
         self._tagged(body["ResourceArn"])
@@ -366,59 +316,3 @@ class SageMaker:
 
 
 # -- listing helpers ------------------------------------------------------------------------------------------
-
-
-def _encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset}).encode()).decode()
-
-
-def _decode_token(token: str | None) -> int:
-    if not token:
-        return 0
-    try:
-        return int(json.loads(base64.urlsafe_b64decode(token.encode()))["offset"])
-    except (ValueError, KeyError, TypeError):
-        raise validation("Invalid pagination token.") from None
-
-
-def _as_epoch(value) -> float:
-    if isinstance(value, (int, float)):
-        return float(value)
-    from datetime import datetime
-
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-
-
-def _page(
-    docs: list[dict], body: dict, name_key: str, status_key: str | None = None, default_order: str = "Descending"
-) -> tuple[list[dict], str | None]:
-    contains = (body.get("NameContains") or "").lower()
-    if contains:
-        docs = [d for d in docs if contains in d[name_key].lower()]
-    if status_key and body.get("StatusEquals"):
-        docs = [d for d in docs if d[status_key] == body["StatusEquals"]]
-    for field, attr, after in (
-        ("CreationTimeAfter", "CreationTime", True),
-        ("CreationTimeBefore", "CreationTime", False),
-        ("LastModifiedTimeAfter", "LastModifiedTime", True),
-        ("LastModifiedTimeBefore", "LastModifiedTime", False),
-    ):
-        if body.get(field) is not None:
-            bound = _as_epoch(body[field])
-            docs = [d for d in docs if attr in d and ((d[attr] > bound) if after else (d[attr] < bound))]
-    sort_by = body.get("SortBy") or "CreationTime"
-    sort_key = {"Name": name_key, "Status": status_key or name_key}.get(sort_by, "CreationTime")
-    docs = sorted(
-        docs, key=lambda d: d.get(sort_key) or 0, reverse=(body.get("SortOrder") or default_order) == "Descending"
-    )
-    start = _decode_token(body.get("NextToken"))
-    size = body.get("MaxResults") or 10
-    page = docs[start : start + size]
-    return page, _encode_token(start + size) if start + size < len(docs) else None
-
-
-def _listing(key: str, items: list[dict], token: str | None) -> dict:
-    out: dict = {key: items}
-    if token:
-        out["NextToken"] = token
-    return out

@@ -344,3 +344,16 @@ class MetricScanner:
                 except (TypeError, ValueError):
                     continue
                 self.latest[name] = [value, now]
+
+
+def transition(doc: dict, status: str, message: str, now: float) -> None:
+    """Record a SecondaryStatus transition (closing the previous one), as DescribeTrainingJob lists them."""
+    transitions = doc.setdefault("SecondaryStatusTransitions", [])
+    if transitions and "EndTime" not in transitions[-1]:
+        transitions[-1]["EndTime"] = now
+    entry = {"Status": status, "StartTime": now, "StatusMessage": message}
+    if status in ("Completed", "Failed", "Stopped"):
+        entry["EndTime"] = now
+    transitions.append(entry)
+    doc["SecondaryStatus"] = status
+    doc["LastModifiedTime"] = now
