@@ -148,11 +148,11 @@ def transfer_learning_deploy():
 
     @setup
     def acquire_endpoint_lock(endpoint: str, dag_run=None) -> str:
-        return steps.endpoint_lock(get_config(), endpoint, _owner(dag_run)).acquire()
+        return outcome.endpoint_lock(get_config(), endpoint, _owner(dag_run)).acquire()
 
     @teardown
     def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
-        return steps.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
+        return outcome.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
 
     @task.branch
     def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
@@ -231,7 +231,7 @@ def transfer_learning_deploy():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
-        summary = steps.record_run(
+        summary = outcome.record_run(
             _exporter(), _results(ti), prepared=prepared, outcome=outcome, dag_id=dag_run.dag_id, run_id=dag_run.run_id
         )
         ti.xcom_push(key="summary", value=summary)
@@ -240,7 +240,7 @@ def transfer_learning_deploy():
     @task
     def apply_retention(prepared: dict, ti=None) -> dict:
         gate = ti.xcom_pull(task_ids="quality_gate", key="gate") or {}
-        return steps.apply_retention(
+        return outcome.apply_retention(
             _sagemaker(),
             endpoint=prepared["endpoint"],
             prefix=get_config().sagemaker.resource_prefix,
@@ -256,7 +256,7 @@ def transfer_learning_deploy():
         if ti.xcom_pull(task_ids=BUILD) is None:
             raise AirflowSkipException("nothing was deployed: no rollback needed")
         states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
-        summary, message = steps.rollback_run(
+        summary, message = outcome.rollback_run(
             _sagemaker(),
             _exporter(),
             _results(ti),
