@@ -61,6 +61,48 @@ def _exporter():
     return S3Exporter(get_config().s3)
 
 
+# -- tasks ---------------------------------------------------------------------------------------------------
+@task(multiple_outputs=True)
+def prepare(params: dict, dag_run=None) -> dict:
+    return steps.prepare_run(get_config(), params, dag_run.dag_id, dag_run.run_id)
+
+
+@task.branch
+def plan_training(prepared: dict) -> str:
+    follow, dataset = steps.plan_training(prepared, _exporter())
+    get_current_context()["ti"].xcom_push(key="dataset", value=dataset)
+    return follow
+
+
+@task
+def export_model(best: dict, prepared: dict) -> dict:
+    return steps.export_model(best, prepared, _exporter(), get_config().checkpoints.conn_id)
+
+
+@task
+def upload_domain_dataset(prepared: dict) -> dict:
+    return _exporter().upload_domain(prepared["manifest_path"])
+
+
+@task(outlets=[PRETRAINED_MODEL])
+def publish_pretrained_model(
+    prepared: dict, best: dict, exported: dict, domain: dict, dag_run=None, ti=None, outlet_events=None
+) -> dict:
+    dataset = ti.xcom_pull(task_ids="plan_training", key="dataset")
+    extra = steps.publish_record(
+        prepared=prepared,
+        best=best,
+        exported=exported,
+        domain=domain,
+        dataset=dataset,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+    )
+    _exporter().write_latest(extra)
+    outlet_events[PRETRAINED_MODEL].extra = extra
+    return extra
+
+
 @dag(
     dag_id="general_pretraining",
     schedule=cfg.airflow.schedule,
@@ -77,22 +119,12 @@ def _exporter():
     },
 )
 def general_pretraining():
-    @task(multiple_outputs=True)
-    def prepare(params: dict, dag_run=None) -> dict:
-        return steps.prepare_run(get_config(), params, dag_run.dag_id, dag_run.run_id)
-
     run = prepare()
 
     if cfg.airflow.curate_runner == "pod":
         curate = curate_pod_operator(task_id="curate", argv=run["curate_argv"], kube=cfg.kubernetes)
     else:
         curate = LocalCommandOperator(task_id="curate", argv=run["curate_argv"])
-
-    @task.branch
-    def plan_training(prepared: dict) -> str:
-        follow, dataset = steps.plan_training(prepared, _exporter())
-        get_current_context()["ti"].xcom_push(key="dataset", value=dataset)
-        return follow
 
     plan = plan_training(run)
     skip = EmptyOperator(task_id=steps.SKIP_TASK)
@@ -135,32 +167,6 @@ def general_pretraining():
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
         **SENSING,
     )
-
-    @task
-    def export_model(best: dict, prepared: dict) -> dict:
-        return steps.export_model(best, prepared, _exporter(), get_config().checkpoints.conn_id)
-
-    @task
-    def upload_domain_dataset(prepared: dict) -> dict:
-        return _exporter().upload_domain(prepared["manifest_path"])
-
-    @task(outlets=[PRETRAINED_MODEL])
-    def publish_pretrained_model(
-        prepared: dict, best: dict, exported: dict, domain: dict, dag_run=None, ti=None, outlet_events=None
-    ) -> dict:
-        dataset = ti.xcom_pull(task_ids="plan_training", key="dataset")
-        extra = steps.publish_record(
-            prepared=prepared,
-            best=best,
-            exported=exported,
-            domain=domain,
-            dataset=dataset,
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
-        )
-        _exporter().write_latest(extra)
-        outlet_events[PRETRAINED_MODEL].extra = extra
-        return extra
 
     exported = export_model(best.output, run)
     domain = upload_domain_dataset(run)

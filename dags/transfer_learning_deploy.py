@@ -41,8 +41,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
+from plugins.tlpipe.deploy import closing, steps
 from plugins.tlpipe.deploy import decisions as decide
-from plugins.tlpipe.deploy import steps
 from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
     DeployEndpointOperator,
@@ -50,6 +50,7 @@ from plugins.tlpipe.deploy.operators import (
     FinetuneTrainingOperator,
 )
 from plugins.tlpipe.deploy.params import deploy_params
+from training.contracts import PRIMARY_METRIC
 
 cfg = get_config()
 PRETRAINED_MODEL = pretrained_model_asset(cfg)
@@ -98,6 +99,135 @@ def _results(ti) -> dict:
     }
 
 
+# -- tasks ---------------------------------------------------------------------------------------------------
+@task(multiple_outputs=True)
+def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
+    try:
+        return steps.prepare_finetune(
+            get_config(),
+            params,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            event=decide.event_extra(triggering_asset_events),
+            read_latest=lambda: _exporter().read_latest(),
+        )
+    except ValueError as err:  # no inputs, or a request that must not be sent: a retry cannot help
+        raise AirflowFailException(str(err)) from None
+
+
+@task
+def read_metrics(training: dict) -> dict:
+    return steps.training_outcome(training)
+
+
+@setup
+def acquire_endpoint_lock(endpoint: str, dag_run=None) -> str:
+    return closing.endpoint_lock(get_config(), endpoint, _owner(dag_run)).acquire()
+
+
+@teardown
+def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
+    return closing.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
+
+
+@task.branch
+def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
+    try:
+        gate = steps.gate_deployment(
+            _sagemaker(), endpoint=endpoint, metrics=outcome["metrics"], threshold=params["quality_threshold"]
+        )
+    except decide.MissingMetric as err:
+        raise AirflowFailException(str(err)) from None
+    ti.xcom_push(key="gate", value=gate)
+    return BUILD if gate["deploy"] else "skip_deployment"
+
+
+@task(multiple_outputs=True)
+def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
+    try:
+        return steps.deploy_requests(
+            get_config(),
+            params,
+            prepared=prepared,
+            outcome=outcome,
+            gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+        )
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+@task(retries=0)
+def verify_endpoint(request: dict, ti=None) -> dict:
+    result = steps.verify_endpoint(_sagemaker(), request["EndpointName"], request["EndpointConfigName"])
+    ti.xcom_push(key="result", value=result)
+    if not result["ok"]:
+        raise AirflowFailException(result["reason"])
+    return result
+
+
+@task(retries=0)
+def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
+    conn = get_config().s3.aws_conn_id
+    report = steps.smoke_test_endpoint(
+        get_config(),
+        steps.runtime_client(conn),
+        steps.s3_client(conn),
+        endpoint=request["EndpointName"],
+        validation_uri=prepared["inputs"]["domain_validation_uri"],
+        training_accuracy=outcome["metrics"][PRIMARY_METRIC],
+    )
+    ti.xcom_push(key="result", value=report)
+    if not report["passed"]:
+        raise AirflowFailException(report["reason"])
+    return report
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
+    summary = closing.record_run(
+        _exporter(), _results(ti), prepared=prepared, outcome=outcome, dag_id=dag_run.dag_id, run_id=dag_run.run_id
+    )
+    ti.xcom_push(key="summary", value=summary)
+    return summary
+
+
+@task
+def apply_retention(prepared: dict, ti=None) -> dict:
+    gate = ti.xcom_pull(task_ids="quality_gate", key="gate") or {}
+    return closing.apply_retention(
+        _sagemaker(),
+        endpoint=prepared["endpoint"],
+        prefix=get_config().sagemaker.resource_prefix,
+        keep_last=get_config().sagemaker.keep_last,
+        protected_configs=[
+            (gate.get("endpoint_plan") or {}).get("previous_config"),
+            prepared["names"]["endpoint_config"],
+        ],
+    )
+
+
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
+    if ti.xcom_pull(task_ids=BUILD) is None:
+        raise AirflowSkipException("nothing was deployed: no rollback needed")
+    states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
+    summary, message = closing.rollback_run(
+        _sagemaker(),
+        _exporter(),
+        _results(ti),
+        prepared=prepared,
+        outcome=outcome,
+        states=states.get(dag_run.run_id, {}),
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        poll=POLL,
+    )
+    ti.xcom_push(key="summary", value=summary)
+    raise AirflowFailException(message)
+
+
 @dag(
     dag_id="transfer_learning_deploy",
     schedule=[PRETRAINED_MODEL],
@@ -114,20 +244,6 @@ def _results(ti) -> dict:
     },
 )
 def transfer_learning_deploy():
-    @task(multiple_outputs=True)
-    def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
-        try:
-            return steps.prepare_finetune(
-                get_config(),
-                params,
-                dag_id=dag_run.dag_id,
-                run_id=dag_run.run_id,
-                event=decide.event_extra(triggering_asset_events),
-                read_latest=lambda: _exporter().read_latest(),
-            )
-        except ValueError as err:  # no inputs, or a request that must not be sent: a retry cannot help
-            raise AirflowFailException(str(err)) from None
-
     prepared = prepare()
 
     finetune = FinetuneTrainingOperator(
@@ -140,52 +256,13 @@ def transfer_learning_deploy():
         **AWS,
     )
 
-    @task
-    def read_metrics(training: dict) -> dict:
-        return steps.training_outcome(training)
-
     outcome = read_metrics(finetune.output)
-
-    @setup
-    def acquire_endpoint_lock(endpoint: str, dag_run=None) -> str:
-        return outcome.endpoint_lock(get_config(), endpoint, _owner(dag_run)).acquire()
-
-    @teardown
-    def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
-        return outcome.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
-
-    @task.branch
-    def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
-        try:
-            gate = steps.gate_deployment(
-                _sagemaker(), endpoint=endpoint, metrics=outcome["metrics"], threshold=params["quality_threshold"]
-            )
-        except decide.MissingMetric as err:
-            raise AirflowFailException(str(err)) from None
-        ti.xcom_push(key="gate", value=gate)
-        return BUILD if gate["deploy"] else "skip_deployment"
 
     lock = acquire_endpoint_lock(prepared["endpoint"])
     gate = quality_gate(outcome, prepared["endpoint"])
     skip = EmptyOperator(task_id="skip_deployment")
 
     with TaskGroup("deploy"):
-
-        @task(multiple_outputs=True)
-        def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
-            try:
-                return steps.deploy_requests(
-                    get_config(),
-                    params,
-                    prepared=prepared,
-                    outcome=outcome,
-                    gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
-                    dag_id=dag_run.dag_id,
-                    run_id=dag_run.run_id,
-                )
-            except ValueError as err:
-                raise AirflowFailException(str(err)) from None
-
         requests = build_requests(prepared, outcome)
         model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
         endpoint_config = DeployEndpointConfigOperator(
@@ -201,74 +278,9 @@ def transfer_learning_deploy():
             **AWS,
         )
 
-        @task(retries=0)
-        def verify_endpoint(request: dict, ti=None) -> dict:
-            result = steps.verify_endpoint(_sagemaker(), request["EndpointName"], request["EndpointConfigName"])
-            ti.xcom_push(key="result", value=result)
-            if not result["ok"]:
-                raise AirflowFailException(result["reason"])
-            return result
-
-        @task(retries=0)
-        def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
-            conn = get_config().s3.aws_conn_id
-            report = steps.smoke_test_endpoint(
-                get_config(),
-                steps.runtime_client(conn),
-                steps.s3_client(conn),
-                endpoint=request["EndpointName"],
-                validation_uri=prepared["inputs"]["domain_validation_uri"],
-                training_accuracy=outcome["metrics"][decide.PRIMARY_METRIC],
-            )
-            ti.xcom_push(key="result", value=report)
-            if not report["passed"]:
-                raise AirflowFailException(report["reason"])
-            return report
-
         verified = verify_endpoint(requests["endpoint"])
         smoked = smoke_test(requests["endpoint"], outcome, prepared)
         model >> endpoint_config >> endpoint >> verified >> smoked
-
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
-        summary = outcome.record_run(
-            _exporter(), _results(ti), prepared=prepared, outcome=outcome, dag_id=dag_run.dag_id, run_id=dag_run.run_id
-        )
-        ti.xcom_push(key="summary", value=summary)
-        return summary
-
-    @task
-    def apply_retention(prepared: dict, ti=None) -> dict:
-        gate = ti.xcom_pull(task_ids="quality_gate", key="gate") or {}
-        return outcome.apply_retention(
-            _sagemaker(),
-            endpoint=prepared["endpoint"],
-            prefix=get_config().sagemaker.resource_prefix,
-            keep_last=get_config().sagemaker.keep_last,
-            protected_configs=[
-                (gate.get("endpoint_plan") or {}).get("previous_config"),
-                prepared["names"]["endpoint_config"],
-            ],
-        )
-
-    @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
-    def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
-        if ti.xcom_pull(task_ids=BUILD) is None:
-            raise AirflowSkipException("nothing was deployed: no rollback needed")
-        states = ti.get_task_states(dag_id=dag_run.dag_id, task_ids=DEPLOY_TASKS, run_ids=[dag_run.run_id])
-        summary, message = outcome.rollback_run(
-            _sagemaker(),
-            _exporter(),
-            _results(ti),
-            prepared=prepared,
-            outcome=outcome,
-            states=states.get(dag_run.run_id, {}),
-            dag_id=dag_run.dag_id,
-            run_id=dag_run.run_id,
-            poll=POLL,
-        )
-        ti.xcom_push(key="summary", value=summary)
-        raise AirflowFailException(message)
 
     lineage = record_lineage(prepared, outcome)
     retention = apply_retention(prepared)

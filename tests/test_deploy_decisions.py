@@ -12,8 +12,8 @@ import pytest
 from botocore.stub import Stubber
 from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
 
+from plugins.tlpipe.deploy import closing, steps
 from plugins.tlpipe.deploy import decisions as d
-from plugins.tlpipe.deploy import outcome, steps
 from plugins.tlpipe.deploy.lock import EndpointLock, EndpointLocked, decide
 
 EVENT = {
@@ -315,7 +315,7 @@ def test_retention_against_sagemaker(moto_server):
     _model(sm, "ret-ft-x-model", "other-ep")  # another endpoint's
     _config(sm, "ret-ft-x-config", "ret-ft-x-model", "other-ep")
     sm.create_endpoint(EndpointName="ep", EndpointConfigName="ret-ft-0-config")  # the oldest is live
-    done = outcome.apply_retention(
+    done = closing.apply_retention(
         sm, endpoint="ep", prefix="ret", keep_last=2, protected_configs=["ret-ft-1-config", "ret-ft-4-config"]
     )
     assert sorted(done["endpoint_configs"]["delete"]) == ["ret-ft-2-config"]
@@ -344,7 +344,7 @@ def test_rollback_deletes_an_endpoint_this_run_created(moto_server):
     _model(sm, "rb-ft-0-model", "rb-ep")
     _config(sm, "rb-ft-0-config", "rb-ft-0-model", "rb-ep")
     sm.create_endpoint(EndpointName="rb-ep", EndpointConfigName="rb-ft-0-config")
-    done = outcome.rollback_endpoint(
+    done = closing.rollback_endpoint(
         sm, endpoint="rb-ep", previous_config=None, new_config="rb-ft-0-config", delay=1, timeout=10
     )
     assert done["action"] == "delete" and done["final_status"] is None
@@ -377,7 +377,7 @@ def test_rollback_updates_back_to_the_previous_config():
         stub.add_response("describe_endpoint", _described("Updating", "new"), {"EndpointName": "e"})
         stub.add_response("describe_endpoint", _described("InService", "old"), {"EndpointName": "e"})
         stub.add_response("describe_endpoint", _described("InService", "old"), {"EndpointName": "e"})
-        done = outcome.rollback_endpoint(
+        done = closing.rollback_endpoint(
             sm, endpoint="e", previous_config="old", new_config="new", delay=0.01, timeout=5
         )
         stub.assert_no_pending_responses()
@@ -391,8 +391,8 @@ def test_rollback_that_does_not_restore_is_reported():
     with Stubber(sm) as stub:
         stub.add_response("describe_endpoint", _described("InService", "new"), {"EndpointName": "e"})
         stub.add_client_error("update_endpoint", "ValidationException", "Cannot update in-progress endpoint")
-        with pytest.raises(outcome.RollbackFailed, match="in-progress"):
-            outcome.rollback_endpoint(sm, endpoint="e", previous_config="old", new_config="new", delay=0.01, timeout=5)
+        with pytest.raises(closing.RollbackFailed, match="in-progress"):
+            closing.rollback_endpoint(sm, endpoint="e", previous_config="old", new_config="new", delay=0.01, timeout=5)
 
 
 # -- the retry-safe, killable operators ----------------------------------------------------------------------

@@ -8,7 +8,7 @@
     verify_endpoint      the endpoint is InService on this run's config
     smoke_test_endpoint  validation images through sagemaker-runtime
 
-What happens after (rollback, retention, lineage, the run's record) is ``plugins.tlpipe.deploy.outcome``.
+What happens after (rollback, retention, lineage, the run's record) is ``plugins.tlpipe.deploy.closing``.
 """
 
 from __future__ import annotations

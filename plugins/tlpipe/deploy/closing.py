@@ -1,4 +1,4 @@
-"""What the deploy DAG does once the endpoint has been tried: roll back, apply retention, write the lineage record
+"""Closing a deploy run once the endpoint has been tried: roll back, apply retention, write the lineage record
 and the run's outcome, under the endpoint lock.
 
     rollback_endpoint    back to the previous config (or delete the endpoint this run created)
