@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from training import inference
 from training.finetune.hyperparameters import IMAGES_SIGNATURE, SERVING_SIGNATURE, FinetuneError
 
 
@@ -70,7 +71,8 @@ def write_artifact(
     diff = check_servable(export_dir, model, check_split, image_size)
     code = model_dir / "code"
     code.mkdir()
-    shutil.copy2(Path(__file__).with_name("inference.py"), code / "inference.py")
+    # The endpoint's handlers travel inside the artifact (the TFS container's code/inference.py contract).
+    shutil.copy2(inference.__file__, code / "inference.py")
     (code / "labels.json").write_text(json.dumps(class_names, indent=1))
     model.save(model_dir / "model.keras")
     (model_dir / "meta.json").write_text(json.dumps(meta, indent=2))
