@@ -157,6 +157,34 @@ def _served_throughput(port: int, requests: list[bytes], seconds: float) -> floa
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def _start_server(model_dir: Path) -> tuple[int, subprocess.Popen]:
+    """``python -m training.serve`` on a free loopback port, once its /ping answers 200."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "training.serve", "--model-dir", str(model_dir), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*argv, "--port", str(port), "--max-batch-size", str(CLIENTS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/ping")
+            if c.getresponse().status == 200:
+                return port, proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("the endpoint server did not become ready")
+        time.sleep(0.3)
+
+
 def run(quick: bool = False) -> dict[str, Result]:
     from training.contracts import read_list
 
@@ -167,41 +195,8 @@ def run(quick: bool = False) -> dict[str, Result]:
     model_dir = _artifact(paths)
     n = 100 if quick else 300
     in_lat, in_throughput = _in_process(model_dir, blobs, n)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "training.serve",
-            "--model-dir",
-            str(model_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--max-batch-size",
-            str(CLIENTS),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    port, proc = _start_server(model_dir)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/ping")
-                if c.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the endpoint server did not become ready")
-            time.sleep(0.3)
         requests = [_Client.request(b) for b in blobs]
         sv_lat = _served_latency(port, requests, n)
         # Alternate in-process and served rounds, so a noisy neighbour hits both sides alike; the figure is the
