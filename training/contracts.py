@@ -11,6 +11,9 @@
   ``training.pretrain`` writes it; the best-checkpoint sensor, the local launcher, the export and the report read
   it, all through the names and helpers here.
 - The fine-tune job's input channels and the metric definitions SageMaker scans its log with.
+- The pretraining knobs (``PRETRAIN_KNOBS``): each one's type, default and bounds, declared once. The
+  ``training.pretrain`` flags, the ``TrainingSpec``, the configuration sections and the DAG's Params schemas
+  are derived from it.
 
 DAG files import this module (through the plugins), never the job modules themselves.
 """
@@ -117,3 +120,39 @@ METRIC_DEFINITIONS = [
 ]
 # The metric the deploy DAG's quality gate reads from FinalMetricDataList.
 PRIMARY_METRIC = "validation:accuracy"
+
+
+# -- the pretraining knobs ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    """One training parameter as every layer declares it: type, default, bounds, choices, what it means."""
+
+    name: str
+    type: type
+    default: object
+    minimum: float | None = None  # inclusive
+    exclusive_minimum: float | None = None
+    maximum: float | None = None  # inclusive; the Params' ceiling (a typo guard, not a physical limit)
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+MODEL_ARCHS = ("small_resnet", "resnet50")
+PRETRAIN_KNOBS: dict[str, Knob] = {
+    k.name: k
+    for k in (
+        Knob("epochs", int, 10, minimum=1, maximum=1000, help="epochs to train (a resumed run counts its own)"),
+        Knob("workers", int, 1, minimum=1, maximum=256, help="Horovod workers: processes (local) or pods (Kubernetes)"),
+        Knob("gpus_per_worker", int, 0, minimum=0, maximum=16, help="GPUs per worker; one Horovod process per GPU"),
+        Knob("image_size", int, 64, minimum=32, maximum=1024, help="square input size in pixels"),
+        Knob("batch_size", int, 64, minimum=1, maximum=4096, help="per worker"),
+        Knob(
+            "learning_rate", float, 1e-3, exclusive_minimum=0, maximum=10, help="per worker; scaled by the world size"
+        ),
+        Knob("model", str, "small_resnet", choices=MODEL_ARCHS, help="architecture"),
+    )
+}

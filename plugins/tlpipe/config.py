@@ -21,13 +21,23 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from training.contracts import MODEL_ARCHS, PRETRAIN_KNOBS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # plugins/tlpipe/config.py
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "pipeline.yaml"
 ENV_PREFIX = "TLPIPE__"
 PROFILES = ("local", "production")
 
 Launcher = Literal["auto", "pod", "mpijob", "local"]
-ModelArch = Literal["small_resnet", "resnet50"]
+ModelArch = Literal[MODEL_ARCHS]
+
+
+def knob_field(name: str, *, required: bool = False, **kwargs):
+    """A pydantic ``Field`` for the pretraining knob ``name``: its default and lower bound as
+    ``training.contracts.PRETRAIN_KNOBS`` declares them (the one place they are written)."""
+    knob = PRETRAIN_KNOBS[name]
+    bounds = {key: value for key, value in (("ge", knob.minimum), ("gt", knob.exclusive_minimum)) if value is not None}
+    return Field(**({} if required else {"default": knob.default}), **bounds, **kwargs)
 
 
 class Section(BaseModel):
@@ -44,12 +54,12 @@ class DatasetConfig(Section):
 
 
 class TrainingConfig(Section):
-    epochs: int = Field(ge=1)
-    workers: int = Field(ge=1)
-    gpus_per_worker: int = Field(ge=0)
-    image_size: int = Field(ge=32)
-    batch_size: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    epochs: int = knob_field("epochs", required=True)
+    workers: int = knob_field("workers", required=True)
+    gpus_per_worker: int = knob_field("gpus_per_worker", required=True)
+    image_size: int = knob_field("image_size", required=True)
+    batch_size: int = knob_field("batch_size", required=True)
+    learning_rate: float = knob_field("learning_rate", required=True)
     model: ModelArch
     launcher: Launcher = "auto"
     threads_per_worker: int = Field(default=0, ge=0)

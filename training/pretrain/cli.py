@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from training import store as st
-from training.contracts import CheckpointDir
+from training.contracts import PRETRAIN_KNOBS, CheckpointDir
 from training.pretrain.checkpoints import utcnow
 
 
@@ -17,13 +17,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Horovod pretraining of the general image model.")
     p.add_argument("--manifest", required=True, help="manifest.json written by training.curate (local or s3://)")
     p.add_argument("--checkpoint-dir", required=True, help="local path or s3:// URI")
-    p.add_argument("--epochs", type=int, default=10)
+    for name in ("epochs", "model", "image_size", "batch_size", "learning_rate"):  # declared in training.contracts
+        knob = PRETRAIN_KNOBS[name]
+        p.add_argument(knob.flag, type=knob.type, default=knob.default, choices=knob.choices or None, help=knob.help)
     p.add_argument("--data-root", default=None, help="where the images are, if not the manifest's data_root")
-    p.add_argument("--model", default="small_resnet", choices=["small_resnet", "resnet50"])
     p.add_argument("--width", type=int, default=32, help="small_resnet channel width")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64, help="per worker")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="per worker; scaled by the world size")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     p.add_argument("--weight-decay", type=float, default=1e-4)

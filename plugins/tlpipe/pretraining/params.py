@@ -9,10 +9,30 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from plugins.tlpipe.config import PipelineConfig
+from training.contracts import PRETRAIN_KNOBS
 
 LAUNCHERS = ["auto", "pod", "mpijob", "local"]
-MODELS = ["small_resnet", "resnet50"]
 CLASS_NAME = r"^[^/\\]+$"
+# The training knobs among the Params, in the order the UI shows them; their bounds are training.contracts'.
+KNOB_PARAMS = ("epochs", "workers", "gpus_per_worker", "image_size", "batch_size", "learning_rate", "model")
+# What the Params add to a knob's own bounds: image sizes the convolution stacks divide evenly.
+PARAM_EXTRAS = {"image_size": {"multipleOf": 8}}
+
+
+def knob_param(name: str, default) -> Param:
+    """The JSON-schema Param of a pretraining knob: type, bounds and choices from ``PRETRAIN_KNOBS``."""
+    knob = PRETRAIN_KNOBS[name]
+    schema: dict = {"type": {int: "integer", float: "number", str: "string"}[knob.type]}
+    for key, value in (
+        ("minimum", knob.minimum),
+        ("exclusiveMinimum", knob.exclusive_minimum),
+        ("maximum", knob.maximum),
+    ):
+        if value is not None:
+            schema[key] = value
+    if knob.choices:
+        schema["enum"] = list(knob.choices)
+    return Param(default, description=knob.help, **schema, **PARAM_EXTRAS.get(name, {}))
 
 
 def pretraining_params(cfg: PipelineConfig) -> dict[str, Param]:
@@ -47,19 +67,7 @@ def pretraining_params(cfg: PipelineConfig) -> dict[str, Param]:
             ],
         ),
         "val_fraction": Param(d.val_fraction, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
-        "epochs": Param(t.epochs, type="integer", minimum=1, maximum=1000),
-        "workers": Param(
-            t.workers,
-            type="integer",
-            minimum=1,
-            maximum=256,
-            description="Horovod workers: processes (local) or pods (Kubernetes)",
-        ),
-        "gpus_per_worker": Param(t.gpus_per_worker, type="integer", minimum=0, maximum=16),
-        "image_size": Param(t.image_size, type="integer", minimum=32, maximum=1024, multipleOf=8),
-        "batch_size": Param(t.batch_size, type="integer", minimum=1, maximum=4096, description="per process"),
-        "learning_rate": Param(t.learning_rate, type="number", exclusiveMinimum=0, maximum=10),
-        "model": Param(t.model, type="string", enum=MODELS),
+        **{name: knob_param(name, getattr(t, name)) for name in KNOB_PARAMS},
         "launcher": Param(
             t.launcher,
             type="string",

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.tlpipe.config import ModelArch
+from plugins.tlpipe.config import ModelArch, knob_field
 
 ResolvedLauncher = Literal["pod", "mpijob", "local"]
 
@@ -24,18 +24,18 @@ class TrainingSpec(BaseModel):
     launcher: ResolvedLauncher
     horovodrun: str = "horovodrun"
     python: str = "python"
-    workers: int = Field(ge=1)
-    gpus_per_worker: int = Field(default=0, ge=0)
+    workers: int = knob_field("workers", required=True)
+    gpus_per_worker: int = knob_field("gpus_per_worker")
     hostfile: str | None = None
     ssh_port: int | None = None
     # what they train
     manifest: str
     checkpoint_dir: str
-    epochs: int = Field(ge=1)
-    model: ModelArch = "small_resnet"
-    image_size: int = Field(default=64, ge=32)
-    batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0)
+    epochs: int = knob_field("epochs", required=True)
+    model: ModelArch = knob_field("model")
+    image_size: int = knob_field("image_size")
+    batch_size: int = knob_field("batch_size")
+    learning_rate: float = knob_field("learning_rate")
     data_root: str | None = None
     s3_endpoint_url: str | None = None
     threads: int = Field(default=0, ge=0)

@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from plugins.tlpipe.assets import PretrainedModelEvent
-from plugins.tlpipe.config import Launcher, ModelArch, PipelineConfig
+from plugins.tlpipe.config import Launcher, ModelArch, PipelineConfig, knob_field
 from plugins.tlpipe.pretraining.spec import TrainingSpec
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ class RunParams(BaseModel):
     min_images_per_class: int = Field(ge=1)
     domain_classes: int | list[str]
     val_fraction: float = Field(gt=0, lt=1)
-    epochs: int = Field(ge=1)
-    workers: int = Field(ge=1)
-    gpus_per_worker: int = Field(ge=0)
-    image_size: int = Field(ge=32)
-    batch_size: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
+    epochs: int = knob_field("epochs", required=True)
+    workers: int = knob_field("workers", required=True)
+    gpus_per_worker: int = knob_field("gpus_per_worker", required=True)
+    image_size: int = knob_field("image_size", required=True)
+    batch_size: int = knob_field("batch_size", required=True)
+    learning_rate: float = knob_field("learning_rate", required=True)
     model: ModelArch
     launcher: Launcher
     force: bool = False
