@@ -50,6 +50,7 @@ from plugins.tlpipe.deploy.operators import (
     FinetuneTrainingOperator,
 )
 from plugins.tlpipe.deploy.params import deploy_params
+from plugins.tlpipe.deploy.run_record import SOURCES, DeployRunResults
 from training.contracts import PRIMARY_METRIC
 
 cfg = get_config()
@@ -57,7 +58,7 @@ PRETRAINED_MODEL = pretrained_model_asset(cfg)
 AWS = {"aws_conn_id": cfg.s3.aws_conn_id}
 POLL = max(1, int(cfg.airflow.sensor_poke_seconds))
 DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=False)
-BUILD, VERIFY, SMOKE = "deploy.build_requests", "deploy.verify_endpoint", "deploy.smoke_test"
+BUILD, VERIFY, SMOKE = (SOURCES[fact][0] for fact in ("requests", "verify", "smoke"))
 DEPLOY_TASKS = [
     "deploy.create_model",
     "deploy.create_endpoint_config",
@@ -81,22 +82,9 @@ def _owner(dag_run) -> dict:
     return {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
 
 
-def _results(ti) -> dict:
-    """The XComs the lineage record and the rollback read."""
-
-    def pull(task_id: str, key: str = "return_value"):
-        return ti.xcom_pull(task_ids=task_id, key=key)
-
-    return {
-        "training": pull("finetune"),
-        "gate": pull("quality_gate", "gate"),
-        "requests": pull(BUILD),
-        "model": pull("deploy.create_model"),
-        "endpoint_config": pull("deploy.create_endpoint_config"),
-        "endpoint": pull("deploy.create_or_update_endpoint"),
-        "verify": pull(VERIFY, "result"),
-        "smoke": pull(SMOKE, "result"),
-    }
+def _results(ti) -> DeployRunResults:
+    """The run's facts (its tasks' XComs), read once for the lineage record and the rollback."""
+    return DeployRunResults.from_xcoms(lambda task_id, key: ti.xcom_pull(task_ids=task_id, key=key))
 
 
 # -- tasks ---------------------------------------------------------------------------------------------------

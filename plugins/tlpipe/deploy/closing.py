@@ -18,6 +18,7 @@ from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import sagemaker_requests as requests
 from plugins.tlpipe.deploy.operators import describe_or_none
+from plugins.tlpipe.deploy.run_record import DeployRunResults
 from plugins.tlpipe.deploy.steps import ENDPOINT_WAIT_SECONDS, list_tags, s3_client
 
 log = logging.getLogger(__name__)
@@ -164,32 +165,11 @@ def endpoint_lock(cfg: PipelineConfig, endpoint: str, owner: Mapping[str, Any]):
     return EndpointLock(s3_client(cfg.s3.aws_conn_id), cfg.s3.bucket, key, owner)
 
 
-def deployment_facts(results: Mapping[str, Any]) -> dict:
-    """Names and ARNs of what this run created, from the deploy tasks' XComs (absent ones stay None)."""
-    reqs = results.get("requests") or {}
-    model = (results.get("model") or {}).get("Model") or {}
-    config = (results.get("endpoint_config") or {}).get("EndpointConfig") or {}
-    endpoint = (results.get("endpoint") or {}).get("Endpoint") or {}
-    variant = ((reqs.get("endpoint_config") or {}).get("ProductionVariants") or [{}])[0]
-    return {
-        "model": (reqs.get("model") or {}).get("ModelName"),
-        "model_arn": model.get("ModelArn"),
-        "endpoint_config": (reqs.get("endpoint_config") or {}).get("EndpointConfigName"),
-        "endpoint_config_arn": config.get("EndpointConfigArn"),
-        "instance_type": variant.get("InstanceType"),
-        "instance_count": variant.get("InitialInstanceCount"),
-        "endpoint": (reqs.get("endpoint") or {}).get("EndpointName"),
-        "endpoint_arn": endpoint.get("EndpointArn"),
-        "action": reqs.get("action"),
-        "previous_config": reqs.get("previous_config"),
-    }
-
-
 def _record(
     exporter,
     status: str,
     reason: str,
-    results: Mapping[str, Any],
+    results: DeployRunResults,
     *,
     prepared: Mapping[str, Any],
     outcome: Mapping[str, Any],
@@ -197,19 +177,18 @@ def _record(
     run_id: str,
     rollback: Mapping[str, Any] | None = None,
 ) -> dict:
-    gate = results.get("gate") or {}
-    deployed = gate.get("deploy")
+    gate = results.gate or {}
     record = decide.lineage_record(
         status=status,
         reason=reason,
         dag_id=dag_id,
         run_id=run_id,
         inputs=prepared["inputs"],
-        training=(results.get("training") or {}).get("Training") or {},
+        training=results.training_job,
         metrics=outcome["metrics"],
         gate=gate.get("decision"),
-        deployment=deployment_facts(results) if deployed else {"endpoint": prepared["endpoint"]},
-        smoke_test=results.get("smoke"),
+        deployment=results.deployment() if results.deployed else {"endpoint": prepared["endpoint"]},
+        smoke_test=results.smoke,
         rollback=rollback,
     )
     uri = write_lineage(exporter, prepared["endpoint"], outcome["job"], record)
@@ -220,7 +199,7 @@ def _record(
 
 def record_run(
     exporter,
-    results: Mapping[str, Any],
+    results: DeployRunResults,
     *,
     prepared: Mapping[str, Any],
     outcome: Mapping[str, Any],
@@ -228,33 +207,24 @@ def record_run(
     run_id: str,
 ) -> dict:
     """After a deployment that passed its smoke test, or a gate that said no: lineage in S3, the summary."""
-    gate = results.get("gate") or {}
-    if gate.get("deploy"):
-        status, reason = (
-            "deployed",
-            "; ".join(
-                r
-                for r in (
-                    gate.get("reason"),
-                    (results.get("verify") or {}).get("reason"),
-                    (results.get("smoke") or {}).get("reason"),
-                )
-                if r
-            ),
-        )
+    gate = results.gate or {}
+    if results.deployed:
+        reasons = (gate.get("reason"), results.reason("verify"), results.reason("smoke"))
+        status, reason = "deployed", "; ".join(r for r in reasons if r)
     else:
         status, reason = "rejected", gate.get("reason") or "the quality gate did not pass"
     return _record(exporter, status, reason, results, prepared=prepared, outcome=outcome, dag_id=dag_id, run_id=run_id)
 
 
-def failure_reason(states: Mapping[str, str], results: Mapping[str, Any]) -> str:
+def failure_reason(states: Mapping[str, str], results: DeployRunResults) -> str:
     """Which deploy task failed and why (verify and smoke test leave their result in XCom)."""
     reasons = []
     for task_id, state in states.items():
         if state != "failed":
             continue
         key = task_id.rsplit(".", 1)[-1]
-        detail = (results.get({"verify_endpoint": "verify", "smoke_test": "smoke"}.get(key, "")) or {}).get("reason")
+        check = {"verify_endpoint": "verify", "smoke_test": "smoke"}.get(key)
+        detail = results.reason(check) if check else None
         reasons.append(f"{task_id} failed" + (f": {detail}" if detail else " (see its log)"))
     return "; ".join(reasons) or "a deploy task did not succeed"
 
@@ -262,7 +232,7 @@ def failure_reason(states: Mapping[str, str], results: Mapping[str, Any]) -> str
 def rollback_run(
     client,
     exporter,
-    results: Mapping[str, Any],
+    results: DeployRunResults,
     *,
     prepared: Mapping[str, Any],
     outcome: Mapping[str, Any],
@@ -274,7 +244,7 @@ def rollback_run(
     """Restore the endpoint, record the run, and return (summary, the message the run fails with)."""
     reason = failure_reason(states, results)
     log.error("deployment failed: %s", reason)
-    facts = deployment_facts(results)
+    facts = results.deployment()
     try:
         done = rollback_endpoint(
             client,
