@@ -62,14 +62,14 @@ class BestCheckpointSensor(BaseSensorOperator):
         missing = []
         best = run_dir.read_best(store)
         if best is None:
-            missing.append("best.json")
+            missing.append(run_dir.BEST_JSON)
         elif self.expected_manifest_sha256 and best.get("manifest_sha256") != self.expected_manifest_sha256:
             missing.append(
                 f"best.json for manifest {str(self.expected_manifest_sha256)[:12]} "
                 f"(found one for {str(best.get('manifest_sha256'))[:12]})"
             )
         if not store.exists(run_dir.complete):
-            missing.append("COMPLETE")
+            missing.append(run_dir.COMPLETE)
         self._missing = missing
         if missing:
             self.log.info("%s: waiting for %s", uri, " and ".join(missing))

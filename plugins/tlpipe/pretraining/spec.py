@@ -17,6 +17,20 @@ from plugins.tlpipe.config import ModelArch, knob_field
 ResolvedLauncher = Literal["pod", "mpijob", "local"]
 
 
+def launcher_for_workers(workers: int) -> Literal["pod", "mpijob"]:
+    """The one rule of who runs how many workers on Kubernetes: a pod runs one, an MPIJob two or more."""
+    return "pod" if workers == 1 else "mpijob"
+
+
+def launcher_mismatch(launcher: str, workers: int) -> str | None:
+    """Why ``launcher`` cannot run ``workers`` workers (None when it can), by the rule above."""
+    if launcher in ("pod", "mpijob") and launcher != launcher_for_workers(workers):
+        if launcher == "pod":
+            return f"launcher 'pod' runs one worker, got workers={workers}: use 'mpijob' or 'auto'"
+        return "launcher 'mpijob' is for two or more workers; use 'pod' for one"
+    return None
+
+
 class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -43,8 +57,9 @@ class TrainingSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainingSpec":
-        if self.launcher == "pod" and self.workers != 1:
-            raise ValueError("the pod launcher runs one worker; use mpijob for several")
+        mismatch = launcher_mismatch(self.launcher, self.workers)
+        if mismatch:
+            raise ValueError(mismatch)
         if self.launcher == "mpijob" and not self.hostfile:
             raise ValueError("the mpijob launcher needs the hostfile the MPI operator writes")
         return self

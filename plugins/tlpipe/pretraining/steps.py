@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from plugins.tlpipe.assets import PretrainedModelEvent
 from plugins.tlpipe.config import Launcher, ModelArch, PipelineConfig, knob_field
-from plugins.tlpipe.pretraining.spec import TrainingSpec
+from plugins.tlpipe.pretraining.spec import TrainingSpec, launcher_for_workers, launcher_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,9 @@ class RunParams(BaseModel):
 
     @model_validator(mode="after")
     def _combination(self) -> "RunParams":
-        if self.launcher == "pod" and self.workers != 1:
-            raise ValueError(f"launcher 'pod' runs one worker, got workers={self.workers}: use 'mpijob' or 'auto'")
-        if self.launcher == "mpijob" and self.workers < 2:
-            raise ValueError("launcher 'mpijob' is for two or more workers; use 'pod' for one")
+        mismatch = launcher_mismatch(self.launcher, self.workers)
+        if mismatch:
+            raise ValueError(mismatch)
         return self
 
 
@@ -68,7 +67,7 @@ def resolve_launcher(launcher: str, profile: str, workers: int) -> Literal["loca
         return launcher  # type: ignore[return-value]
     if profile == "local":
         return "local"
-    return "pod" if workers == 1 else "mpijob"
+    return launcher_for_workers(workers)
 
 
 def run_key(run_id: str) -> str:
