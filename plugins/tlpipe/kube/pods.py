@@ -1,4 +1,5 @@
-"""The pieces of a training pod, built once from the configuration and shared by the pod and MPIJob launchers.
+"""Every pod the pipeline runs, built here from the configuration and its role: the training worker (the pod
+launcher's pod and each MPIJob worker), the MPIJob launcher, and the curate pod.
 
 Everything here is a plain ``kubernetes.client`` model, so the pod operator takes it as is and the MPIJob turns
 it into JSON with ``ApiClient().sanitize_for_serialization``. The security settings pass Pod Security
@@ -6,6 +7,8 @@ it into JSON with ``ApiClient().sanitize_for_serialization``. The security setti
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from kubernetes.client import models as k8s
 
@@ -117,3 +120,93 @@ def to_dict(obj) -> dict:
     from kubernetes.client import ApiClient
 
     return ApiClient().sanitize_for_serialization(obj)
+
+
+# -- roles ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Role:
+    """What tells one kind of pod from another; everything else (image, security, service account, pull secrets,
+    data volume, timeouts) every pod shares."""
+
+    app: str  # app.kubernetes.io/name
+    gpu_nodes: bool  # scheduled on the GPU nodes (node selector and tolerations)
+    shm: bool  # a memory-backed /dev/shm (NCCL, tf.data)
+    credentials: bool  # the checkpoint store's secret, mounted as files
+
+
+ROLES = {
+    "worker": Role("tlpipe-pretrain", gpu_nodes=True, shm=True, credentials=True),
+    "launcher": Role("tlpipe-pretrain", gpu_nodes=False, shm=False, credentials=True),
+    "curate": Role("tlpipe-curate", gpu_nodes=False, shm=False, credentials=False),
+}
+
+
+def pod_parts(kube: KubernetesConfig, role: str) -> dict:
+    """The role's pod-level and container-level parts, as ``kubernetes.client`` models keyed by what they are."""
+    r = ROLES[role]
+    return {
+        "labels": {**kube.labels, "app.kubernetes.io/name": r.app},
+        "service_account_name": kube.service_account,
+        "automount_service_account_token": False,
+        "image_pull_secrets": image_pull_secrets(kube),
+        "security_context": pod_security_context(kube),
+        "node_selector": dict(kube.node_selector) if r.gpu_nodes else {},
+        "tolerations": tolerations(kube) if r.gpu_nodes else [],
+        "volumes": volumes(kube, shm=r.shm, credentials=r.credentials),
+        "image": kube.image,
+        "image_pull_policy": kube.image_pull_policy,
+        "env": training_env(kube if r.credentials else None),
+        "container_security_context": container_security_context(),
+        "volume_mounts": volume_mounts(kube, shm=r.shm, credentials=r.credentials),
+    }
+
+
+def pod_operator_kwargs(kube: KubernetesConfig, role: str) -> dict:
+    """The role's pod as ``KubernetesPodOperator`` arguments (the pod is deleted when the task ends or is killed)."""
+    parts = pod_parts(kube, role)
+    return {
+        "kubernetes_conn_id": kube.conn_id,
+        "namespace": kube.namespace,
+        "image": parts["image"],
+        "image_pull_policy": parts["image_pull_policy"],
+        "image_pull_secrets": parts["image_pull_secrets"],
+        "service_account_name": parts["service_account_name"],
+        "automount_service_account_token": False,
+        "node_selector": parts["node_selector"],
+        "tolerations": parts["tolerations"],
+        "volumes": parts["volumes"],
+        "volume_mounts": parts["volume_mounts"],
+        "env_vars": parts["env"],
+        "security_context": parts["security_context"],
+        "container_security_context": parts["container_security_context"],
+        "labels": parts["labels"],
+        "startup_timeout_seconds": kube.startup_timeout_seconds,
+        "schedule_timeout_seconds": kube.schedule_timeout_seconds,
+        "on_finish_action": "delete_pod",
+        "on_kill_action": "delete_pod",
+        "do_xcom_push": False,
+    }
+
+
+def pod_template(kube: KubernetesConfig, role: str, container: k8s.V1Container, labels: dict[str, str]) -> dict:
+    """The role's pod as the JSON of a ``V1PodTemplateSpec`` (an MPIJob's replica template) around ``container``,
+    which gets the role's image, environment, security context and mounts."""
+    parts = pod_parts(kube, role)
+    container.image, container.image_pull_policy = parts["image"], parts["image_pull_policy"]
+    container.env, container.security_context = parts["env"], parts["container_security_context"]
+    container.volume_mounts = parts["volume_mounts"]
+    pod = k8s.V1PodTemplateSpec(
+        metadata=k8s.V1ObjectMeta(labels={**parts["labels"], **labels, "tlpipe/role": role}),
+        spec=k8s.V1PodSpec(
+            containers=[container],
+            security_context=parts["security_context"],
+            service_account_name=parts["service_account_name"],
+            image_pull_secrets=parts["image_pull_secrets"] or None,
+            node_selector=parts["node_selector"] or None,
+            tolerations=parts["tolerations"] or None,
+            volumes=parts["volumes"],
+            termination_grace_period_seconds=kube.termination_grace_seconds,
+            automount_service_account_token=False,
+        ),
+    )
+    return to_dict(pod)

@@ -147,43 +147,14 @@ def build_mpijob(spec: TrainingSpec, cfg: PipelineConfig, name: str, labels: dic
         raise ValueError(f"an MPIJob runs the mpijob launcher's spec, not {spec.launcher!r}")
     labels = {**kube.labels, "app.kubernetes.io/name": "tlpipe-pretrain", "tlpipe/run": name, **(labels or {})}
 
-    def template(role: str, container: k8s.V1Container, shm: bool) -> dict:
-        pod = k8s.V1PodTemplateSpec(
-            metadata=k8s.V1ObjectMeta(labels={**labels, "tlpipe/role": role}),
-            spec=k8s.V1PodSpec(
-                containers=[container],
-                security_context=pod_parts.pod_security_context(kube),
-                service_account_name=kube.service_account,
-                image_pull_secrets=pod_parts.image_pull_secrets(kube) or None,
-                node_selector=(kube.node_selector or None) if role == "worker" else None,
-                tolerations=(pod_parts.tolerations(kube) or None) if role == "worker" else None,
-                volumes=pod_parts.volumes(kube, shm=shm),
-                termination_grace_period_seconds=kube.termination_grace_seconds,
-                automount_service_account_token=False,
-            ),
-        )
-        return pod_parts.to_dict(pod)
-
     launcher = k8s.V1Container(
-        name="launcher",
-        image=kube.image,
-        image_pull_policy=kube.image_pull_policy,
-        command=spec.argv(),
-        env=pod_parts.training_env(kube),
-        resources=pod_parts.resources(mpi.launcher_resources),
-        security_context=pod_parts.container_security_context(),
-        volume_mounts=pod_parts.volume_mounts(kube, shm=False),
+        name="launcher", command=spec.argv(), resources=pod_parts.resources(mpi.launcher_resources)
     )
     worker = k8s.V1Container(
         name="worker",
-        image=kube.image,
-        image_pull_policy=kube.image_pull_policy,
         command=[*mpi.sshd_command, "-p", str(mpi.ssh_port)],
         ports=[k8s.V1ContainerPort(name="ssh", container_port=mpi.ssh_port, protocol="TCP")],
-        env=pod_parts.training_env(kube),
         resources=pod_parts.resources(kube.worker_resources, spec.gpus_per_worker, kube.gpu_resource),
-        security_context=pod_parts.container_security_context(),
-        volume_mounts=pod_parts.volume_mounts(kube, shm=True),
         readiness_probe=k8s.V1Probe(
             tcp_socket=k8s.V1TCPSocketAction(port=mpi.ssh_port), period_seconds=5, initial_delay_seconds=2
         ),
@@ -202,10 +173,14 @@ def build_mpijob(spec: TrainingSpec, cfg: PipelineConfig, name: str, labels: dic
             mpi_implementation="OpenMPI",
             mpi_replica_specs={
                 "Launcher": ReplicaSpec(
-                    replicas=1, restart_policy="Never", template=template("launcher", launcher, False)
+                    replicas=1,
+                    restart_policy="Never",
+                    template=pod_parts.pod_template(kube, "launcher", launcher, labels),
                 ),
                 "Worker": ReplicaSpec(
-                    replicas=spec.workers, restart_policy="Never", template=template("worker", worker, True)
+                    replicas=spec.workers,
+                    restart_policy="Never",
+                    template=pod_parts.pod_template(kube, "worker", worker, labels),
                 ),
             },
         ),
