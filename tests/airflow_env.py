@@ -195,7 +195,6 @@ class RunResult:
 def run_dag(dag, conf: dict | None = None) -> RunResult:
     """``dag.test()`` in this process; returns the run's state and every task's state."""
     dr = dag.test(run_conf=conf or {}, logical_date=None)
-    from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
     with create_session() as session:

@@ -13,6 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+# The shared fixtures, registered once for every test module (modules import only the helpers they call).
+pytest_plugins = [
+    "localcloud_fixtures",
+    "_finetune_helpers",
+    "transfer_learning_deploy_fixtures",
+    "pretraining_fixtures",
+]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import boto3
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 from airflow_env import aws_connection
-from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 
 from plugins.tlpipe.pretraining.sensors import BestCheckpointSensor
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from botocore.stub import Stubber
-from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
+from transfer_learning_deploy_fixtures import sagemaker_hooks
 
 from plugins.tlpipe.deploy import closing, steps
 from plugins.tlpipe.deploy import decisions as d

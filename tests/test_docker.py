@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -15,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.deploy_helpers import ROOT, Dockerfile, dockerignore_excludes, read_ssh_config, venv_tool
 

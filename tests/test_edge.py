@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-from _finetune_helpers import finetuned, world  # noqa: F401 - session fixtures
 
 from training import edge
 

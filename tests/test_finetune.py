@@ -8,7 +8,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from _finetune_helpers import finetuned, make_job, world  # noqa: F401 - session fixtures
+from _finetune_helpers import make_job
 
 from training import finetune
 from training.sagemaker import ContractError, TrainingEnv, decode_value, extract_tar, make_tar, user_hyperparameters

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 
@@ -19,7 +18,7 @@ from airflow_env import (
     sync_dags_to_db,
 )
 from kube_mock import KubeServer
-from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
+from pretraining_fixtures import apply_environ, pipeline_environ
 
 DAG_ID = "general_pretraining"
 DAG_FILE = DAGS_FOLDER / "general_pretraining.py"

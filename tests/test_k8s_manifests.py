@@ -10,7 +10,7 @@ import re
 import threading
 import time
 import types
-from urllib.parse import parse_qsl, urlparse
+from urllib.parse import urlparse
 
 import pytest
 import yaml

@@ -16,15 +16,7 @@ import uuid
 from datetime import datetime
 
 import pytest
-from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
-    COLOURS,
-    TEST_IMAGE,
-    image_bytes,
-    localcloud,
-    localcloud_server,
-    training_job_request,
-    upload_dataset,
-)
+from localcloud_fixtures import COLOURS, TEST_IMAGE, image_bytes, training_job_request, upload_dataset
 
 BUCKET = "tlpipe-localcloud-airflow"
 ROLE_NAME = "tlpipe-sagemaker-execution"

@@ -15,14 +15,12 @@ import uuid
 import psutil
 import pytest
 from botocore.exceptions import ClientError
-from localcloud_fixtures import (  # noqa: F401  (the fixture is used by name)
+from localcloud_fixtures import (
     COLOURS,
     REGION,
     ROLE_ARN,
     TEST_IMAGE,
     image_bytes,
-    localcloud,
-    localcloud_server,
     signed_headers,
     training_job_request,
     upload_dataset,

@@ -16,15 +16,7 @@ import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from localcloud_fixtures import (  # noqa: F401  (fixtures are used by name)
-    REGION,
-    TEST_IMAGE,
-    localcloud,
-    localcloud_server,
-    running_localcloud,
-    signed_headers,
-    training_job_request,
-)
+from localcloud_fixtures import REGION, TEST_IMAGE, running_localcloud, signed_headers, training_job_request
 
 BUCKET = "tlpipe-localcloud-auth"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from _finetune_helpers import FINETUNE_HP, image_bytes, world  # noqa: F401  (fixture used by name)
-from localcloud_fixtures import ROLE_ARN, localcloud, localcloud_server, wait_for_endpoint, wait_for_job  # noqa: F401
+from _finetune_helpers import FINETUNE_HP, image_bytes
+from localcloud_fixtures import ROLE_ARN, wait_for_endpoint, wait_for_job
 
 from training.finetune import METRIC_DEFINITIONS
 

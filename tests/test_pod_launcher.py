@@ -8,7 +8,7 @@ import pytest
 from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
 from kube_mock import KubeServer
 from kubernetes.client import models as k8s
-from pretraining_fixtures import apply_environ, pipeline_environ, s3_endpoint, small_tree  # noqa: F401
+from pretraining_fixtures import apply_environ, pipeline_environ
 
 from plugins.tlpipe.config import load_config
 from plugins.tlpipe.pretraining.launchers import TrainingPodOperator, pod_failure_reason

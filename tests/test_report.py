@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from _finetune_helpers import world  # noqa: F401 - session fixture
 
 from training import report
 

@@ -10,7 +10,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from pretraining_fixtures import s3_endpoint  # noqa: F401  (fixture)
 
 from plugins.tlpipe.config import S3Config
 from plugins.tlpipe.pretraining.export import MODEL_FILES, S3Exporter, build_model_tarball

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from _finetune_helpers import REPO, finetuned, image_bytes, subprocess_env, world  # noqa: F401 - fixtures
+from _finetune_helpers import REPO, image_bytes, subprocess_env
 
 from training import inference
 from training.sagemaker import extract_tar, make_tar

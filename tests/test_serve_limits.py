@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import psutil
 import pytest
-from _finetune_helpers import REPO, finetuned, image_bytes, subprocess_env, world  # noqa: F401 - fixtures
+from _finetune_helpers import REPO, image_bytes, subprocess_env
 from test_serve import free_port, invoke, request, wait_ready
 
 from training.sagemaker import extract_tar, make_tar

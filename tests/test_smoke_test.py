@@ -9,7 +9,6 @@ import json
 
 import pytest
 from botocore.exceptions import ClientError
-from transfer_learning_deploy_fixtures import moto_server  # noqa: F401  (fixture)
 
 from plugins.tlpipe.deploy import smoke_test as st
 

@@ -26,7 +26,7 @@ from airflow_env import (
     sync_dags_to_db,
 )
 from botocore.validate import ParamValidator
-from transfer_learning_deploy_fixtures import moto_server, sagemaker_hooks  # noqa: F401  (fixtures)
+from transfer_learning_deploy_fixtures import sagemaker_hooks
 
 DAG_ID = "transfer_learning_deploy"
 DAG_FILE = DAGS_FOLDER / "transfer_learning_deploy.py"
