@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The training modules the Airflow side may load at parse time: the contracts it shares with the jobs.
 SHARED = {"training", "training.contracts", "training.store"}
 

@@ -36,7 +36,7 @@ NOT_RECORDED = {
 }
 # The pipeline's calls; test_localcloud_auth.py probes localcloud's signature checks with arbitrary calls instead.
 LOCALCLOUD_TESTS = sorted(
-    p for p in (ROOT / "tests").glob("test_localcloud*.py") if p.name != "test_localcloud_auth.py"
+    p for p in (ROOT / "tests").rglob("test_localcloud*.py") if p.name != "test_localcloud_auth.py"
 ) + [ROOT / "tests" / "localcloud_fixtures.py"]
 SERVICES = {"s3": "s3", "sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "logs": "logs"}
 

@@ -96,7 +96,7 @@ def test_dockerignore_keeps_local_state_out():
         ".venv",
         ".venv/bin/python",
         "var/data",
-        "tests/test_docker.py",
+        "tests/deployment/test_docker.py",
         ".env",
         "training/__pycache__/store.cpython-311.pyc",
         "tlpipe.egg-info/PKG-INFO",
