@@ -39,6 +39,7 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import TaskGroup, TriggerRule, conf, dag, setup, task, teardown
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from plugins.tlpipe import aws
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
 from plugins.tlpipe.deploy import closing, steps
@@ -75,7 +76,7 @@ def _exporter():
 
 
 def _sagemaker():
-    return steps.sagemaker_client(get_config().s3.aws_conn_id)
+    return aws.sagemaker_client(get_config().s3.aws_conn_id)
 
 
 def _owner(dag_run) -> dict:
@@ -160,8 +161,8 @@ def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
     conn = get_config().s3.aws_conn_id
     report = steps.smoke_test_endpoint(
         get_config(),
-        steps.runtime_client(conn),
-        steps.s3_client(conn),
+        aws.runtime_client(conn),
+        aws.s3_client(conn),
         endpoint=request["EndpointName"],
         validation_uri=prepared["inputs"]["domain_validation_uri"],
         training_accuracy=outcome["metrics"][PRIMARY_METRIC],

@@ -14,12 +14,12 @@ import math
 from dataclasses import asdict
 from typing import Any, Mapping
 
+from plugins.tlpipe.aws import describe_or_none, paginate, s3_client
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import sagemaker_requests as requests
-from plugins.tlpipe.deploy.operators import describe_or_none
 from plugins.tlpipe.deploy.run_record import DeployRunResults
-from plugins.tlpipe.deploy.steps import ENDPOINT_WAIT_SECONDS, list_tags, s3_client
+from plugins.tlpipe.deploy.steps import ENDPOINT_WAIT_SECONDS, list_tags
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,6 @@ def _ours(client, arn: str, endpoint: str) -> bool:
     return requests.tag_dict(list_tags(client, arn)).get(decide.ENDPOINT_TAG) == endpoint
 
 
-def _paginate(client, operation: str, key: str, **kwargs) -> list[dict]:
-    out, token = [], None
-    while True:
-        page = getattr(client, operation)(**kwargs, **({"NextToken": token} if token else {}))
-        out.extend(page.get(key, []))
-        token = page.get("NextToken")
-        if not token:
-            return out
-
-
 def apply_retention(client, *, endpoint: str, prefix: str, keep_last: int, protected_configs: list[str | None]) -> dict:
     """Delete this endpoint's endpoint configs and models beyond the newest ``keep_last``.
 
@@ -119,7 +109,7 @@ def apply_retention(client, *, endpoint: str, prefix: str, keep_last: int, prote
     protected = {c for c in protected_configs if c} | ({live["EndpointConfigName"]} if live else set())
     configs = [
         c
-        for c in _paginate(client, "list_endpoint_configs", "EndpointConfigs", NameContains=stem)
+        for c in paginate(client, "list_endpoint_configs", "EndpointConfigs", NameContains=stem)
         if c["EndpointConfigName"].startswith(stem) and _ours(client, c["EndpointConfigArn"], endpoint)
     ]
     config_plan = decide.plan_retention(
@@ -131,7 +121,7 @@ def apply_retention(client, *, endpoint: str, prefix: str, keep_last: int, prote
         protected_models |= {v["ModelName"] for v in (found or {}).get("ProductionVariants", [])}
     models = [
         m
-        for m in _paginate(client, "list_models", "Models", NameContains=stem)
+        for m in paginate(client, "list_models", "Models", NameContains=stem)
         if m["ModelName"].startswith(stem) and _ours(client, m["ModelArn"], endpoint)
     ]
     model_plan = decide.plan_retention(

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, Mapping
 
+from plugins.tlpipe.aws import S3_MISSING, error_code
+
 DEFAULT_TTL = timedelta(hours=6)
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
 class EndpointLocked(RuntimeError):
@@ -74,7 +75,7 @@ class EndpointLock:
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in _MISSING:
+            if error_code(err) in S3_MISSING:
                 return None
             raise
         try:
@@ -109,7 +110,7 @@ class EndpointLock:
                 )
                 return decision.reason
             except ClientError as err:
-                if err.response.get("Error", {}).get("Code") not in _CONFLICT | _MISSING:
+                if error_code(err) not in _CONFLICT | S3_MISSING:
                     raise
                 raise EndpointLocked(f"s3://{self.bucket}/{self.key}: another run took the stale lock first") from None
         raise EndpointLocked(f"s3://{self.bucket}/{self.key}: {decision.reason}")

@@ -27,25 +27,12 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
 )
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 
+from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.deploy import links
 from plugins.tlpipe.deploy.decisions import TRANSITIONAL, plan_training_job
 from plugins.tlpipe.deploy.sagemaker_requests import job_attempt_name
 
 MAX_JOB_ATTEMPTS = 20
-
-
-def describe_or_none(describe, **kwargs) -> dict | None:
-    """A describe call's answer, or None when SageMaker says there is no such resource."""
-    from botocore.exceptions import ClientError
-
-    try:
-        return describe(**kwargs)
-    except ClientError as err:
-        # SageMaker answers a missing resource with ValidationException ("Could not find …", "Requested
-        # resource not found"); the request itself was validated before it was built.
-        if err.response.get("Error", {}).get("Code") == "ValidationException":
-            return None
-        raise
 
 
 def stop_training_job(client, name: str, log) -> None:

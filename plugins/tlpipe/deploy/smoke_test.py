@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from plugins.tlpipe.aws import split_s3
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
 
@@ -60,13 +62,6 @@ class SmokeReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise ValueError(f"not an s3://bucket/prefix URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
 
 
 def samples_from_keys(keys: Iterable[str], prefix: str) -> list[Sample]:
@@ -177,7 +172,7 @@ def evaluate(
 
 
 def list_validation_samples(s3, validation_uri: str) -> list[Sample]:
-    bucket, prefix = split_s3_uri(validation_uri)
+    bucket, prefix = split_s3(validation_uri)
     keys = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         keys.extend(obj["Key"] for obj in page.get("Contents", []))
@@ -223,7 +218,7 @@ def run_smoke_test(
     clock: Callable[[], float] = time.perf_counter,
 ) -> SmokeReport:
     """Invoke ``endpoint`` with up to ``images`` validation images and evaluate the replies."""
-    bucket, _ = split_s3_uri(validation_uri)
+    bucket, _ = split_s3(validation_uri)
     chosen = select_samples(list_validation_samples(s3, validation_uri), images)
     bodies = {s.key: s3.get_object(Bucket=bucket, Key=s.key)["Body"].read() for s in chosen}
     if chosen:

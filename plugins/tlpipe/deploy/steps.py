@@ -17,38 +17,14 @@ import logging
 from dataclasses import asdict
 from typing import Any, Callable, Mapping
 
+from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import sagemaker_requests as requests
-from plugins.tlpipe.deploy.operators import describe_or_none
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_WAIT_SECONDS = 3600
-
-
-# -- clients --------------------------------------------------------------------------------------------------
-def sagemaker_client(conn_id: str):
-    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-
-    return SageMakerHook(aws_conn_id=conn_id).conn
-
-
-def runtime_client(conn_id: str):
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    # Retries would hide a failing model and blur the latency the smoke test measures.
-    return AwsBaseHook(
-        aws_conn_id=conn_id,
-        client_type="sagemaker-runtime",
-        config={"retries": {"max_attempts": 1, "mode": "standard"}, "read_timeout": 70},
-    ).conn
-
-
-def s3_client(conn_id: str):
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    return S3Hook(aws_conn_id=conn_id).get_conn()
 
 
 # -- before training ------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from plugins.tlpipe.aws import S3_MISSING, error_code
 from plugins.tlpipe.config import S3Config
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class S3Exporter:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if error_code(err) in S3_MISSING:
                 return None
             raise
         return head.get("Metadata", {}).get(SHA_META, "")
@@ -145,7 +146,7 @@ class S3Exporter:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
+            if error_code(err) in S3_MISSING | {"NoSuchBucket"}:
                 return None
             raise
         return json.loads(body)
