@@ -276,3 +276,26 @@ def assert_parses_clean(dag_file: Path, dag_id: str) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parsed-clean" in out.stdout
+
+
+def run_in_fresh_airflow(script: str, arg: str, home: Path, cwd: Path) -> dict:
+    """Run ``python -c script arg`` in an Airflow of its own (home, SQLite, the shipping plugins folder, nothing
+    of this process's Airflow or TLPIPE settings) and return the JSON its last output line holds."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        }
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, arg], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -3,12 +3,10 @@ is imported a second time under another name."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
+
+from airflow_env import run_in_fresh_airflow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,26 +28,7 @@ def test_airflows_plugins_manager_loads_the_plugin_and_nothing_twice(tmp_path):
         print(json.dumps({"plugins": [p.name for p in plugins], "errors": {k: str(v) for k, v in errors.items()},
                           "links": links, "loaded": loaded}))
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(tmp_path),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-        }
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "plugins")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_airflow(script, str(ROOT / "plugins"), tmp_path, tmp_path)
     assert result["errors"] == {}
     assert "tlpipe" in result["plugins"]
     assert {
