@@ -40,4 +40,4 @@ ENV PYTHONPATH=/opt/airflow \
 # Fails the build if a DAG or the production configuration does not load in this image.
 RUN python -c "from plugins.tlpipe.config import load_config; load_config('production')" \
  && python -c "import sys; from airflow.dag_processing.dagbag import DagBag; \
-bag = DagBag('/opt/airflow/dags', include_examples=False); sys.exit(str(bag.import_errors) if bag.import_errors else 0)"
+bag = DagBag('/opt/airflow/dags'); sys.exit(str(bag.import_errors) if bag.import_errors else 0)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -446,3 +447,36 @@ def test_airflow_image_runs_the_plugins_and_dags_without_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     imported = proc.stdout.split()
     assert "training.store" in imported and "plugins.tlpipe.pretraining.launchers" in imported
+
+
+def test_airflow_image_build_checks_pass_on_the_image_layout(tmp_path):
+    """The ``python -c`` checks the Airflow image runs at build time, run here on the same layout
+    (``/opt/airflow/{dags,plugins,config,training}`` on PYTHONPATH): a check that cannot pass would fail the build."""
+    df = Dockerfile.load("docker/airflow.Dockerfile")
+    checks = [
+        shlex.split(part.strip())[2]
+        for run in df.final.runs()
+        for part in run.split("&&")
+        if part.strip().startswith("python -c")
+    ]
+    assert len(checks) >= 2, "the image checks its configuration and its DAGs at build time"
+    home = tmp_path / "opt-airflow"
+    home.mkdir()
+    for folder in ("dags", "plugins", "config", "training"):
+        (home / folder).symlink_to(ROOT / folder)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TLPIPE", "PYTHONPATH"))}
+    env.update(
+        {
+            "PYTHONPATH": str(home),
+            "TLPIPE_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+    )
+    for code in checks:
+        code = code.replace("/opt/airflow", str(home))
+        proc = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"{code}\n{proc.stderr[-2000:]}{proc.stdout[-500:]}"
