@@ -181,6 +181,8 @@ def scan_classes(root: str, names: list[str], workers: int, val_fraction: float)
         return
     import multiprocessing as mp
 
-    with mp.get_context("fork").Pool(workers) as pool:
+    # forkserver, not fork: the caller may have threads (an Airflow task, boto3, TensorFlow), and a child forked
+    # while one of them holds a lock waits for it for ever.
+    with mp.get_context("forkserver").Pool(workers) as pool:
         # Ordered and lazy: results stream back one class at a time, so memory stays bounded.
         yield from pool.imap(scan_and_finish, tasks, chunksize=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -94,7 +95,8 @@ def convert(
         }
         jobs += [(str(out / _shard_name(split, i, n)), b) for i, b in enumerate(buckets)]
     failed = 0
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver: TensorFlow is not fork-safe, and the caller may have imported it (or other threads) already.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
         for _path, _written, f in pool.map(_write_shard, jobs):
             failed += f
     index["unreadable_files"] = failed
