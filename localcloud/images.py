@@ -56,38 +56,26 @@ COMMAND_ENVIRONMENT = re.compile(
     re.IGNORECASE,
 )
 
+# training.serve on loopback: the command both built-in images serve with.
+SERVE_ARGV = [
+    "{python}",
+    "-m",
+    "training.serve",
+    "--model-dir",
+    "{model_dir}",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+]
+
 DEFAULT_ENTRIES = [
-    {
-        "match": "tlpipe-sagemaker",
-        "train": ["{python}", "-m", "training.finetune"],
-        "serve": [
-            "{python}",
-            "-m",
-            "training.serve",
-            "--model-dir",
-            "{model_dir}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-        ],
-        "env": {},
-    },
+    {"match": "tlpipe-sagemaker", "train": ["{python}", "-m", "training.finetune"], "serve": SERVE_ARGV, "env": {}},
     {
         # The managed TensorFlow Serving container: the fine-tuned artifact is built for it, and
         # training.serve runs the artifact's own code/inference.py handlers the way it does.
         "match": "tensorflow-inference",
-        "serve": [
-            "{python}",
-            "-m",
-            "training.serve",
-            "--model-dir",
-            "{model_dir}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-        ],
+        "serve": SERVE_ARGV,
         "env": {},
     },
 ]
