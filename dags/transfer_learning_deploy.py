@@ -14,7 +14,8 @@ URIs, else the last exported model's (`pretrained/latest.json`).
 (SageMakerTrainingOperator: channels `pretrained`, `train`, `validation`; a retry reuses the run's Completed
 job or waits on its running one; killing the task stops the job) → `read_metrics` (FinalMetricDataList) →
 `acquire_endpoint_lock` → `quality_gate` (validation accuracy ≥ `quality_threshold` and ≥ the live model's
-`tlpipe:accuracy` tag, else `skip_deployment` with the reason) → `deploy.*` (model tagged with its accuracy
+`tlpipe:accuracy` tag, and the job's scratch baseline judged by `baseline_policy`, else `skip_deployment` with
+the reason) → `deploy.*` (model tagged with its accuracy
 and lineage → a new endpoint config → create the endpoint, or update it when it exists → verify it is
 InService on the new config → smoke test with validation images) → `record_lineage` (S3) →
 `apply_retention`. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
@@ -123,7 +124,12 @@ def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
 def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
     try:
         gate = steps.gate_deployment(
-            _sagemaker(), endpoint=endpoint, metrics=outcome["metrics"], threshold=params["quality_threshold"]
+            _sagemaker(),
+            endpoint=endpoint,
+            metrics=outcome["metrics"],
+            threshold=params["quality_threshold"],
+            baseline_policy=params["baseline_policy"],
+            baseline_margin=params["baseline_margin"],
         )
     except decide.MissingMetric as err:
         raise AirflowFailException(str(err)) from None

@@ -112,14 +112,57 @@ METRIC_DEFINITIONS = [
     {"Name": "scratch:validation:loss", "Regex": " scratch_val_loss=([0-9.]+)"},
     {"Name": "scratch:validation:accuracy", "Regex": " scratch_val_accuracy=([0-9.]+)"},
     {"Name": "transfer:gain", "Regex": " transfer_gain=(-?[0-9.]+)"},
+    {"Name": "transfer:validation:accuracy", "Regex": " transfer_val_accuracy=([0-9.]+)"},
+    {"Name": "selected:scratch", "Regex": " selected_scratch=([01])"},
     {"Name": "test:loss", "Regex": " test_loss=([0-9.]+)"},
     {"Name": "test:accuracy", "Regex": " test_accuracy=([0-9.]+)"},
     {"Name": "scratch:test:loss", "Regex": " scratch_test_loss=([0-9.]+)"},
     {"Name": "scratch:test:accuracy", "Regex": " scratch_test_accuracy=([0-9.]+)"},
     {"Name": "transfer:test_gain", "Regex": " transfer_test_gain=(-?[0-9.]+)"},
 ]
-# The metric the deploy DAG's quality gate reads from FinalMetricDataList.
+# The metric the deploy DAG's quality gate reads from FinalMetricDataList (and a tuning job's objective).
 PRIMARY_METRIC = "validation:accuracy"
+
+# -- transfer vs its scratch baseline ------------------------------------------------------------------------
+# What to ship when the job's scratch baseline beats the transfer model on the same validation images by more
+# than the margin: the transfer model anyway, the better of the two, or nothing (the run fails).
+BASELINE_POLICIES = ("prefer_transfer", "best", "fail")
+DEFAULT_BASELINE_POLICY = "best"
+DEFAULT_BASELINE_MARGIN = 0.01
+
+
+@dataclass(frozen=True)
+class BaselineVerdict:
+    choice: str | None  # "transfer" | "scratch" | None (policy fail and transfer lost)
+    transfer_lost: bool
+    reason: str
+
+
+def judge_baseline(
+    transfer: float,
+    scratch: float | None,
+    policy: str = DEFAULT_BASELINE_POLICY,
+    margin: float = DEFAULT_BASELINE_MARGIN,
+) -> BaselineVerdict:
+    """Which model to ship, by validation accuracy of the transfer model and of its baseline (None: no baseline).
+
+    The job applies it to decide which model it writes; the deploy DAG's gate applies it again to the job's
+    metrics to say why, and to refuse under ``fail``.
+    """
+    if policy not in BASELINE_POLICIES:
+        raise ValueError(f"unknown baseline policy {policy!r}: expected one of {', '.join(BASELINE_POLICIES)}")
+    if scratch is None:
+        return BaselineVerdict("transfer", False, "no scratch baseline was trained")
+    gap = scratch - transfer
+    figures = f"transfer {transfer:.4f} vs scratch baseline {scratch:.4f} on the same validation images"
+    if gap <= margin:
+        return BaselineVerdict("transfer", False, f"{figures}: transfer holds (margin {margin:.4f})")
+    lost = f"{figures}: transfer loses by {gap:.4f} (> margin {margin:.4f})"
+    if policy == "prefer_transfer":
+        return BaselineVerdict("transfer", True, f"{lost}; shipping transfer anyway (policy prefer_transfer)")
+    if policy == "best":
+        return BaselineVerdict("scratch", True, f"{lost}; shipping the scratch baseline (policy best)")
+    return BaselineVerdict(None, True, f"{lost}; refusing to ship (policy fail)")
 
 
 # -- the pretraining knobs ----------------------------------------------------------------------------------

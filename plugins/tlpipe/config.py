@@ -21,7 +21,13 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from training.contracts import MODEL_ARCHS, PRETRAIN_KNOBS
+from training.contracts import (
+    BASELINE_POLICIES,
+    DEFAULT_BASELINE_MARGIN,
+    DEFAULT_BASELINE_POLICY,
+    MODEL_ARCHS,
+    PRETRAIN_KNOBS,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # plugins/tlpipe/config.py
 DEFAULT_CONFIG = PROJECT_ROOT / "config" / "pipeline.yaml"
@@ -183,6 +189,9 @@ class SageMakerConfig(Section):
     smoke_test_accuracy_tolerance: float = Field(default=0.1, ge=0, le=1)
     smoke_test_latency_ms: float = Field(default=2000, gt=0)
     compare_scratch: bool = False
+    # When the scratch baseline beats transfer by more than the margin: ship transfer anyway, the better, or nothing.
+    baseline_policy: Literal[BASELINE_POLICIES] = DEFAULT_BASELINE_POLICY
+    baseline_margin: float = Field(default=DEFAULT_BASELINE_MARGIN, ge=0, le=1)
     hyperparameters: dict[str, str | int | float | bool] = {}
 
 

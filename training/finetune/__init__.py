@@ -92,7 +92,7 @@ epoch's weights evaluated again. ``validation:*`` and ``test:*`` always describe
 
 from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 from training.finetune.artifact import check_servable, export_servable, write_artifact
-from training.finetune.fit import evaluate, recalibrate_batchnorm, train_scratch, train_transfer
+from training.finetune.fit import evaluate, recalibrate_batchnorm, train_scratch
 from training.finetune.hyperparameters import (
     IMAGES_SIGNATURE,
     SERVING_SIGNATURE,
@@ -102,12 +102,14 @@ from training.finetune.hyperparameters import (
 )
 from training.finetune.inputs import load_domain, load_pretrained, locate_pretrained, per_class_subset
 from training.finetune.job import final_metrics, main, parse_args, run
+from training.finetune.recipes import RECIPES, search_recipes
 
 __all__ = [
     "CHANNELS",
     "IMAGES_SIGNATURE",
     "METRIC_DEFINITIONS",
     "PRIMARY_METRIC",
+    "RECIPES",
     "SERVING_SIGNATURE",
     "FinetuneError",
     "Hyperparameters",
@@ -125,6 +127,6 @@ __all__ = [
     "recalibrate_batchnorm",
     "run",
     "train_scratch",
-    "train_transfer",
+    "search_recipes",
     "write_artifact",
 ]

@@ -1,4 +1,4 @@
-"""Training: the datasets, BatchNorm re-estimation, the epoch tracker, the transfer and scratch runs, evaluation."""
+"""Training: the datasets, BatchNorm re-estimation, the epoch tracker, a training phase, the scratch run, evaluation."""
 
 from __future__ import annotations
 
@@ -139,20 +139,23 @@ class EpochTracker:
         return _Callback()
 
 
-def _compile(model, learning_rate: float, hp: Hyperparameters) -> None:
+def _compile(model, learning_rate: float, hp: Hyperparameters, optimizer=None) -> None:
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=hp.weight_decay),
+        optimizer=optimizer or keras.optimizers.AdamW(learning_rate, weight_decay=hp.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
 
 
-def _fit(model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: Hyperparameters, ds) -> None:
+def fit_phase(
+    model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: Hyperparameters, ds, optimizer=None
+) -> None:
+    """``epochs`` epochs (fewer if early stopping says so); the model ends on the tracker's best epoch."""
     if epochs <= 0:
         return
-    _compile(model, lr, hp)
+    _compile(model, lr, hp, optimizer)
     model.fit(
         ds.train,
         steps_per_epoch=ds.steps,
@@ -162,6 +165,8 @@ def _fit(model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: H
         verbose=0,
     )
     model.set_weights(tracker.best_weights)  # the next phase starts from, and the run ends with, the best epoch
+    if optimizer is not None:
+        _compile(model, lr, hp)  # the saved model names a stock optimizer, loadable without this package
 
 
 def transfer_model(pre: Pretrained, num_classes: int, hp: Hyperparameters):
@@ -194,56 +199,12 @@ def scratch_model(template, hp: Hyperparameters, num_classes: int, image_size):
     return model
 
 
-def train_transfer(pre: Pretrained, data: DomainData, hp: Hyperparameters, ds, role: str = "primary") -> dict:
-    import keras
-
-    image_size = tuple(pre.meta["image_size"])
-    model = transfer_model(pre, len(data.class_names), hp)
-    base_layers = {id(l) for l in pre.model.layers}
-    head = {l.name for l in model.layers if id(l) not in base_layers}
-    bn_batches = recalibrate_batchnorm(model, ds.plain, hp.bn_recalibration_batches)
-    if bn_batches:
-        log(f"transfer: BatchNorm statistics re-estimated on {bn_batches} batch(es) of domain training images")
-    for layer in model.layers:
-        layer.trainable = layer.name in head
-    blocks = list(pre.meta.get("blocks") or [])
-    n_unfreeze = min(hp.unfreeze_blocks, len(blocks))
-    epochs_ft = hp.epochs_finetune if n_unfreeze else 0
-    if hp.unfreeze_blocks and not blocks:
-        log("transfer: meta.json lists no blocks, so phase 2 (unfreezing) is skipped")
-    tracker = EpochTracker(
-        "transfer", role, hp.early_stopping_monitor, hp.early_stopping_patience, hp.epochs_head + epochs_ft
-    )
-    t0 = time.perf_counter()
-    _fit(model, tracker, "head", hp.epochs_head, hp.learning_rate_head, hp, ds)
-    unfrozen = []
-    if epochs_ft:
-        prefixes = tuple(blocks[-n_unfreeze:])
-        for layer in model.layers:
-            if layer.name.startswith(prefixes):
-                bn = isinstance(layer, keras.layers.BatchNormalization)
-                layer.trainable = hp.finetune_batchnorm or not bn
-                if bn and hp.finetune_batchnorm:
-                    layer.momentum = hp.bn_momentum
-                unfrozen.append(layer.name)
-        log(f"transfer: phase 2 unfreezes block(s) {', '.join(prefixes)} ({len(unfrozen)} layers)")
-        _fit(model, tracker, "finetune", epochs_ft, hp.learning_rate_finetune, hp, ds)
-    return {
-        "model": model,
-        "tracker": tracker,
-        "image_size": image_size,
-        "seconds": time.perf_counter() - t0,
-        "bn_recalibration_batches": bn_batches,
-        "unfrozen_layers": len(unfrozen),
-    }
-
-
 def train_scratch(template, data: DomainData, hp: Hyperparameters, image_size, ds, role: str) -> dict:
     model = scratch_model(template, hp, len(data.class_names), image_size)
     tracker = EpochTracker("scratch", role, hp.early_stopping_monitor, hp.early_stopping_patience, hp.scratch_budget)
     t0 = time.perf_counter()
     phase = "baseline" if role == "baseline" else "all"
-    _fit(model, tracker, phase, hp.scratch_budget, hp.learning_rate_scratch, hp, ds)
+    fit_phase(model, tracker, phase, hp.scratch_budget, hp.learning_rate_scratch, hp, ds)
     return {"model": model, "tracker": tracker, "image_size": image_size, "seconds": time.perf_counter() - t0}
 
 

@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from training.contracts import BASELINE_POLICIES, DEFAULT_BASELINE_MARGIN, DEFAULT_BASELINE_POLICY
 from training.sagemaker import user_hyperparameters
 
 SERVING_SIGNATURE = "serving_default"
+# The transfer recipes the job can search over (training.finetune.recipes), in the order they are tried.
+RECIPES = ("linear_probe", "top_blocks", "full")
+Recipe = Literal["linear_probe", "top_blocks", "full"]
 IMAGES_SIGNATURE = "predict_images"
 
 
@@ -23,12 +27,16 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     init: Literal["pretrained", "scratch"] = "pretrained"
+    recipes: tuple[Recipe, ...] = RECIPES
     compare_scratch: bool = False
+    baseline_policy: Literal[BASELINE_POLICIES] = DEFAULT_BASELINE_POLICY
+    baseline_margin: float = Field(DEFAULT_BASELINE_MARGIN, ge=0, le=1)
     epochs_head: int = Field(30, ge=0)
     epochs_finetune: int = Field(20, ge=0)
     unfreeze_blocks: int = Field(1, ge=0)
     learning_rate_head: float = Field(3e-3, gt=0)
     learning_rate_finetune: float = Field(1e-4, gt=0)
+    backbone_lr_ratio: float = Field(0.1, gt=0, le=1)
     learning_rate_scratch: float = Field(1e-3, gt=0)
     scratch_epochs: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -48,6 +56,16 @@ class Hyperparameters(BaseModel):
     model_version: str = Field("1", pattern=r"^[0-9]{1,18}$")
     seed: int = 0
     threads: int = Field(0, ge=0)
+
+    @field_validator("recipes", mode="before")
+    @classmethod
+    def _recipes(cls, v):
+        names = [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else list(v)
+        if not names:
+            raise ValueError(f"name at least one recipe of {', '.join(RECIPES)}")
+        if len(set(names)) != len(names):
+            raise ValueError("a recipe is named twice")
+        return tuple(names)
 
     @field_validator("image_size", mode="before")
     @classmethod

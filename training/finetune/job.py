@@ -15,8 +15,9 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
+from training.contracts import judge_baseline
 from training.finetune.artifact import write_artifact
-from training.finetune.fit import datasets_for, evaluate, train_scratch, train_transfer, transfer_model
+from training.finetune.fit import datasets_for, evaluate, train_scratch, transfer_model
 from training.finetune.hyperparameters import (
     IMAGES_SIGNATURE,
     SERVING_SIGNATURE,
@@ -26,43 +27,44 @@ from training.finetune.hyperparameters import (
     parse_hyperparameters,
 )
 from training.finetune.inputs import load_domain, load_pretrained, locate_pretrained
+from training.finetune.recipes import search_recipes
 from training.sagemaker import ContractError, TrainingEnv
 
 
 def final_metrics(results: dict, primary_name: str, compared: bool) -> tuple[dict, list[str]]:
-    """The job's metrics (names as in METRIC_DEFINITIONS) and the ``key=value`` pairs of the final log line."""
+    """The job's metrics (names as in METRIC_DEFINITIONS) and the ``key=value`` pairs of the final log line.
+
+    ``validation:*``/``test:*`` are the written model's (``primary_name``); with a baseline, ``scratch:*`` are
+    the baseline's, ``transfer:*`` the transfer model's, and ``selected:scratch`` says which one was written.
+    """
     primary = results[primary_name]
     metrics, final = {}, []
+
+    def put(name: str, key: str, value: float) -> None:
+        metrics[name] = value
+        final.append(f"{key}={metric_value(value)}")
+
     if primary["train_loss"] is not None:  # the kept (best) epoch's, not the last one's
-        metrics.update({"train:loss": primary["train_loss"], "train:accuracy": primary["train_accuracy"]})
-        final += [
-            f"train_loss={metric_value(primary['train_loss'])}",
-            f"train_accuracy={metric_value(primary['train_accuracy'])}",
-        ]
+        put("train:loss", "train_loss", primary["train_loss"])
+        put("train:accuracy", "train_accuracy", primary["train_accuracy"])
     splits = [("val", "validation")] + ([("test", "test")] if "test_accuracy" in primary else [])
     for split, metric in splits:
-        metrics.update({f"{metric}:accuracy": primary[f"{split}_accuracy"], f"{metric}:loss": primary[f"{split}_loss"]})
-        final += [
-            f"{split}_loss={metric_value(primary[f'{split}_loss'])}",
-            f"{split}_accuracy={metric_value(primary[f'{split}_accuracy'])}",
-        ]
+        put(f"{metric}:loss", f"{split}_loss", primary[f"{split}_loss"])
+        put(f"{metric}:accuracy", f"{split}_accuracy", primary[f"{split}_accuracy"])
     if compared:
-        s = results["scratch"]
+        s, t = results["scratch"], results["transfer"]
         for split, metric in splits:
-            gain = primary[f"{split}_accuracy"] - s[f"{split}_accuracy"]
-            gain_key = "transfer:gain" if split == "val" else "transfer:test_gain"
-            metrics.update(
-                {
-                    f"scratch:{metric}:accuracy": s[f"{split}_accuracy"],
-                    f"scratch:{metric}:loss": s[f"{split}_loss"],
-                    gain_key: gain,
-                }
+            put(f"scratch:{metric}:loss", f"scratch_{split}_loss", s[f"{split}_loss"])
+            put(f"scratch:{metric}:accuracy", f"scratch_{split}_accuracy", s[f"{split}_accuracy"])
+            gain = t[f"{split}_accuracy"] - s[f"{split}_accuracy"]
+            put(
+                "transfer:gain" if split == "val" else "transfer:test_gain",
+                "transfer_gain" if split == "val" else "transfer_test_gain",
+                gain,
             )
-            final += [
-                f"scratch_{split}_loss={metric_value(s[f'{split}_loss'])}",
-                f"scratch_{split}_accuracy={metric_value(s[f'{split}_accuracy'])}",
-                f"transfer_{'gain' if split == 'val' else 'test_gain'}={metric_value(gain)}",
-            ]
+        put("transfer:validation:accuracy", "transfer_val_accuracy", t["val_accuracy"])
+        metrics["selected:scratch"] = float(primary_name == "scratch")
+        final.append(f"selected_scratch={int(primary_name == 'scratch')}")
     return metrics, final
 
 
@@ -109,21 +111,40 @@ def _load_inputs(env: TrainingEnv, hp, workdir: Path):
     return pre, image_size, data
 
 
-def _train_runs(pre, data, hp, image_size, ds) -> tuple[dict[str, dict], str]:
-    """The runs the hyperparameters ask for (transfer, its scratch baseline, or scratch alone) and the primary's name."""
+def _train_runs(pre, data, hp, image_size, ds) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The runs the hyperparameters ask for: the kept transfer recipe (and every candidate of the search), its
+    scratch baseline, or scratch alone. Returns (runs by name, transfer candidates by recipe)."""
     import keras
 
     runs: dict[str, dict] = {}
     if hp.init == "pretrained":
-        runs["transfer"] = train_transfer(pre, data, hp, ds, "primary")
+        runs["transfer"], candidates = search_recipes(pre, data, hp, ds)
         if hp.compare_scratch:
             keras.utils.set_random_seed(hp.seed)
             runs["scratch"] = train_scratch(runs["transfer"]["model"], data, hp, image_size, ds, "baseline")
-        return runs, "transfer"
+        return runs, candidates
     template = transfer_model(pre, len(data.class_names), hp) if pre else None
     keras.utils.set_random_seed(hp.seed)
     runs["scratch"] = train_scratch(template, data, hp, image_size, ds, "primary")
-    return runs, "scratch"
+    return runs, {}
+
+
+def _written_model(results: dict, hp) -> tuple[str, dict | None]:
+    """Which run's model the job writes (transfer, or its baseline under the baseline policy), and why."""
+    if "transfer" not in results:
+        return "scratch", None
+    scratch = results.get("scratch", {}).get("val_accuracy")
+    verdict = judge_baseline(results["transfer"]["val_accuracy"], scratch, hp.baseline_policy, hp.baseline_margin)
+    if "scratch" in results:
+        log(f"baseline: {verdict.reason}")
+    choice = "scratch" if verdict.choice == "scratch" else "transfer"
+    return choice, {
+        "policy": hp.baseline_policy,
+        "margin": hp.baseline_margin,
+        "written": choice,
+        "transfer_lost": verdict.transfer_lost,
+        "reason": verdict.reason,
+    }
 
 
 def _evaluate_runs(runs: dict[str, dict], ds, class_names: list[str]) -> dict[str, dict]:
@@ -138,7 +159,7 @@ def _evaluate_runs(runs: dict[str, dict], ds, class_names: list[str]) -> dict[st
             "train_accuracy": tr.best and tr.best["train_accuracy"],
             "seconds": round(r["seconds"], 2),
             "history": tr.history,
-            **{k: r[k] for k in ("bn_recalibration_batches", "unfrozen_layers") if k in r},
+            **{k: r[k] for k in ("bn_recalibration_batches", "unfrozen_layers", "recipe") if k in r},
         }
         for split, dataset in (("val", ds.val), ("test", ds.test)):
             if dataset is not None:
@@ -156,7 +177,7 @@ def _evaluate_runs(runs: dict[str, dict], ds, class_names: list[str]) -> dict[st
     return results
 
 
-def _model_meta(pre, model, data, hp, image_size, primary: dict) -> dict:
+def _model_meta(pre, model, data, hp, image_size, primary: dict, written: str) -> dict:
     """meta.json of the fine-tuned model: what it takes, how it was made, from what."""
     import keras
     import tensorflow as tf
@@ -168,7 +189,8 @@ def _model_meta(pre, model, data, hp, image_size, primary: dict) -> dict:
         "blocks": list(pre.meta.get("blocks") or []) if pre else list(getattr(model, "blocks", []) or []),
         "arch": pre.meta.get("arch") if pre else hp.arch,
         "input": {"dtype": "uint8", "layout": "NHWC", "channels": 3, "range": [0, 255]},
-        "init": hp.init,
+        "init": "pretrained" if written == "transfer" else "scratch",
+        "recipe": primary.get("recipe"),
         "val_accuracy": primary["val_accuracy"],
         "serving": {
             "version": hp.model_version,
@@ -200,16 +222,21 @@ def run(env: TrainingEnv, overrides: dict[str, str]) -> dict:
 
         keras.utils.set_random_seed(hp.seed)
         ds = datasets_for(data, image_size, hp, hp.seed)
-        runs, primary_name = _train_runs(pre, data, hp, image_size, ds)
+        runs, candidates = _train_runs(pre, data, hp, image_size, ds)
         results = _evaluate_runs(runs, ds, data.class_names)
+        search = _evaluate_runs(candidates, ds, data.class_names) if len(candidates) > 1 else {}
+        primary_name, baseline = _written_model(results, hp)
         metrics, final = final_metrics(results, primary_name, hp.init == "pretrained" and "scratch" in results)
         model = runs[primary_name]["model"]
-        meta = _model_meta(pre, model, data, hp, image_size, results[primary_name])
+        meta = _model_meta(pre, model, data, hp, image_size, results[primary_name], primary_name)
         artifact = write_artifact(env.model_dir, model, data.class_names, image_size, meta, hp.model_version, data.val)
         report = {
             "metrics": metrics,
             "primary": primary_name,
+            "recipe": runs["transfer"]["recipe"] if "transfer" in runs else None,
             "runs": results,
+            "recipe_search": search,
+            "baseline": baseline,
             "classes": data.class_names,
             "counts": data.counts,
             "image_size": list(image_size),

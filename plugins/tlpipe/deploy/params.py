@@ -10,6 +10,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from plugins.tlpipe.config import PipelineConfig
+from training.contracts import BASELINE_POLICIES
 
 S3_BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
 MODEL_URI = rf"^$|^s3://{S3_BUCKET}/.+\.(tar\.gz|tgz)$"
@@ -61,6 +62,14 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             type="boolean",
             description="also train the from-scratch baseline and report both accuracies",
         ),
+        "baseline_policy": Param(
+            sm.baseline_policy,
+            type="string",
+            enum=list(BASELINE_POLICIES),
+            description="when the scratch baseline beats transfer by more than baseline_margin: ship transfer "
+            "anyway (prefer_transfer), the better model (best) or nothing (fail)",
+        ),
+        "baseline_margin": Param(sm.baseline_margin, type="number", minimum=0, maximum=1),
         "hyperparameters": Param(
             dict(sm.hyperparameters),
             type="object",

@@ -43,7 +43,13 @@ def prepare_finetune(
     inputs = decide.resolve_inputs(params, event, latest)
     log.info("fine-tuning %s on %s (inputs from %s)", inputs.model_uri, inputs.domain_train_uri, inputs.source)
     names = requests.resource_names(cfg.sagemaker.resource_prefix, run_id)
-    hyperparameters = {**dict(params.get("hyperparameters") or {}), "compare_scratch": bool(params["compare_scratch"])}
+    hyperparameters = {
+        **dict(params.get("hyperparameters") or {}),
+        "compare_scratch": bool(params["compare_scratch"]),
+        # the job writes the model this policy ships; the gate checks it again on the job's metrics
+        "baseline_policy": params["baseline_policy"],
+        "baseline_margin": params["baseline_margin"],
+    }
     lineage_tags = {
         "endpoint": params["endpoint_name"],
         "dag-id": dag_id,
@@ -114,10 +120,25 @@ def inspect_endpoint(client, endpoint: str) -> dict:
     return {"plan": asdict(plan), "live_model": live_model, "live_accuracy": accuracy}
 
 
-def gate_deployment(client, *, endpoint: str, metrics: Mapping[str, float], threshold: float) -> dict:
+def gate_deployment(
+    client,
+    *,
+    endpoint: str,
+    metrics: Mapping[str, float],
+    threshold: float,
+    baseline_policy: str = decide.DEFAULT_BASELINE_POLICY,
+    baseline_margin: float = decide.DEFAULT_BASELINE_MARGIN,
+) -> dict:
     state = inspect_endpoint(client, endpoint)
     log.info(state["plan"]["reason"])
-    decision = decide.quality_gate(metrics, threshold, state["live_accuracy"], state["live_model"])
+    decision = decide.quality_gate(
+        metrics,
+        threshold,
+        state["live_accuracy"],
+        state["live_model"],
+        baseline_policy=baseline_policy,
+        baseline_margin=baseline_margin,
+    )
     log.info(decision.reason)
     return {
         "deploy": decision.deploy,

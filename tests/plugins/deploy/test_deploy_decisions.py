@@ -165,6 +165,61 @@ def test_quality_gate_without_the_metric_or_the_live_tag():
     assert d.live_accuracy({"accuracy": "n/a"}) is None and d.live_accuracy({}) is None
 
 
+def _job_metrics(transfer: float, scratch: float, written: str) -> dict:
+    kept = scratch if written == "scratch" else transfer
+    return {
+        "validation:accuracy": kept,
+        "transfer:validation:accuracy": transfer,
+        "scratch:validation:accuracy": scratch,
+        "selected:scratch": float(written == "scratch"),
+    }
+
+
+@pytest.mark.parametrize(
+    "policy, transfer, scratch, written, deploy, kind, words",
+    [
+        # transfer within the margin: transfer ships whatever the policy
+        ("best", 0.905, 0.91, "transfer", True, "transfer", ["transfer holds"]),
+        # transfer loses: the better model ships, and the reason says by how much and why
+        ("best", 0.72, 0.93, "scratch", True, "scratch", ["loses by 0.2100", "scratch baseline (policy best)"]),
+        ("prefer_transfer", 0.72, 0.93, "transfer", True, "transfer", ["loses by 0.2100", "anyway"]),
+        ("fail", 0.72, 0.93, "transfer", False, "transfer", ["refusing to ship (policy fail)"]),
+        # a job run under another policy wrote the model this one would not ship
+        ("prefer_transfer", 0.72, 0.93, "scratch", False, "scratch", ["wrote its scratch model", "ships the transfer"]),
+    ],
+)
+def test_the_gate_judges_transfer_against_its_scratch_baseline(policy, transfer, scratch, written, deploy, kind, words):
+    decision = d.quality_gate(_job_metrics(transfer, scratch, written), 0.6, baseline_policy=policy)
+    assert decision.deploy is deploy and decision.model_kind == kind
+    assert decision.accuracy == (scratch if written == "scratch" else transfer)
+    assert decision.baseline["transfer_accuracy"] == transfer and decision.baseline["scratch_accuracy"] == scratch
+    assert decision.baseline["transfer_lost"] is (scratch - transfer > 0.01)
+    for word in words:
+        assert word in decision.reason
+    if deploy:
+        assert decision.reason.startswith(f"deploying the {kind} model")
+
+
+def test_the_baseline_verdict_reaches_the_run_summary():
+    decision = d.quality_gate(_job_metrics(0.72, 0.93, "scratch"), 0.6)
+    record = {
+        "status": "deployed",
+        "reason": decision.reason,
+        "endpoint": {"name": "e"},
+        "endpoint_config": {"name": "c"},
+        "training_job": {"name": "j"},
+        "metrics": {"gate": decision.as_dict(), "smoke_test": {}, "training": _job_metrics(0.72, 0.93, "scratch")},
+    }
+    summary = d.run_summary(record, None)
+    assert summary["model_kind"] == "scratch" and "loses by 0.2100" in summary["baseline"]
+    assert summary["scratch_accuracy"] == 0.93
+
+
+def test_without_a_baseline_the_gate_is_unchanged():
+    decision = d.quality_gate({"validation:accuracy": 0.8}, 0.6)
+    assert decision.baseline is None and decision.model_kind == "transfer" and decision.deploy
+
+
 # -- endpoint plan, verify, rollback --------------------------------------------------------------------------
 def ep(status, config, reason=None):
     out = {"EndpointName": "e", "EndpointStatus": status, "EndpointConfigName": config}

@@ -96,7 +96,13 @@ def test_training_request_carries_the_finetune_contract():
     }
     assert tuple(sorted(channels)) == tuple(sorted(CHANNELS))
     assert training["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
-    assert training["HyperParameters"] == {"epochs_head": "2", "augment": "false", "compare_scratch": "true"}
+    assert training["HyperParameters"] == {
+        "epochs_head": "2",
+        "augment": "false",
+        "compare_scratch": "true",
+        "baseline_policy": "best",
+        "baseline_margin": "0.01",
+    }
     tags = req.tag_dict(training["Tags"])
     assert tags["run-id"] == RUN_ID and tags["dataset-fingerprint"] == "ab12cd34"
     assert training["TrainingJobName"] == req.resource_names("tlpipe", RUN_ID).job

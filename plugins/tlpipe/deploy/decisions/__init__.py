@@ -4,7 +4,7 @@
     plan_training_job   the run's deterministic job names and their statuses -> create, reuse or wait
     final_metrics       DescribeTrainingJob -> {metric: value} from FinalMetricDataList
     plan_endpoint       DescribeEndpoint before deploying -> create | update, and the config to roll back to
-    quality_gate        accuracy vs the threshold and vs the live model's ``tlpipe:accuracy`` tag
+    quality_gate        accuracy vs the threshold, the live model's ``tlpipe:accuracy`` tag and the scratch baseline
     verify_live_config  is the endpoint InService on the config this run deployed?
     plan_rollback       after a failed deploy/verify/smoke test -> none | update | recreate | delete | wait
     plan_retention      which models and endpoint configs to delete (keep the newest N, never live/previous)
@@ -28,6 +28,8 @@ from .after import (
 )
 from .before import (
     ACCURACY_TAG,
+    DEFAULT_BASELINE_MARGIN,
+    DEFAULT_BASELINE_POLICY,
     ENDPOINT_TAG,
     LINEAGE_SCHEMA,
     TRANSITIONAL,
@@ -38,6 +40,7 @@ from .before import (
     GateDecision,
     MissingMetric,
     TrainingJobPlan,
+    baseline_check,
     event_extra,
     final_metrics,
     live_accuracy,
@@ -49,6 +52,8 @@ from .before import (
 
 __all__ = [
     "ACCURACY_TAG",
+    "DEFAULT_BASELINE_MARGIN",
+    "DEFAULT_BASELINE_POLICY",
     "DeployInputs",
     "ENDPOINT_TAG",
     "EndpointBusy",
@@ -63,6 +68,7 @@ __all__ = [
     "TRANSITIONAL",
     "TrainingJobPlan",
     "UNUSABLE",
+    "baseline_check",
     "Verification",
     "event_extra",
     "final_metrics",

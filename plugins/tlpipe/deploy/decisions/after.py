@@ -202,6 +202,8 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
         "live_accuracy": gate.get("live_accuracy"),
         "scratch_accuracy": training.get("scratch:validation:accuracy"),
         "transfer_gain": training.get("transfer:gain"),
+        "model_kind": gate.get("model_kind"),
+        "baseline": (gate.get("baseline") or {}).get("reason"),
         "smoke_accuracy": smoke.get("accuracy"),
         "latency_p95_ms": smoke.get("latency_p95_ms"),
         "lineage_uri": lineage_uri,

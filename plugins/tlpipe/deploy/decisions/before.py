@@ -10,7 +10,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from plugins.tlpipe.assets import ASSET_NAME, PretrainedModelEvent
-from training.contracts import PRIMARY_METRIC
+from training.contracts import DEFAULT_BASELINE_MARGIN, DEFAULT_BASELINE_POLICY, PRIMARY_METRIC, judge_baseline
 
 LINEAGE_SCHEMA = "tlpipe.lineage/v1"
 # Tags (under the tlpipe: prefix) that the gate and retention read back.
@@ -194,6 +194,8 @@ class GateDecision:
     threshold: float
     live_accuracy: float | None
     live_model: str | None
+    baseline: dict | None = None  # transfer vs the job's scratch baseline: figures, policy, verdict
+    model_kind: str = "transfer"  # which of the two the job wrote, and so what would be deployed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -208,21 +210,65 @@ def live_accuracy(tag_values: Mapping[str, str]) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def baseline_check(
+    metrics: Mapping[str, float], metric: str, policy: str, margin: float
+) -> tuple[dict | None, str, str | None]:
+    """Transfer vs the job's scratch baseline from the job's metrics: (record, model kind written, failure or None).
+
+    The job applied the same policy (``training.contracts.judge_baseline``) to choose what it wrote; this says why,
+    refuses under ``fail``, and refuses a model that the policy would not have chosen (a job run with another one).
+    """
+    scratch = metrics.get(f"scratch:{metric}")
+    written = "scratch" if metrics.get("selected:scratch") == 1.0 else "transfer"
+    if scratch is None:
+        return None, written, None
+    transfer = metrics.get(f"transfer:{metric}", metrics[metric] if written == "transfer" else None)
+    if transfer is None:
+        return None, written, f"the job wrote its scratch baseline but reported no transfer:{metric}"
+    verdict = judge_baseline(float(transfer), float(scratch), policy, margin)
+    record = {
+        "transfer_accuracy": float(transfer),
+        "scratch_accuracy": float(scratch),
+        "gap": float(scratch) - float(transfer),
+        "policy": policy,
+        "margin": margin,
+        "transfer_lost": verdict.transfer_lost,
+        "choice": verdict.choice,
+        "reason": verdict.reason,
+    }
+    if verdict.choice is None:
+        return record, written, verdict.reason
+    if verdict.choice != written:
+        return (
+            record,
+            written,
+            (
+                f"the job wrote its {written} model but policy {policy} ships the {verdict.choice} one "
+                f"({verdict.reason}); rerun the job with this policy"
+            ),
+        )
+    return record, written, None
+
+
 def quality_gate(
     metrics: Mapping[str, float],
     threshold: float,
     live: float | None = None,
     live_model: str | None = None,
     metric: str = PRIMARY_METRIC,
+    baseline_policy: str = DEFAULT_BASELINE_POLICY,
+    baseline_margin: float = DEFAULT_BASELINE_MARGIN,
 ) -> GateDecision:
-    """Deploy only when ``metric`` >= ``threshold`` and >= the live model's accuracy (ties deploy)."""
+    """Deploy only when ``metric`` >= ``threshold`` and >= the live model's accuracy (ties deploy), and the
+    transfer-vs-baseline verdict allows the model the job wrote."""
     if metric not in metrics:
         raise MissingMetric(
             f"the training job reported no {metric} (metrics: {', '.join(sorted(metrics)) or 'none'}); "
             "check the MetricDefinitions against the job's log"
         )
     accuracy = float(metrics[metric])
-    failures = []
+    baseline, kind, refused = baseline_check(metrics, metric, baseline_policy, baseline_margin)
+    failures = [refused] if refused else []
     if accuracy < threshold:
         failures.append(f"{metric} {accuracy:.4f} is below the threshold {threshold:.4f}")
     if live is not None and accuracy < live:
@@ -230,11 +276,13 @@ def quality_gate(
     if failures:
         reason = "not deploying: " + "; ".join(failures)
     else:
-        reason = f"deploying: {metric} {accuracy:.4f} >= threshold {threshold:.4f}"
+        reason = f"deploying the {kind} model: {metric} {accuracy:.4f} >= threshold {threshold:.4f}"
         if live is not None:
             reason += f" and >= the live model {live_model}'s {live:.4f}"
         elif live_model:
             reason += f" (the live model {live_model} has no accuracy tag to compare with)"
         else:
             reason += " (no model is live)"
-    return GateDecision(not failures, reason, metric, accuracy, threshold, live, live_model)
+        if baseline:
+            reason += f"; {baseline['reason']}"
+    return GateDecision(not failures, reason, metric, accuracy, threshold, live, live_model, baseline, kind)
