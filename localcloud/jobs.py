@@ -53,17 +53,21 @@ class TrainingJobs:
         self._lock = threading.Lock()
 
     # -- API ---------------------------------------------------------------------------------------------
-    def create(self, body: dict, region: str) -> str:
-        name = body["TrainingJobName"]
-        image = body["AlgorithmSpecification"]["TrainingImage"]
+    def check_image(self, algorithm: dict, environment: dict | None) -> None:
+        """Refuse an image localcloud cannot run as a training job, or a command/environment it does not allow."""
+        image = algorithm["TrainingImage"]
         commands = self.runtime.images.resolve(image)
         if commands is None or not commands.train:
             raise validation(
                 f"localcloud has no training command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
             )
-        refusal = commands.refusal(body["AlgorithmSpecification"], body.get("Environment"))
+        refusal = commands.refusal(algorithm, environment)
         if refusal:
             raise validation(refusal)
+
+    def create(self, body: dict, region: str) -> str:
+        name = body["TrainingJobName"]
+        self.check_image(body["AlgorithmSpecification"], body.get("Environment"))
         job_arn = arn(region, "training-job", name)
         now = time.time()
         doc = {k: v for k, v in body.items() if k != "Tags"}

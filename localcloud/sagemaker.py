@@ -26,6 +26,7 @@ from .jobs import TrainingJobs
 from .responses import decode_token, encode_token, error_response, json_response, listing, page, render, request_region
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
+from .tuning import TuningJobs
 
 log = logging.getLogger("localcloud.sagemaker")
 
@@ -35,10 +36,11 @@ MAX_TAGS = 50
 
 
 class SageMaker:
-    def __init__(self, local: Runtime, jobs: TrainingJobs, endpoints: Endpoints):
+    def __init__(self, local: Runtime, jobs: TrainingJobs, endpoints: Endpoints, tuning: TuningJobs):
         self.local = local
         self.state = local.state
         self.jobs = jobs
+        self.tuning = tuning
         self.endpoints = endpoints
         self.model = checks.service_model("sagemaker")
         self.runtime_model = checks.service_model("sagemaker-runtime")
@@ -47,6 +49,10 @@ class SageMaker:
             "DescribeTrainingJob": self.describe_training_job,
             "StopTrainingJob": self.stop_training_job,
             "ListTrainingJobs": self.list_training_jobs,
+            "CreateHyperParameterTuningJob": self.create_tuning_job,
+            "DescribeHyperParameterTuningJob": self.describe_tuning_job,
+            "StopHyperParameterTuningJob": self.stop_tuning_job,
+            "ListTrainingJobsForHyperParameterTuningJob": self.list_training_jobs_for_tuning_job,
             "CreateModel": self.create_model,
             "DescribeModel": self.describe_model,
             "DeleteModel": self.delete_model,
@@ -150,6 +156,24 @@ class SageMaker:
             "SecondaryStatus",
         )
         return listing("TrainingJobSummaries", [{f: d[f] for f in fields if f in d} for d in items], token)
+
+    # -- tuning jobs -------------------------------------------------------------------------------------
+    def create_tuning_job(self, body: dict, region: str) -> dict:
+        definition = body.get("TrainingJobDefinition") or {}
+        if definition.get("AlgorithmSpecification") and definition.get("ResourceConfig"):
+            # the training jobs it will start must pass CreateTrainingJob's own rules
+            checks.check_training_job({**definition, "HyperParameters": definition.get("StaticHyperParameters") or {}})
+        return {"HyperParameterTuningJobArn": self.tuning.create(body, region)}
+
+    def describe_tuning_job(self, body: dict, region: str) -> dict:
+        return self.tuning.describe(body["HyperParameterTuningJobName"])
+
+    def stop_tuning_job(self, body: dict, region: str) -> dict:
+        self.tuning.stop(body["HyperParameterTuningJobName"])
+        return {}
+
+    def list_training_jobs_for_tuning_job(self, body: dict, region: str) -> dict:
+        return self.tuning.list_training_jobs(body)
 
     # -- models ------------------------------------------------------------------------------------------
     def create_model(self, body: dict, region: str) -> dict:

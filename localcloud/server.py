@@ -41,6 +41,7 @@ from .runtime import Runtime, Settings
 from .sagemaker import RUNTIME_PATH, SageMaker
 from .snapshot import Snapshot
 from .state import State
+from .tuning import TuningJobs
 
 log = logging.getLogger("localcloud")
 
@@ -92,7 +93,8 @@ class LocalCloud:
         )
         self.jobs = TrainingJobs(self.runtime)
         self.endpoints = Endpoints(self.runtime)
-        self.sagemaker = SageMaker(self.runtime, self.jobs, self.endpoints)
+        self.tuning = TuningJobs(self.runtime, self.jobs)
+        self.sagemaker = SageMaker(self.runtime, self.jobs, self.endpoints, self.tuning)
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.verifier = Verifier(self.settings.access_key)
         self._token = secrets.token_hex(16)
@@ -211,6 +213,7 @@ class LocalCloud:
         if objects or events:
             log.info("restored %d S3 objects and %d log events", objects, events)
         self.jobs.recover()
+        self.tuning.recover()
         self.endpoints.recover()
         self._ready = True
         self._snapshotter = threading.Thread(target=self._snapshot_loop, name="localcloud-snapshot", daemon=True)
@@ -253,6 +256,7 @@ class LocalCloud:
         self.shutting_down.set()
         self._stopped.set()
         (self.data_dir / "ready.json").unlink(missing_ok=True)
+        self.tuning.shutdown()
         self.jobs.shutdown()
         self.endpoints.shutdown()
         if self._snapshotter is not None:

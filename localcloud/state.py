@@ -1,6 +1,6 @@
 """SageMaker state in SQLite under the data directory.
 
-Every resource (training job, model, endpoint config, endpoint) is one row holding its JSON document, written
+Every resource (training job, tuning job, model, endpoint config, endpoint) is one row holding its JSON document, written
 in its own committed transaction (WAL, ``synchronous=FULL``) before the API call that changed it answers. A
 restart, clean or after a crash, therefore finds every resource the clients were told about, with the status
 and process ids localcloud last recorded; :mod:`localcloud.jobs` and :mod:`localcloud.endpoints` pick up
@@ -41,7 +41,8 @@ TRAINING_JOB = "training-job"
 MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
 ENDPOINT = "endpoint"
-KINDS = (TRAINING_JOB, MODEL, ENDPOINT_CONFIG, ENDPOINT)
+TUNING_JOB = "hyper-parameter-tuning-job"
+KINDS = (TRAINING_JOB, MODEL, ENDPOINT_CONFIG, ENDPOINT, TUNING_JOB)
 
 
 class State:

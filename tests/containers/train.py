@@ -3,7 +3,8 @@
 It reads hyperparameters and channels where SageMaker puts them, learns one mean colour per class from the
 ``train`` channel (an ImageFolder: ``<class>/<image>``), scores itself on ``validation``, prints metric lines
 for MetricDefinitions, and writes ``model.json`` to the model directory. Hyperparameters: ``version`` (stored
-in the model), ``epochs``, ``epoch_seconds`` (a pause per epoch, to have something to stop), ``fail`` (write
+in the model), ``epochs``, ``epoch_seconds`` (a pause per epoch, to have something to stop), ``penalty`` (subtracted from the
+accuracy, so a tuning job has a best training job to find), ``fail`` (write
 ``output/failure`` and exit 1). On SIGTERM it saves what it has and exits, as SageMaker asks of containers.
 """
 
@@ -72,7 +73,7 @@ def main() -> int:
         if stopping:
             break
         correct = sum(nearest(centroids, colour) == label for label, colour in validation)
-        accuracy = correct / max(1, len(validation))
+        accuracy = max(0.0, correct / max(1, len(validation)) - float(hps.get("penalty", "0")))
         loss = 1.0 / (epoch + 1)
         print(f"epoch={epoch} loss={loss:.4f} accuracy={accuracy:.4f}", flush=True)
         done = epoch
