@@ -12,7 +12,9 @@ URIs, else the last exported model's (`pretrained/latest.json`).
 
 **Tasks**: `prepare` (inputs, deterministic names, the validated CreateTrainingJob request) → `finetune`
 (SageMakerTrainingOperator: channels `pretrained`, `train`, `validation`; a retry reuses the run's Completed
-job or waits on its running one; killing the task stops the job) → `read_metrics` (FinalMetricDataList) →
+job or waits on its running one; killing the task stops the job), or with Param `tuning` `tune`
+(SageMakerTuningOperator over `sagemaker.tuning.ranges`, objective `validation:accuracy`; the best training
+job's model goes on) → `read_metrics` (FinalMetricDataList) →
 `acquire_endpoint_lock` → `quality_gate` (validation accuracy ≥ `quality_threshold` and ≥ the live model's
 `tlpipe:accuracy` tag, and the job's scratch baseline judged by `baseline_policy`, else `skip_deployment` with
 the reason) → `deploy.*` (model tagged with its accuracy
@@ -50,6 +52,7 @@ from plugins.tlpipe.deploy.operators import (
     DeployEndpointOperator,
     DeployModelOperator,
     FinetuneTrainingOperator,
+    FinetuneTuningOperator,
 )
 from plugins.tlpipe.deploy.params import deploy_params
 from plugins.tlpipe.deploy.run_record import SOURCES, DeployRunResults
@@ -105,9 +108,18 @@ def prepare(params: dict, dag_run=None, triggering_asset_events=None) -> dict:
         raise AirflowFailException(str(err)) from None
 
 
-@task
-def read_metrics(training: dict) -> dict:
-    return steps.training_outcome(training)
+@task.branch
+def choose_finetune(prepared: dict) -> str:
+    return steps.finetune_task(prepared)
+
+
+@task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+def read_metrics(ti=None) -> dict:
+    training, tuned = ti.xcom_pull(task_ids="finetune"), ti.xcom_pull(task_ids="tune")
+    try:
+        return steps.training_outcome(training, tuned, _sagemaker())
+    except ValueError as err:  # a tuning job with no usable training job: nothing to deploy
+        raise AirflowFailException(str(err)) from None
 
 
 @setup
@@ -251,7 +263,17 @@ def transfer_learning_deploy():
         **AWS,
     )
 
-    outcome = read_metrics(finetune.output)
+    tune = FinetuneTuningOperator(
+        task_id="tune",
+        config=prepared["tuning_request"],
+        check_interval=POLL,
+        max_ingestion_time=cfg.sagemaker.training_max_runtime_seconds * cfg.sagemaker.tuning.max_jobs + 1800,
+        deferrable=DEFERRABLE,
+        **AWS,
+    )
+    choice = choose_finetune(prepared)
+    outcome = read_metrics()
+    choice >> [finetune, tune] >> outcome
 
     lock = acquire_endpoint_lock(prepared["endpoint"])
     gate = quality_gate(outcome, prepared["endpoint"])

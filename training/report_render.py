@@ -5,28 +5,30 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+RECIPE_COLOURS = {"linear_probe": "tab:green", "top_blocks": "tab:purple", "full": "tab:blue"}
 
-def plot_accuracy(rows: list[dict], path: Path) -> None:
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_accuracy(rows: list[dict], path: Path, domain: str = "") -> None:
+    plt = _pyplot()
     x = [r["images_per_class"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for kind, color in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+    series = [("transfer", "tab:blue", "transfer (kept recipe)"), ("scratch", "tab:orange", "from scratch")]
+    if all(r.get("linear_probe") for r in rows):
+        series.append(("linear_probe", "tab:green", "linear probe (backbone features)"))
+    for kind, color, label in series:
         mean = [r[kind]["mean"] for r in rows]
         lo = [r[kind]["mean"] - r[kind]["min"] for r in rows]
         hi = [r[kind]["max"] - r[kind]["mean"] for r in rows]
-        ax.errorbar(
-            x,
-            mean,
-            yerr=[lo, hi],
-            marker="o",
-            capsize=4,
-            color=color,
-            label="transfer (pretrained base)" if kind == "transfer" else "from scratch",
-        )
+        ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=color, label=label)
     ax.set_xscale("log")
     ax.set_xticks(x)
     ax.set_xticklabels([str(v) for v in x])
@@ -34,112 +36,140 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("Domain classes: transfer vs scratch (mean, min-max over seeds)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{domain or 'domain'}: transfer vs scratch (mean, min-max over seeds)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_curves(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(results: list[dict], path: Path, domain: str = "") -> None:
+    plt = _pyplot()
     first_seed = min(r["seed"] for r in results)
     rs = [r for r in results if r["seed"] == first_seed]
     fig, axes = plt.subplots(1, len(rs), figsize=(4.2 * len(rs), 3.6), dpi=110, sharey=True, squeeze=False)
     for ax, r in zip(axes[0], rs):
-        for kind, color in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
-            h = r[kind]["history"]
-            ax.plot([e["epoch"] for e in h], [e["val_accuracy"] for e in h], color=color, label=f"{kind} val")
+        curves = {
+            f"transfer[{k}]": (c["history"], RECIPE_COLOURS.get(k, "tab:blue")) for k, c in r["candidates"].items()
+        }
+        if not curves:
+            curves["transfer"] = (r["transfer"]["history"], "tab:blue")
+        curves["scratch"] = (r["scratch"]["history"], "tab:orange")
+        for label, (h, color) in curves.items():
+            kept = label == f"transfer[{r.get('recipe')}]" or label == "scratch"
             ax.plot(
                 [e["epoch"] for e in h],
-                [e["train_accuracy"] for e in h],
+                [e["val_accuracy"] for e in h],
                 color=color,
-                alpha=0.35,
-                linestyle="--",
-                label=f"{kind} train",
+                linewidth=2 if kept else 1,
+                label=label + (" (kept)" if label.startswith("transfer[") and kept else ""),
             )
-        ft = [e["epoch"] for e in r["transfer"]["history"] if e["phase"] == "finetune"]
-        if ft:
-            ax.axvline(ft[0] - 0.5, color="gray", linestyle=":", linewidth=1)
-        ax.set_title(f"{r['images_per_class']} images/class (seed {r['seed']})")
+        ax.set_title(f"{domain} {r['images_per_class']}/class (seed {r['seed']})")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].set_ylim(0, 1.02)
-    axes[0][-1].legend(loc="lower right", fontsize=8)
+    axes[0][-1].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def markdown(rows: list[dict], verdict: dict, context: dict) -> str:
-    lines = [
-        "# Transfer learning vs training from scratch",
-        "",
-        f"Domain classes: {', '.join(context['classes'])}; test images: {context['test_images']}; "
-        f"seeds: {', '.join(str(s) for s in context['seeds'])}. Pretrained model: `{context['pretrained']}`"
-        + (
-            f" (epoch {context['pretrained_epoch']}, validation accuracy {context['pretrained_val_accuracy']:.3f} on "
-            "the general classes)"
-            if context.get("pretrained_val_accuracy") is not None
-            else ""
+def verdict_text(v: dict) -> str:
+    status = "met" if v["passed"] else "NOT met"
+    if v["rule"] == "gain":
+        return (
+            f"transfer ≥ scratch + {100 * v['min_gain']:.0f} points at {v['gain_at']} images/class: measured "
+            f"{100 * v['gain']:+.1f} points: **{status}**"
         )
-        + ".",
-        "Each job (`training.finetune`, `compare_scratch=true`) trains on N images per class, chooses its epochs on "
-        "the other domain training images, and is scored on the held-out domain validation list (test accuracy). "
-        "The scratch baseline trains the same architecture from random weights for the same number of epochs.",
+    return (
+        f"transfer ≥ scratch at {v['smallest']} images/class (measured {100 * v['gain_smallest']:+.1f} points) and "
+        f"within {100 * v['margin']:.0f} point of it at {v['gain_at']} (measured {100 * v['gain']:+.1f}): **{status}**"
+    )
+
+
+def _domain_section(name: str, d: dict) -> list[str]:
+    c, v = d["context"], d["verdict"]
+    lines = [
+        f"## {name}",
         "",
-        "| images/class | transfer test accuracy | scratch test accuracy | gain (points) | gain range "
-        "| per seed (transfer / scratch) |",
-        "|---:|---:|---:|---:|---:|---|",
+        f"Classes: {', '.join(c['classes'])}; test images: {c['test_images']}; seeds: "
+        f"{', '.join(str(s) for s in c['seeds'])}; wall time {c['seconds']:.0f} s "
+        f"({c['job_seconds']['mean']:.0f} s per job, recipe search and baseline included).",
+        "",
+        "| images/class | transfer (kept recipe) | scratch | gain (points) | gain range | linear probe "
+        "| recipes kept | per seed (transfer / scratch) |",
+        "|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for r in rows:
+    for r in d["summary"]:
         per_seed = ", ".join(f"{t:.3f} / {s:.3f}" for t, s in zip(r["transfer"]["all"], r["scratch"]["all"]))
+        probe = f"{r['linear_probe']['mean']:.3f}" if r.get("linear_probe") else "—"
         lines.append(
             f"| {r['images_per_class']} | {r['transfer']['mean']:.3f} | {r['scratch']['mean']:.3f} | "
             f"{100 * r['gain']['mean']:+.1f} | {100 * r['gain']['min']:+.1f} .. {100 * r['gain']['max']:+.1f} "
-            f"| {per_seed} |"
+            f"| {probe} | {', '.join(str(x) for x in r['recipes'])} | {per_seed} |"
         )
     lines += [
         "",
-        f"**Quality bar** (transfer ≥ scratch + {100 * verdict['min_gain']:.0f} points at {verdict['gain_at']} "
-        f"images/class): measured {100 * verdict['gain']:+.1f} points: "
-        f"**{'met' if verdict['passed'] else 'NOT met'}**.",
-        "The verdict is on the mean over seeds: single jobs scatter by several points, mostly through the scratch "
-        "runs (a seed changes both the training images drawn and the initial weights).",
+        f"**Verdict**: {verdict_text(v)}.",
         "",
-        "![accuracy](accuracy.png)",
+        f"![accuracy](accuracy_{name}.png)",
         "",
-        "![learning curves](learning_curves.png)",
+        f"![learning curves](learning_curves_{name}.png)",
         "",
-        "Learning curves: solid lines are validation accuracy, dashed lines training accuracy (augmented images); "
-        "the dotted line marks where the transfer run unfreezes its top block.",
+    ]
+    return lines
+
+
+def markdown(doc: dict) -> str:
+    first = next(iter(doc.values()))["context"]
+    lines = [
+        "# Transfer learning vs training from scratch",
+        "",
+        f"Pretrained model: `{first['pretrained']}`"
+        + (
+            f" (epoch {first['pretrained_epoch']}, validation accuracy {first['pretrained_val_accuracy']:.3f} on "
+            "the general classes)"
+            if first.get("pretrained_val_accuracy") is not None
+            else ""
+        )
+        + ".",
+        "Each job (`training.finetune`, `compare_scratch=true`) trains on N images per class, chooses its recipe "
+        "(linear probe, top blocks, full fine-tuning with discriminative learning rates) and its epochs on other "
+        "pool images, and is scored on the domain's held-out test images. The scratch baseline trains the same "
+        "architecture from random weights for the same number of epochs. *Linear probe* is the backbone's "
+        "representation quality: the test accuracy of a softmax head on its frozen features.",
+        "",
+    ]
+    for name, d in doc.items():
+        lines += _domain_section(name, d)
+    lines += [
+        "Verdicts are on the mean over seeds: single jobs scatter by several points, mostly through the scratch runs "
+        "(a seed changes both the training images drawn and the initial weights). Learning curves: validation "
+        "accuracy per epoch of every recipe of the first seed (the kept one thicker) and of the baseline.",
         "",
     ]
     return "\n".join(lines)
 
 
-def html_page(md_rows: list[dict], verdict: dict, context: dict) -> str:
-    rows = "".join(
-        f"<tr><td>{r['images_per_class']}</td><td>{r['transfer']['mean']:.3f}</td><td>{r['scratch']['mean']:.3f}</td>"
-        f"<td>{100 * r['gain']['mean']:+.1f}</td></tr>"
-        for r in md_rows
-    )
-    status = "met" if verdict["passed"] else "NOT met"
+def html_page(doc: dict) -> str:
+    sections = []
+    for name, d in doc.items():
+        rows = "".join(
+            f"<tr><td>{r['images_per_class']}</td><td>{r['transfer']['mean']:.3f}</td>"
+            f"<td>{r['scratch']['mean']:.3f}</td><td>{100 * r['gain']['mean']:+.1f}</td>"
+            f"<td>{(r.get('linear_probe') or {}).get('mean', float('nan')):.3f}</td></tr>"
+            for r in d["summary"]
+        )
+        verdict = html.escape(verdict_text(d["verdict"])).replace("**", "")
+        sections.append(
+            f"<h2>{html.escape(name)}</h2><p>Classes: {html.escape(', '.join(d['context']['classes']))}; test images: "
+            f"{d['context']['test_images']}.</p><table><tr><th>images/class</th><th>transfer</th><th>scratch</th>"
+            f"<th>gain (points)</th><th>linear probe</th></tr>{rows}</table><p><b>Verdict</b>: {verdict}.</p>"
+            f'<img src="accuracy_{name}.png" alt="accuracy"><br>'
+            f'<img src="learning_curves_{name}.png" alt="learning curves">'
+        )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Transfer vs scratch</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style>
-</head><body><h1>Transfer learning vs training from scratch</h1>
-<p>Domain classes: {html.escape(", ".join(context["classes"]))}; test images: {context["test_images"]};
-seeds: {len(context["seeds"])}. Pretrained model: <code>{html.escape(context["pretrained"])}</code>.</p>
-<table><tr><th>images/class</th><th>transfer test accuracy</th><th>scratch test accuracy</th>
-<th>gain (points)</th></tr>{rows}</table>
-<p><b>Quality bar</b> (transfer &ge; scratch + {100 * verdict["min_gain"]:.0f} points at {verdict["gain_at"]}
-images/class):
-measured {100 * verdict["gain"]:+.1f} points: <b>{status}</b>.</p>
-<img src="accuracy.png" alt="accuracy"><br><img src="learning_curves.png" alt="learning curves">
-</body></html>
+<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}</style>
+</head><body><h1>Transfer learning vs training from scratch</h1>{"".join(sections)}</body></html>
 """

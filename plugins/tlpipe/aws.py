@@ -58,8 +58,8 @@ def describe_or_none(describe: Callable[..., dict], **kwargs) -> dict | None:
         return describe(**kwargs)
     except ClientError as err:
         # SageMaker answers a missing resource with ValidationException ("Could not find …", "Requested
-        # resource not found"); the request itself was validated before it was built.
-        if error_code(err) == "ValidationException":
+        # resource not found"), a missing tuning job with ResourceNotFound; the request was validated before.
+        if error_code(err) in ("ValidationException", "ResourceNotFound"):
             return None
         raise
 

@@ -171,6 +171,34 @@ class MPIJobConfig(Section):
     launcher_resources: Resources
 
 
+class TuningRange(Section):
+    """One tuned hyperparameter of the fine-tune job: a numeric range, or categorical values."""
+
+    type: Literal["continuous", "integer", "categorical"]
+    min: float | None = None
+    max: float | None = None
+    scaling: Literal["Auto", "Linear", "Logarithmic", "ReverseLogarithmic"] = "Auto"
+    values: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TuningRange":
+        if self.type == "categorical" and not self.values:
+            raise ValueError("a categorical range needs values")
+        if self.type != "categorical" and (self.min is None or self.max is None or self.min > self.max):
+            raise ValueError("a numeric range needs min <= max")
+        return self
+
+
+class TuningConfig(Section):
+    """The fine-tune as a SageMaker hyperparameter tuning job (objective: the gate's metric, maximised)."""
+
+    enabled: bool = False
+    strategy: Literal["Random", "Grid", "Bayesian", "Hyperband"] = "Random"
+    max_jobs: int = Field(default=4, ge=1, le=500)
+    max_parallel_jobs: int = Field(default=2, ge=1, le=100)
+    ranges: dict[str, TuningRange] = {}
+
+
 class SageMakerConfig(Section):
     role_arn: str = Field(pattern=r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
     training_image_uri: str
@@ -193,6 +221,7 @@ class SageMakerConfig(Section):
     baseline_policy: Literal[BASELINE_POLICIES] = DEFAULT_BASELINE_POLICY
     baseline_margin: float = Field(default=DEFAULT_BASELINE_MARGIN, ge=0, le=1)
     hyperparameters: dict[str, str | int | float | bool] = {}
+    tuning: TuningConfig = TuningConfig()
 
 
 class PipelineConfig(Section):

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from botocore.exceptions import ClientError
-from localcloud_fixtures import ROLE_ARN, TEST_IMAGE, training_job_request, upload_dataset
+from localcloud_fixtures import training_job_request, upload_dataset
 
 BUCKET = "tlpipe-localcloud-tuning"
 

@@ -91,6 +91,8 @@ def test_docstring_defaults_match_the_code():
             continue
         if isinstance(default, bool):
             assert documented == str(default).lower(), name
+        elif isinstance(default, tuple):
+            assert documented == ",".join(default), name
         elif isinstance(default, (int, float)):
             assert float(documented) == default, name
         else:

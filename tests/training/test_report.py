@@ -11,37 +11,73 @@ from training import report
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _run(size: int, seed: int, transfer: float, scratch: float) -> dict:
+def _run(size: int, seed: int, transfer: float, scratch: float, domain: str = "synthetic") -> dict:
     history = [
-        {"epoch": e, "phase": "head" if e < 3 else "finetune", "train_accuracy": 0.5, "val_accuracy": transfer}
+        {"epoch": e, "phase": "head" if e < 3 else "full", "train_accuracy": 0.5, "val_accuracy": transfer}
         for e in (1, 2, 3)
     ]
     scratch_history = [{"epoch": e, "phase": "all", "train_accuracy": 0.5, "val_accuracy": scratch} for e in (1, 2, 3)]
+    probe = {"val_accuracy": 0.5, "test_accuracy": transfer / 2, "best_epoch": 2, "epochs_run": 3, "history": history}
     return {
+        "domain": domain,
         "images_per_class": size,
         "seed": seed,
         "test_images": 40,
+        "recipe": "full",
+        "candidates": {"linear_probe": probe, "full": {**probe, "test_accuracy": transfer}},
+        "linear_probe": transfer / 2,
         "transfer": {"accuracy": transfer, "history": history},
         "scratch": {"accuracy": scratch, "history": scratch_history},
         "gain": transfer - scratch,
+        "seconds": 10.0,
     }
 
 
-def test_summary_and_verdict(tmp_path):
-    results = [_run(5, 0, 0.9, 0.4), _run(5, 1, 0.8, 0.5), _run(20, 0, 0.9, 0.8), _run(20, 1, 0.9, 0.78)]
-    rows = report.aggregate(results)
+def _context(domain: str) -> dict:
+    return {
+        "domain": domain,
+        "classes": ["a", "b"],
+        "test_images": 40,
+        "seeds": [0, 1],
+        "pretrained": "p",
+        "seconds": 40.0,
+        "job_seconds": {"mean": 10.0, "min": 10.0, "max": 10.0, "all": [10.0]},
+    }
+
+
+def test_summary_and_verdicts_per_domain(tmp_path):
+    synthetic = [_run(5, 0, 0.9, 0.4), _run(5, 1, 0.8, 0.5), _run(20, 0, 0.9, 0.8), _run(20, 1, 0.9, 0.78)]
+    rows = report.aggregate(synthetic)
     assert [r["images_per_class"] for r in rows] == [5, 20]
     assert rows[0]["transfer"]["mean"] == pytest.approx(0.85) and rows[0]["gain"]["mean"] == pytest.approx(0.4)
-    context = {"classes": ["a", "b"], "test_images": 40, "seeds": [0, 1], "pretrained": "p"}
-    verdict = report.write_report(tmp_path, results, context, min_gain=0.15, gain_at=20)
-    assert verdict["gain"] == pytest.approx(0.11) and verdict["passed"] is False
+    assert rows[0]["linear_probe"]["mean"] == pytest.approx(0.425) and rows[0]["recipes"] == ["full", "full"]
+    # a real domain holds when transfer >= scratch at the smallest size and is within the margin at gain_at
+    holds = [_run(5, 0, 0.80, 0.79, "digits"), _run(20, 0, 0.935, 0.94, "digits")]
+    loses = [_run(5, 0, 0.80, 0.79, "textures"), _run(20, 0, 0.90, 0.94, "textures")]
+    domains = {
+        "synthetic": {"results": synthetic, "context": _context("synthetic")},
+        "digits": {"results": holds, "context": _context("digits")},
+        "textures": {"results": loses, "context": _context("textures")},
+    }
+    verdicts = report.write_report(tmp_path, domains, min_gain=0.15, gain_at=20)
+    assert verdicts["synthetic"]["gain"] == pytest.approx(0.11) and verdicts["synthetic"]["passed"] is False
+    assert verdicts["digits"]["passed"] is True and verdicts["digits"]["gain"] == pytest.approx(-0.005)
+    assert verdicts["textures"]["passed"] is False and verdicts["textures"]["gain"] == pytest.approx(-0.04)
     md = (tmp_path / "report.md").read_text()
-    assert "| 20 | 0.900 | 0.790 | +11.0 | +10.0 .. +12.0 |" in md and "NOT met" in md
+    assert "| 20 | 0.900 | 0.790 | +11.0 | +10.0 .. +12.0 | 0.450 | full, full |" in md
+    assert md.count("NOT met") == 2 and "## digits" in md and "## textures" in md
     assert "NOT met" in (tmp_path / "report.html").read_text()
-    assert (tmp_path / "accuracy.png").read_bytes().startswith(PNG)
-    assert (tmp_path / "learning_curves.png").read_bytes().startswith(PNG)
-    assert report.write_report(tmp_path, results, context, min_gain=0.1, gain_at=20)["passed"] is True
-    assert report.write_report(tmp_path, results, context, min_gain=0.1, gain_at=50)["passed"] is False
+    for name in domains:
+        assert (tmp_path / f"accuracy_{name}.png").read_bytes().startswith(PNG)
+        assert (tmp_path / f"learning_curves_{name}.png").read_bytes().startswith(PNG)
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert set(doc["domains"]) == set(domains) and doc["domains"]["digits"]["verdict"]["rule"] == "holds"
+    assert report.write_report(tmp_path, domains, min_gain=0.1, gain_at=20)["synthetic"]["passed"] is True
+
+
+def test_unknown_domains_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="unknown domain"):
+        report.main(["--out", str(tmp_path), "--domains", "imagenet"])
 
 
 @pytest.mark.slow
@@ -55,6 +91,8 @@ def test_report_runs_real_jobs(world, tmp_path):
             str(world["manifest"]),
             "--pretrained",
             str(world["pretrained"]),
+            "--domains",
+            "synthetic,textures",
             "--sizes",
             "2,4",
             "--seeds",
@@ -63,6 +101,8 @@ def test_report_runs_real_jobs(world, tmp_path):
             "4",
             "--min-gain",
             "-1",
+            "--val-per-class",
+            "0",
             "--hp",
             "epochs_head=2",
             "--hp",
@@ -72,22 +112,30 @@ def test_report_runs_real_jobs(world, tmp_path):
         ]
     )
     assert rc == 0
-    doc = json.loads((out / "results.json").read_text())
-    assert [r["images_per_class"] for r in doc["summary"]] == [2, 4]
-    assert doc["verdict"]["gain_at"] == 4 and doc["verdict"]["passed"] is True
+    doc = json.loads((out / "results.json").read_text())["domains"]
+    assert set(doc) == {"synthetic", "textures"}
+    for name in doc:
+        assert [r["images_per_class"] for r in doc[name]["summary"]] == [2, 4]
+        assert doc[name]["verdict"]["gain_at"] == 4
+        assert (out / f"accuracy_{name}.png").read_bytes().startswith(PNG)
+    assert doc["synthetic"]["verdict"]["passed"] is True  # --min-gain -1
     n_pool = sum(1 for p in world["train"].rglob("*") if p.is_file())
     n_test = sum(1 for p in world["validation"].rglob("*") if p.is_file())
-    for run in doc["runs"]:
-        job = out / "runs" / f"n{run['images_per_class']:03d}-seed0"
+    for run in doc["synthetic"]["runs"]:
+        job = out / "runs" / "synthetic" / f"n{run['images_per_class']:03d}-seed0"
         assert run["train_images"] == run["images_per_class"] * len(world["classes"])
         # Selection on the rest of the pool, scores on the held-out list: disjoint from training and each other.
         assert run["val_images"] == n_pool - run["train_images"] and run["test_images"] == n_test
         train_files = {p.resolve() for p in (job / "input" / "data" / "train").rglob("*") if p.is_file()}
         val_files = {p.resolve() for p in (job / "input" / "data" / "validation").rglob("*") if p.is_file()}
         assert train_files and val_files and not train_files & val_files
-        assert len(run["transfer"]["history"]) == 3 and len(run["scratch"]["history"]) == 3
+        # every recipe of the search ran and was scored; the kept one is the best on validation
+        assert set(run["candidates"]) == {"linear_probe", "top_blocks", "full"}
+        best = max(c["val_accuracy"] for c in run["candidates"].values())
+        assert run["candidates"][run["recipe"]]["val_accuracy"] == best
+        assert run["linear_probe"] == run["candidates"]["linear_probe"]["test_accuracy"]
+        assert len(run["scratch"]["history"]) == 3
         assert (job / "model" / "1" / "saved_model.pb").is_file()
         assert run["gain"] == pytest.approx(run["transfer"]["accuracy"] - run["scratch"]["accuracy"])
         assert run["transfer"]["accuracy"] == run["transfer"]["test_accuracy"]
-    assert (out / "accuracy.png").read_bytes().startswith(PNG)
-    assert "Quality bar" in (out / "report.md").read_text()
+    assert "Verdict" in (out / "report.md").read_text()

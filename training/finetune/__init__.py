@@ -14,14 +14,25 @@ Inputs follow the training-container contract (see ``training.sagemaker``): hype
   validation   the domain validation images, same layout: early stopping and the best epoch are chosen on it
   test         optional, same layout: images that no choice is made on; reported as test:* metrics
 
-Transfer recipe: the pretrained network up to its ``features`` layer, with a new softmax head for the domain
-classes. BatchNorm statistics are first re-estimated on the domain training images (the pretrained moving
-averages can lag the weights, and the domain's images differ), then frozen: BatchNorm runs in inference
-mode throughout. Phase 1 trains the head with the base frozen; phase 2 unfreezes the top
-``unfreeze_blocks`` blocks (``meta.json`` ``blocks``, ordered input -> output) at a low learning rate. Each
-phase stops early when the monitored validation metric stops improving; the best epoch's weights are kept.
-``init=scratch`` trains the same architecture from random weights for the same number of epochs;
-``compare_scratch=true`` trains that baseline as well and reports both accuracies.
+Transfer recipes, searched on validation (``training.finetune.recipes``): the pretrained network up to its
+``features`` layer with a new softmax head for the domain classes. BatchNorm statistics are first
+re-estimated on the domain training images (the pretrained moving averages can lag the weights, and the
+domain's images differ). Phase 1, shared by every recipe, trains the head on frozen features for
+``epochs_head`` epochs; phase 2 (``epochs_finetune`` epochs) differs:
+
+  linear_probe   the head alone goes on training
+  top_blocks     the top ``unfreeze_blocks`` blocks (``meta.json`` ``blocks``) train at
+                 ``learning_rate_finetune``; BatchNorm stays frozen unless ``finetune_batchnorm``
+  full           every layer trains, the backbone at ``learning_rate_head * backbone_lr_ratio`` and the head
+                 at ``learning_rate_head`` (discriminative learning rates), BatchNorm adapting to the domain
+
+Each phase stops early when the monitored validation metric stops improving, and ends on its best epoch. The
+job keeps the recipe with the best validation accuracy (ties: lower validation loss); ``recipes`` bounds the
+search (one name: no search). ``init=scratch`` trains the same architecture from random weights for the same
+number of epochs; ``compare_scratch=true`` trains that baseline as well and judges the two on the same
+validation images (``training.contracts.judge_baseline``): when the baseline wins by more than
+``baseline_margin``, ``baseline_policy`` says which model the job writes (``best``: the baseline;
+``prefer_transfer`` and ``fail``: the transfer model, the deploy DAG's gate refusing it under ``fail``).
 
 Outputs
   SM_MODEL_DIR/<model_version>/saved_model.pb, variables/   the TensorFlow Serving model:
@@ -29,18 +40,24 @@ Outputs
         predict_images(image: uint8[None, H, W, 3]) -> probabilities                (decoded images; edge export)
   SM_MODEL_DIR/code/inference.py, code/labels.json    the TFS container's handlers and the class names
   SM_MODEL_DIR/model.keras, meta.json                 the fine-tuned Keras model and its metadata
-  SM_OUTPUT_DATA_DIR/metrics.json                     final metrics, per-epoch history of every run, per-class
-                                                      accuracy, counts, hyperparameters
+  SM_OUTPUT_DATA_DIR/metrics.json                     final metrics, per-epoch history of every run and of every
+                                                      recipe candidate (``recipe_search``), the kept ``recipe``,
+                                                      the ``baseline`` verdict, per-class accuracy, counts,
+                                                      hyperparameters
   <root>/output/failure                               on failure: the reason (also logged); exit status 1
 
 Hyperparameters (all optional; string values as SageMaker passes them):
   init                      pretrained | scratch                                   (pretrained)
-  compare_scratch           also train the scratch baseline and report both        (false)
-  epochs_head               phase 1 epochs: head only, base frozen                 (30)
-  epochs_finetune           phase 2 epochs: top blocks unfrozen                    (20)
-  unfreeze_blocks           blocks unfrozen in phase 2, counted from the top; 0 skips phase 2   (1)
-  learning_rate_head        phase 1 learning rate (AdamW)                           (0.003)
-  learning_rate_finetune    phase 2 learning rate                                   (0.0001)
+  recipes                   the transfer recipes to search, comma-separated        (linear_probe,top_blocks,full)
+  compare_scratch           also train the scratch baseline and judge the two      (false)
+  baseline_policy           baseline wins by > margin: prefer_transfer | best | fail   (best)
+  baseline_margin           validation accuracy the baseline may win by before the policy applies   (0.01)
+  epochs_head               phase 1 epochs: head only, base frozen                 (10)
+  epochs_finetune           phase 2 epochs of each recipe                          (40)
+  unfreeze_blocks           top_blocks: blocks unfrozen, counted from the top      (1)
+  learning_rate_head        head learning rate (AdamW; phase 1, linear_probe, full)   (0.003)
+  learning_rate_finetune    top_blocks: phase 2 learning rate                      (0.0001)
+  backbone_lr_ratio         full: backbone learning rate / head learning rate      (0.3)
   learning_rate_scratch     learning rate of the scratch model                      (0.001)
   scratch_epochs            scratch epochs; 0 = epochs_head + epochs_finetune (same budget)   (0)
   batch_size                images per step                                         (32)
@@ -51,8 +68,8 @@ Hyperparameters (all optional; string values as SageMaker passes them):
   early_stopping_patience   epochs without improvement before a phase stops; 0 = never   (8)
   early_stopping_monitor    val_accuracy (ties broken by val_loss) | val_loss      (val_accuracy)
   bn_recalibration_batches  batches of domain images to re-estimate BatchNorm statistics; 0 = off   (50)
-  finetune_batchnorm        let phase 2 update the unfrozen blocks' BatchNorm layers   (false)
-  bn_momentum               momentum of BatchNorm layers that train (scratch; phase 2 with finetune_batchnorm)   (0.9)
+  finetune_batchnorm        top_blocks: let phase 2 update the unfrozen blocks' BatchNorm layers   (false)
+  bn_momentum               momentum of BatchNorm layers that train (scratch, full, finetune_batchnorm)   (0.9)
   images_per_class          use at most this many training images per class; 0 = all   (0)
   image_size                expected input size (e.g. 64 or 64,64); must match the pretrained model   (from meta.json)
   arch                      scratch architecture when there is no pretrained channel   (small_resnet)
@@ -79,6 +96,8 @@ SageMaker ``MetricDefinitions`` that read them, so the deploy DAG and the local 
   scratch:validation:loss     " scratch_val_loss=([0-9.]+)"
   scratch:validation:accuracy " scratch_val_accuracy=([0-9.]+)"
   transfer:gain               " transfer_gain=(-?[0-9.]+)"
+  transfer:validation:accuracy " transfer_val_accuracy=([0-9.]+)"  (the transfer model's, whichever was written)
+  selected:scratch            " selected_scratch=([01])"         (1: the job wrote its scratch baseline)
   test:loss                   " test_loss=([0-9.]+)"              (with a test channel; final line only)
   test:accuracy               " test_accuracy=([0-9.]+)"
   scratch:test:loss           " scratch_test_loss=([0-9.]+)"
@@ -87,7 +106,8 @@ SageMaker ``MetricDefinitions`` that read them, so the deploy DAG and the local 
 
 The final line comes last, so a metric's final value (``FinalMetricDataList``) is the kept model's: the best
 epoch's weights evaluated again. ``validation:*`` and ``test:*`` always describe the model in SM_MODEL_DIR
-(transfer, or scratch with ``init=scratch``); ``scratch:*`` the baseline of ``compare_scratch``.
+(the kept transfer recipe, the baseline when the policy chose it, or scratch with ``init=scratch``);
+``scratch:*`` the baseline of ``compare_scratch``; ``transfer:*`` the transfer model.
 """
 
 from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC

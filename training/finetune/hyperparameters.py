@@ -31,12 +31,12 @@ class Hyperparameters(BaseModel):
     compare_scratch: bool = False
     baseline_policy: Literal[BASELINE_POLICIES] = DEFAULT_BASELINE_POLICY
     baseline_margin: float = Field(DEFAULT_BASELINE_MARGIN, ge=0, le=1)
-    epochs_head: int = Field(30, ge=0)
-    epochs_finetune: int = Field(20, ge=0)
+    epochs_head: int = Field(10, ge=0)
+    epochs_finetune: int = Field(40, ge=0)
     unfreeze_blocks: int = Field(1, ge=0)
     learning_rate_head: float = Field(3e-3, gt=0)
     learning_rate_finetune: float = Field(1e-4, gt=0)
-    backbone_lr_ratio: float = Field(0.1, gt=0, le=1)
+    backbone_lr_ratio: float = Field(0.3, gt=0, le=1)
     learning_rate_scratch: float = Field(1e-3, gt=0)
     scratch_epochs: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)

@@ -6,6 +6,9 @@
     tailed, or deferred), a Failed/Stopped one followed by the next attempt name. So an Airflow retry never
     fails on a name collision and never trains twice. Killing the task stops the job: ``on_kill`` when it
     runs on a worker, ``FinetuneJobTrigger.on_kill`` when it is deferred.
+``FinetuneTuningOperator`` (``SageMakerTuningOperator``)
+    The same for a hyperparameter tuning job (``<name>``, ``<name>-r2``, ...); killing the task stops it and its
+    training jobs.
 ``DeployModelOperator``, ``DeployEndpointConfigOperator`` (``SageMakerModelOperator``, ``…EndpointConfigOperator``)
     Reuse a model/config of the same name that an earlier try created with the same content.
 ``DeployEndpointOperator`` (``SageMakerEndpointOperator``, ``operation="create"``)
@@ -23,6 +26,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import (
     SageMakerEndpointOperator,
     SageMakerModelOperator,
     SageMakerTrainingOperator,
+    SageMakerTuningOperator,
     serialize,
 )
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
@@ -30,7 +34,7 @@ from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.deploy import links
 from plugins.tlpipe.deploy.decisions import TRANSITIONAL, plan_training_job
-from plugins.tlpipe.deploy.sagemaker_requests import job_attempt_name
+from plugins.tlpipe.deploy.sagemaker_requests import MAX_TUNING_NAME, job_attempt_name
 
 MAX_JOB_ATTEMPTS = 20
 
@@ -136,6 +140,92 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
     def on_kill(self) -> None:
         if self._job_name:
             stop_training_job(self.hook.conn, self._job_name, self.log)
+
+
+class TuningJobTrigger(SageMakerTrigger):
+    """``SageMakerTrigger`` for a tuning job that is stopped (with its training jobs) when the task is killed."""
+
+    async def on_kill(self) -> None:
+        from botocore.exceptions import ClientError
+
+        async with await self.hook().get_async_conn() as client:
+            try:
+                await client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
+                self.log.info("stopped SageMaker tuning job %s", self.job_name)
+            except ClientError as err:
+                self.log.warning("could not stop tuning job %s: %s", self.job_name, err)
+
+
+class FinetuneTuningOperator(SageMakerTuningOperator):
+    """Retry-safe, killable ``SageMakerTuningOperator``: the same attempt plan as ``FinetuneTrainingOperator``
+    (``<name>``, ``<name>-r2``, ...; Completed reused, InProgress waited on, Failed/Stopped followed by the next)."""
+
+    def __init__(self, *, max_job_attempts: int = MAX_JOB_ATTEMPTS, **kwargs):
+        super().__init__(**kwargs)
+        self.max_job_attempts = max_job_attempts
+        self._job_name: str | None = None
+
+    def execute(self, context) -> dict:
+        base = self.config["HyperParameterTuningJobName"]
+        names = [job_attempt_name(base, i, MAX_TUNING_NAME) for i in range(1, self.max_job_attempts + 1)]
+        describe = self.hook.conn.describe_hyper_parameter_tuning_job
+        statuses: list[str | None] = []
+        for name in names:
+            found = describe_or_none(describe, HyperParameterTuningJobName=name)
+            statuses.append(found["HyperParameterTuningJobStatus"] if found else None)
+            if found is None:
+                break
+        statuses += [None] * (len(names) - len(statuses))
+        plan = plan_training_job(names, statuses, kind="tuning job")
+        self.log.info(plan.reason)
+        self._job_name = plan.name
+        if plan.action == "create":
+            self.config["HyperParameterTuningJobName"] = plan.name
+            return super().execute(context)
+        if plan.action == "wait":
+            if self.deferrable:
+                self.defer(trigger=self._trigger(plan.name), method_name="execute_complete", timeout=self._timeout())
+            self.hook.check_status(
+                plan.name,
+                "HyperParameterTuningJobStatus",
+                self.hook.describe_tuning_job,
+                self.check_interval,
+                self.max_ingestion_time,
+            )
+        self._job_name = None
+        return {"Tuning": serialize(self.hook.describe_tuning_job(plan.name))}
+
+    def _timeout(self):
+        import datetime
+
+        return datetime.timedelta(seconds=self.max_ingestion_time) if self.max_ingestion_time else None
+
+    def _trigger(self, name: str) -> TuningJobTrigger:
+        return TuningJobTrigger(
+            job_name=name,
+            job_type="tuning",
+            waiter_delay=self.check_interval,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+
+    def defer(self, *, trigger, method_name: str, kwargs: dict[str, Any] | None = None, timeout=None):
+        if type(trigger) is SageMakerTrigger and getattr(trigger, "job_type", "") == "tuning":
+            trigger = self._trigger(trigger.job_name)
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
+    def on_kill(self) -> None:
+        from botocore.exceptions import ClientError
+
+        if not self._job_name:
+            return
+        try:
+            self.hook.conn.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self._job_name)
+            self.log.info("stopped SageMaker tuning job %s", self._job_name)
+        except ClientError as err:
+            self.log.warning("could not stop tuning job %s: %s", self._job_name, err)
 
 
 class DeployModelOperator(SageMakerModelOperator):

@@ -70,6 +70,12 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             "anyway (prefer_transfer), the better model (best) or nothing (fail)",
         ),
         "baseline_margin": Param(sm.baseline_margin, type="number", minimum=0, maximum=1),
+        "tuning": Param(
+            sm.tuning.enabled,
+            type="boolean",
+            description=f"fine-tune as a SageMaker hyperparameter tuning job ({sm.tuning.strategy}, up to "
+            f"{sm.tuning.max_jobs} training jobs over {', '.join(sm.tuning.ranges) or 'no ranges'}) and deploy the best",
+        ),
         "hyperparameters": Param(
             dict(sm.hyperparameters),
             type="object",

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 # Which task (and XCom key) each fact comes from; the DAG's task ids.
 SOURCES: dict[str, tuple[str, str]] = {
-    "training": ("finetune", "return_value"),
+    "training": ("read_metrics", "return_value"),
     "gate": ("quality_gate", "gate"),
     "requests": ("deploy.build_requests", "return_value"),
     "model": ("deploy.create_model", "return_value"),
@@ -48,7 +48,8 @@ class DeployRunResults(BaseModel):
 
     @property
     def training_job(self) -> dict:
-        return (self.training or {}).get("Training") or {}
+        """DescribeTrainingJob of the job whose model this run deploys (the tuning job's best, if one ran)."""
+        return (self.training or {}).get("training_job") or {}
 
     def reason(self, check: str) -> str | None:
         """Why the ``verify`` or ``smoke`` check ended as it did (None when it did not run)."""

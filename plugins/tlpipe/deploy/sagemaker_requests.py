@@ -27,6 +27,7 @@ from plugins.tlpipe.config import S3Config, SageMakerConfig
 from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 MAX_NAME = 63
+MAX_TUNING_NAME = 32  # CreateHyperParameterTuningJob's limit
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[a-zA-Z_0-9+=,.@\-/]+$")
@@ -55,6 +56,7 @@ class ResourceNames:
     job: str
     model: str
     endpoint_config: str
+    tuning_job: str
 
     def job_attempt(self, attempt: int) -> str:
         """The training job of the ``attempt``-th try that had to start a new job (1 = ``job``)."""
@@ -69,15 +71,17 @@ def resource_names(prefix: str, run_id: str) -> ResourceNames:
     if not NAME_RE.match(prefix) or len(prefix) > 31:
         raise ValueError(f"resource prefix {prefix!r} must match {NAME_RE.pattern} and have at most 31 characters")
     base = f"{prefix}-ft-{run_hash(run_id)}"
-    return ResourceNames(job=base, model=f"{base}-model", endpoint_config=f"{base}-config")
+    # Tuning job names have at most 32 characters, and leave 3 for an attempt suffix (-r2 ...).
+    tuning = f"{prefix[: MAX_TUNING_NAME - 3 - 17].rstrip('-')}-hpo-{run_hash(run_id)}"
+    return ResourceNames(job=base, model=f"{base}-model", endpoint_config=f"{base}-config", tuning_job=tuning)
 
 
-def job_attempt_name(base: str, attempt: int) -> str:
+def job_attempt_name(base: str, attempt: int, limit: int = MAX_NAME) -> str:
     if attempt < 1:
         raise ValueError("attempts count from 1")
     name = base if attempt == 1 else f"{base}-r{attempt}"
-    if len(name) > MAX_NAME or not NAME_RE.match(name):
-        raise ValueError(f"training job name {name!r} breaks SageMaker's name rule")
+    if len(name) > limit or not NAME_RE.match(name):
+        raise ValueError(f"job name {name!r} breaks SageMaker's name rule")
     return name
 
 

@@ -17,10 +17,12 @@ import logging
 from dataclasses import asdict
 from typing import Any, Callable, Mapping
 
+from plugins.tlpipe import aws
 from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import sagemaker_requests as requests
+from plugins.tlpipe.deploy import tuning
 
 log = logging.getLogger(__name__)
 
@@ -70,16 +72,48 @@ def prepare_finetune(
         lineage=lineage_tags,
     )
     requests.validate("CreateTrainingJob", request)
+    tuning_request = None
+    if params.get("tuning"):
+        tuning_request = tuning.tuning_job_request(cfg.sagemaker.tuning, name=names.tuning_job, training=request)
+        tuning.validate_tuning(tuning_request)
     return {
         "inputs": inputs.model_dump(),
         "names": asdict(names),
         "endpoint": params["endpoint_name"],
         "training_request": request,
+        "tuning_request": tuning_request,
     }
 
 
-def training_outcome(training: Mapping[str, Any]) -> dict:
-    """The finetune operator's XCom -> the job's name, artifact and FinalMetricDataList metrics."""
+def finetune_task(prepared: Mapping[str, Any]) -> str:
+    """The task that runs this run's fine-tune: one training job, or a tuning job when the run asked for one."""
+    return "tune" if prepared.get("tuning_request") else "finetune"
+
+
+def training_outcome(training: Mapping[str, Any] | None, tuned: Mapping[str, Any] | None = None, client=None) -> dict:
+    """The finetune (or tune) operator's XCom -> the job's name, artifact and FinalMetricDataList metrics.
+
+    After a tuning job, the job is its best training job (described with ``client``), and ``tuning`` lists
+    every candidate with its tuned values and objective.
+    """
+    search = None
+    if tuned is not None:
+        from airflow.providers.amazon.aws.operators.sagemaker import serialize
+
+        description = tuned["Tuning"]
+        best = tuning.best_training_job(description)
+        name = description["HyperParameterTuningJobName"]
+        summaries = aws.paginate(
+            client,
+            "list_training_jobs_for_hyper_parameter_tuning_job",
+            "TrainingJobSummaries",
+            HyperParameterTuningJobName=name,
+        )
+        training = {"Training": serialize(client.describe_training_job(TrainingJobName=best))}
+        search = {"name": name, "best": best, "candidates": tuning.candidates(description, summaries)}
+        log.info("tuning job %s: best of %d training jobs is %s", name, len(summaries), best)
+    if training is None:
+        raise ValueError("neither the training job nor the tuning job returned a result")
     job = training["Training"]
     metrics = decide.final_metrics(job)
     log.info(
@@ -92,6 +126,8 @@ def training_outcome(training: Mapping[str, Any]) -> dict:
         "status": job.get("TrainingJobStatus"),
         "model_artifacts": (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
         "metrics": metrics,
+        "tuning": search,
+        "training_job": dict(job),  # the DescribeTrainingJob answer, for the lineage record
     }
 
 

@@ -23,7 +23,7 @@ def test_built_from_the_xcoms_of_the_tasks_it_names():
         },
         ("deploy.create_model", "return_value"): {"Model": {"ModelArn": "arn:model/m-1"}},
         ("deploy.smoke_test", "result"): {"passed": False, "reason": "accuracy 0.2 < 0.5"},
-        ("finetune", "return_value"): {"Training": {"TrainingJobName": "ft-1"}},
+        ("read_metrics", "return_value"): {"job": "ft-1", "training_job": {"TrainingJobName": "ft-1"}},
     }
     pulled = []
 

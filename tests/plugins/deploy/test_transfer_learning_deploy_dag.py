@@ -85,6 +85,9 @@ def test_dag_shape(dag):
         "serving_instance_count",
         "quality_threshold",
         "compare_scratch",
+        "baseline_policy",
+        "baseline_margin",
+        "tuning",
         "hyperparameters",
     }
     assert dag.params["endpoint_name"] == cfg.sagemaker.endpoint_name
@@ -96,8 +99,9 @@ def test_task_graph(dag):
     def down(task_id):
         return dag.get_task(task_id).downstream_task_ids
 
-    assert down("prepare") >= {"finetune"}
-    assert down("finetune") == {"read_metrics"}
+    assert down("prepare") >= {"choose_finetune"}
+    assert down("choose_finetune") == {"finetune", "tune"}
+    assert down("finetune") == {"read_metrics"} and down("tune") == {"read_metrics"}
     assert down("acquire_endpoint_lock") == {"quality_gate", "release_endpoint_lock"}
     assert down("quality_gate") == {"deploy.build_requests", "skip_deployment"}
     assert down("deploy.create_model") == {"deploy.create_endpoint_config"}
@@ -110,6 +114,8 @@ def test_task_graph(dag):
     assert down("apply_retention") == {"release_endpoint_lock"} and down("rollback") == {"release_endpoint_lock"}
     rules = {t.task_id: t.trigger_rule for t in dag.tasks}
     assert rules["rollback"] == "one_failed" and rules["record_lineage"] == "none_failed_min_one_success"
+    assert rules["read_metrics"] == "none_failed_min_one_success"
+    assert type(dag.get_task("tune")).__mro__[1].__name__ == "SageMakerTuningOperator"
     assert dag.get_task("acquire_endpoint_lock").is_setup
     unlock = dag.get_task("release_endpoint_lock")
     assert unlock.is_teardown and unlock.trigger_rule == "all_done_setup_success"
@@ -130,6 +136,9 @@ INVALID_CONFS = [
     ({"base_model_uri": "/local/model.tar.gz"}, "base_model_uri"),
     ({"domain_dataset_uri": "s3://bucket/domain"}, "domain_dataset_uri"),
     ({"compare_scratch": "yes"}, "compare_scratch"),
+    ({"baseline_policy": "coin_flip"}, "baseline_policy"),
+    ({"baseline_margin": -0.1}, "baseline_margin"),
+    ({"tuning": "please"}, "tuning"),
     ({"hyperparameters": {"Epochs Head": 2}}, "hyperparameters"),
 ]
 

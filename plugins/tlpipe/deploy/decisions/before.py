@@ -108,7 +108,9 @@ class TrainingJobPlan:
     reason: str
 
 
-def plan_training_job(names: Sequence[str], statuses: Sequence[str | None]) -> TrainingJobPlan:
+def plan_training_job(
+    names: Sequence[str], statuses: Sequence[str | None], kind: str = "training job"
+) -> TrainingJobPlan:
     """``names``: the run's attempt names in order; ``statuses``: DescribeTrainingJob status of each (None: absent).
 
     The newest existing attempt decides: Completed -> reuse it, InProgress/Stopping -> wait on it, Failed or
@@ -116,19 +118,17 @@ def plan_training_job(names: Sequence[str], statuses: Sequence[str | None]) -> T
     """
     existing = [(n, s) for n, s in zip(names, statuses) if s is not None]
     if not existing:
-        return TrainingJobPlan("create", names[0], f"no training job {names[0]} yet: creating it")
+        return TrainingJobPlan("create", names[0], f"no {kind} {names[0]} yet: creating it")
     name, status = existing[-1]
     if status == "Completed":
-        return TrainingJobPlan("reuse", name, f"training job {name} already Completed: reusing its results")
+        return TrainingJobPlan("reuse", name, f"{kind} {name} already Completed: reusing its results")
     if status in ("InProgress", "Stopping"):
-        return TrainingJobPlan(
-            "wait", name, f"training job {name} is {status}: waiting for it instead of starting another"
-        )
+        return TrainingJobPlan("wait", name, f"{kind} {name} is {status}: waiting for it instead of starting another")
     index = list(names).index(name)
     if index + 1 >= len(names):
-        raise RuntimeError(f"training job {name} is {status} and all {len(names)} attempt names are used")
+        raise RuntimeError(f"{kind} {name} is {status} and all {len(names)} attempt names are used")
     nxt = names[index + 1]
-    return TrainingJobPlan("create", nxt, f"training job {name} is {status}: starting {nxt}")
+    return TrainingJobPlan("create", nxt, f"{kind} {name} is {status}: starting {nxt}")
 
 
 def final_metrics(description: Mapping[str, Any]) -> dict[str, float]:
