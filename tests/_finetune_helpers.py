@@ -82,7 +82,7 @@ def build_world(base: Path) -> dict:
         signal.signal(signal.SIGTERM, previous)  # pretrain installs its own handler
     assert rc == 0 and (ckpt / "best" / "model.keras").is_file()
 
-    from training.report import domain_channels
+    from training.report_inputs import domain_channels
 
     channels = domain_channels(curated / "manifest.json", base / "channels")
     return {
@@ -149,7 +149,7 @@ def finetuned(world, tmp_path_factory) -> dict:
         root = make_job(
             tmp_path_factory.mktemp("finetune-job"),
             world,
-            {"compare_scratch": '"true"', "sagemaker_program": "ignored"},
+            {"compare_scratch": '"true"', "baseline_policy": "prefer_transfer", "sagemaker_program": "ignored"},
             channels=("pretrained", "train", "validation", "test"),
         )
         proc = run_finetune_cli(root)

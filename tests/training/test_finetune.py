@@ -110,6 +110,39 @@ def test_metric_regexes_read_only_their_own_keys():
     assert found["validation:loss"] == ["0.301234"]
     assert found["transfer:gain"] == ["-0.362500"]
     assert found["train:loss"] == []
+    line = "[finetune] final: val_accuracy=0.9 transfer_val_accuracy=0.850000 selected_scratch=1"
+    found = {d["Name"]: re.findall(d["Regex"], line) for d in finetune.METRIC_DEFINITIONS}
+    assert found["validation:accuracy"] == ["0.9"] and found["transfer:validation:accuracy"] == ["0.850000"]
+    assert found["selected:scratch"] == ["1"]
+
+
+@pytest.mark.parametrize(
+    "policy, transfer, scratch, choice, lost",
+    [
+        ("best", 0.90, 0.905, "transfer", False),  # within the margin
+        ("best", 0.72, 0.93, "scratch", True),
+        ("prefer_transfer", 0.72, 0.93, "transfer", True),
+        ("fail", 0.72, 0.93, None, True),
+        ("fail", 0.93, 0.72, "transfer", False),
+    ],
+)
+def test_the_baseline_judgement(policy, transfer, scratch, choice, lost):
+    from training.contracts import judge_baseline
+
+    verdict = judge_baseline(transfer, scratch, policy, 0.01)
+    assert (verdict.choice, verdict.transfer_lost) == (choice, lost)
+    assert f"{transfer:.4f}" in verdict.reason and f"{scratch:.4f}" in verdict.reason
+    assert judge_baseline(0.5, None, policy).choice == "transfer"
+    with pytest.raises(ValueError, match="unknown baseline policy"):
+        judge_baseline(0.5, 0.6, "coin_flip")
+
+
+def test_recipes_are_parsed_and_checked():
+    assert finetune.parse_hyperparameters({"recipes": "full, linear_probe"}).recipes == ("full", "linear_probe")
+    assert finetune.parse_hyperparameters({}).recipes == finetune.RECIPES
+    for bad in ("", "full,full", "fine_tune_all"):
+        with pytest.raises(finetune.FinetuneError, match="recipes"):
+            finetune.parse_hyperparameters({"recipes": bad})
 
 
 def test_tar_round_trip_and_unsafe_members(tmp_path):
@@ -166,12 +199,27 @@ def test_job_writes_servable_artifact_and_metrics(finetuned, world):
     assert report["primary"] == "transfer" and set(report["runs"]) == {"transfer", "scratch"}
     assert report["hyperparameters"]["compare_scratch"] is True
     t = report["runs"]["transfer"]
-    assert [e["phase"] for e in t["history"]] == ["head"] * 4 + ["finetune"] * 2
-    assert t["bn_recalibration_batches"] >= 1 and t["unfrozen_layers"] > 0
+    assert [e["phase"] for e in t["history"]] == ["head"] * 4 + [report["recipe"]] * 2
+    assert t["bn_recalibration_batches"] >= 1 and t["recipe"] == report["recipe"] == meta["recipe"]
     assert len(report["runs"]["scratch"]["history"]) == 6  # the same epoch budget
+    # The recipe search: every recipe trained on the same budget after the shared head phase, the best kept.
+    search = report["recipe_search"]
+    assert set(search) == {"linear_probe", "top_blocks", "full"}
+    for c in search.values():
+        assert [e["phase"] for e in c["history"][:4]] == ["head"] * 4 and len(c["history"]) == 6
+        assert c["history"][:4] == t["history"][:4]  # phase 1 is shared
+    assert search["full"]["unfrozen_layers"] > search["top_blocks"]["unfrozen_layers"] > 0
+    assert search["linear_probe"]["unfrozen_layers"] == 0
+
+    def best(c):
+        return max((e["val_accuracy"], -e["val_loss"]) for e in c["history"])
+
+    assert best(search[report["recipe"]]) == max(best(c) for c in search.values())
+    assert report["baseline"]["policy"] == "prefer_transfer" and report["baseline"]["written"] == "transfer"
     m = report["metrics"]
     assert m["transfer:gain"] == pytest.approx(m["validation:accuracy"] - m["scratch:validation:accuracy"])
     assert m["transfer:test_gain"] == pytest.approx(m["test:accuracy"] - m["scratch:test:accuracy"])
+    assert m["transfer:validation:accuracy"] == m["validation:accuracy"] and m["selected:scratch"] == 0.0
     assert report["counts"]["test"] == report["counts"]["validation"]
     assert t["test_images"] == t["val_images"] == sum(report["counts"]["validation"].values())
 
@@ -308,3 +356,21 @@ def test_bad_hyperparameter_fails_and_a_rerun_clears_the_failure(world, tmp_path
     _fails(root, r"invalid hyperparameters: learning_rate_head", capsys)
     (root / "input" / "config" / "hyperparameters.json").write_text("[1, 2]")
     _fails(root, r"must hold a JSON object", capsys)
+
+
+def test_discriminative_learning_rates_slow_the_backbone_by_the_ratio():
+    import keras
+    import numpy as np
+
+    from training.finetune.recipes import discriminative_adamw
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="backbone")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    slow = {v.path for v in model.get_layer("backbone").trainable_weights}
+    model.compile(optimizer=discriminative_adamw(0.01, 0.0, slow, 0.1), loss="mse")
+    before = [np.array(w) for w in model.get_weights()]
+    model.train_on_batch(np.ones((8, 4), "float32"), np.zeros((8, 2), "float32"))
+    steps = [np.abs(np.array(a) - b).max() for a, b in zip(model.get_weights(), before)]
+    # Adam's first step is the learning rate per weight: 0.01 for the head, 0.001 for the backbone.
+    np.testing.assert_allclose(steps, [0.001, 0.001, 0.01, 0.01], rtol=1e-3)

@@ -139,23 +139,44 @@ class EpochTracker:
         return _Callback()
 
 
-def _compile(model, learning_rate: float, hp: Hyperparameters, optimizer=None) -> None:
+def learning_rate(lr: float, epochs: int, steps: int, hp: Hyperparameters):
+    """The phase's learning rate: constant, or cosine-decayed to 1% over the phase (``lr_schedule``)."""
+    import keras
+
+    if hp.lr_schedule == "constant":
+        return lr
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.01)
+
+
+def _compile(model, hp: Hyperparameters, optimizer) -> None:
     import keras
 
     model.compile(
-        optimizer=optimizer or keras.optimizers.AdamW(learning_rate, weight_decay=hp.weight_decay),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=hp.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
     )
 
 
 def fit_phase(
-    model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: Hyperparameters, ds, optimizer=None
+    model, tracker: EpochTracker, phase: str, epochs: int, lr: float, hp: Hyperparameters, ds, slow=None
 ) -> None:
-    """``epochs`` epochs (fewer if early stopping says so); the model ends on the tracker's best epoch."""
+    """``epochs`` epochs (fewer if early stopping says so); the model ends on the tracker's best epoch.
+
+    ``slow``: ``(variable paths, ratio)`` for discriminative learning rates, the paths' steps ``ratio`` times smaller.
+    """
+    import keras
+
     if epochs <= 0:
         return
-    _compile(model, lr, hp, optimizer)
+    rate = learning_rate(lr, epochs, ds.steps, hp)
+    if slow:
+        from training.finetune.recipes import discriminative_adamw
+
+        optimizer = discriminative_adamw(rate, hp.weight_decay, *slow)
+    else:
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=hp.weight_decay)
+    _compile(model, hp, optimizer)
     model.fit(
         ds.train,
         steps_per_epoch=ds.steps,
@@ -165,8 +186,8 @@ def fit_phase(
         verbose=0,
     )
     model.set_weights(tracker.best_weights)  # the next phase starts from, and the run ends with, the best epoch
-    if optimizer is not None:
-        _compile(model, lr, hp)  # the saved model names a stock optimizer, loadable without this package
+    # The saved model names a stock optimizer with a plain rate: loadable without this package.
+    _compile(model, hp, keras.optimizers.AdamW(lr, weight_decay=hp.weight_decay))
 
 
 def transfer_model(pre: Pretrained, num_classes: int, hp: Hyperparameters):

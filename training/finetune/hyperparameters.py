@@ -37,6 +37,7 @@ class Hyperparameters(BaseModel):
     learning_rate_head: float = Field(3e-3, gt=0)
     learning_rate_finetune: float = Field(1e-4, gt=0)
     backbone_lr_ratio: float = Field(0.3, gt=0, le=1)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
     learning_rate_scratch: float = Field(1e-3, gt=0)
     scratch_epochs: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -44,7 +45,7 @@ class Hyperparameters(BaseModel):
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: bool = True
-    early_stopping_patience: int = Field(8, ge=0)
+    early_stopping_patience: int = Field(12, ge=0)
     early_stopping_monitor: Literal["val_accuracy", "val_loss"] = "val_accuracy"
     bn_recalibration_batches: int = Field(50, ge=0)
     finetune_batchnorm: bool = False

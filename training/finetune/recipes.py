@@ -26,7 +26,7 @@ from training.finetune.inputs import DomainData, Pretrained
 __all__ = ["RECIPES", "discriminative_adamw", "search_recipes"]
 
 
-def discriminative_adamw(learning_rate: float, weight_decay: float, slow_paths: set[str], ratio: float):
+def discriminative_adamw(learning_rate, weight_decay: float, slow_paths: set[str], ratio: float):
     """AdamW whose steps on the variables in ``slow_paths`` are ``ratio`` times smaller.
 
     Adam normalises the gradient, so scaling gradients would not slow a layer down: the step itself is scaled,
@@ -66,7 +66,8 @@ def _fork_tracker(tracker: EpochTracker, run: str) -> EpochTracker:
 
 
 def _phase2(recipe: str, model, head: set[str], blocks: list[str], hp: Hyperparameters):
-    """Set the trainable layers of ``recipe``'s phase 2; returns (learning rate, optimizer or None, layers unfrozen)."""
+    """Set the trainable layers of ``recipe``'s phase 2; returns (learning rate, slow variables or None, layers
+    unfrozen): the slow variables are ``(paths, ratio)``, the backbone's, for discriminative learning rates."""
     import keras
 
     if recipe == "linear_probe":
@@ -91,8 +92,7 @@ def _phase2(recipe: str, model, head: set[str], blocks: list[str], hp: Hyperpara
             layer.momentum = hp.bn_momentum
         if layer.name not in head:
             slow.update(v.path for v in layer.trainable_weights)
-    optimizer = discriminative_adamw(hp.learning_rate_head, hp.weight_decay, slow, hp.backbone_lr_ratio)
-    return hp.learning_rate_head, optimizer, len(model.layers) - len(head)
+    return hp.learning_rate_head, (slow, hp.backbone_lr_ratio), len(model.layers) - len(head)
 
 
 def search_recipes(pre: Pretrained, data: DomainData, hp: Hyperparameters, ds) -> tuple[dict, dict[str, dict]]:
@@ -117,10 +117,10 @@ def search_recipes(pre: Pretrained, data: DomainData, hp: Hyperparameters, ds) -
         t1 = time.perf_counter()
         twin = _copy_model(model) if len(hp.recipes) > 1 else model
         tracker = _fork_tracker(shared, f"transfer[{recipe}]")
-        lr, optimizer, unfrozen = _phase2(recipe, twin, head, blocks, hp)
+        lr, slow, unfrozen = _phase2(recipe, twin, head, blocks, hp)
         if unfrozen:
             log(f"transfer[{recipe}]: phase 2 trains {unfrozen} backbone layer(s)")
-        fit_phase(twin, tracker, recipe, hp.epochs_finetune, lr, hp, ds, optimizer)
+        fit_phase(twin, tracker, recipe, hp.epochs_finetune, lr, hp, ds, slow)
         candidates[recipe] = {
             "model": twin,
             "tracker": tracker,
