@@ -61,8 +61,7 @@ class TrainingJobs:
             raise validation(
                 f"localcloud has no training command for image '{image}'. Map it with --images or LOCALCLOUD_IMAGES."
             )
-        refusal = commands.refusal(algorithm, environment)
-        if refusal:
+        if refusal := commands.refusal(algorithm, environment):
             raise validation(refusal)
 
     def create(self, body: dict, region: str) -> str:

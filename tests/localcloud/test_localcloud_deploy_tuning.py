@@ -115,4 +115,8 @@ def test_a_tuning_job_runs_two_fine_tunes_and_the_dag_deploys_the_best(localclou
     assert model["PrimaryContainer"]["ModelDataUrl"] == best_job["ModelArtifacts"]["S3ModelArtifacts"]
     summary = run.xcom("record_lineage", "summary")
     assert summary["status"] == "deployed" and summary["training_job"] == best
+    bucket, _, key = summary["lineage_uri"][len("s3://") :].partition("/")
+    record = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert record["training_job"]["name"] == best and record["training_job"]["tuning_job"]["name"] == name
+    assert len(record["training_job"]["tuning_job"]["candidates"]) == 2
     assert sm.describe_endpoint(EndpointName="tl-tuned")["EndpointStatus"] == "InService"

@@ -180,6 +180,7 @@ def _record(
         deployment=results.deployment() if results.deployed else {"endpoint": prepared["endpoint"]},
         smoke_test=results.smoke,
         rollback=rollback,
+        tuning=outcome.get("tuning"),
     )
     uri = write_lineage(exporter, prepared["endpoint"], outcome["job"], record)
     summary = decide.run_summary(record, uri)

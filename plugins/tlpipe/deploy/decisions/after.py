@@ -131,6 +131,7 @@ def lineage_record(
     deployment: Mapping[str, Any] | None = None,
     smoke_test: Mapping[str, Any] | None = None,
     rollback: Mapping[str, Any] | None = None,
+    tuning: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> dict:
     """One run's record: what the model came from, where it went, and how it measured."""
@@ -167,6 +168,7 @@ def lineage_record(
             "hyperparameters": dict(training.get("HyperParameters") or {}),
             "model_artifacts": (training.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
             "billable_seconds": training.get("BillableTimeInSeconds"),
+            "tuning_job": dict(tuning) if tuning else None,  # the search the job won, and every candidate
         },
         "model": {"name": deployment.get("model"), "arn": deployment.get("model_arn")},
         "endpoint_config": {
