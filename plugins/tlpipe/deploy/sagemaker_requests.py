@@ -71,8 +71,8 @@ def resource_names(prefix: str, run_id: str) -> ResourceNames:
     if not NAME_RE.match(prefix) or len(prefix) > 31:
         raise ValueError(f"resource prefix {prefix!r} must match {NAME_RE.pattern} and have at most 31 characters")
     base = f"{prefix}-ft-{run_hash(run_id)}"
-    # Tuning job names have at most 32 characters, and leave 3 for an attempt suffix (-r2 ...).
-    tuning = f"{prefix[: MAX_TUNING_NAME - 3 - 17].rstrip('-')}-hpo-{run_hash(run_id)}"
+    # Tuning job names have at most 32 characters, and leave 4 for an attempt suffix (-r2 ... -r20).
+    tuning = f"{prefix[: MAX_TUNING_NAME - 4 - 17].rstrip('-')}-hpo-{run_hash(run_id)}"
     return ResourceNames(job=base, model=f"{base}-model", endpoint_config=f"{base}-config", tuning_job=tuning)
 
 
