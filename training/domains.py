@@ -45,8 +45,17 @@ def _save(img: np.ndarray, path: Path) -> None:
     Image.fromarray(img).save(path, format="PNG")
 
 
+MISSING = (
+    "the real-image domains read the images scikit-learn and scikit-image ship: pip install scikit-learn "
+    "scikit-image (requirements/dev.in; not part of the training image)"
+)
+
+
 def _digits(dest: Path, test_fraction: float = 0.4, seed: int = 0) -> dict:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise SystemExit(f"{MISSING}: {err}") from None
 
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
@@ -68,7 +77,10 @@ def _digits(dest: Path, test_fraction: float = 0.4, seed: int = 0) -> dict:
 
 
 def _textures(dest: Path) -> dict:
-    import skimage.data
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise SystemExit(f"{MISSING}: {err}") from None
 
     counts = {"pool": {}, "test": {}}
     for loader, (name, (top, left, size)) in TEXTURE_SOURCES.items():

@@ -111,9 +111,10 @@ def test_report_runs_real_jobs(world, tmp_path):
             "batch_size=8",
         ]
     )
-    assert rc == 0
     doc = json.loads((out / "results.json").read_text())["domains"]
     assert set(doc) == {"synthetic", "textures"}
+    # the exit status is the verdicts' (a 1-epoch textures job may well lose to scratch)
+    assert rc == (0 if all(d["verdict"]["passed"] for d in doc.values()) else 1)
     for name in doc:
         assert [r["images_per_class"] for r in doc[name]["summary"]] == [2, 4]
         assert doc[name]["verdict"]["gain_at"] == 4
