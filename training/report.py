@@ -73,6 +73,18 @@ def _run_job(root: str) -> dict:
     return report
 
 
+def _finished_job(root: Path, hyperparameters: dict[str, str]) -> dict | None:
+    """The metrics.json of a job that already ran with these hyperparameters (a rerun of the report reuses it)."""
+    metrics, config = root / "output" / "data" / "metrics.json", root / "input" / "config" / "hyperparameters.json"
+    if not (metrics.is_file() and config.is_file()):
+        return None
+    if json.loads(config.read_text()) != {k: str(v) for k, v in hyperparameters.items()}:
+        return None
+    report = json.loads(metrics.read_text())
+    report["_seconds"] = report.get("seconds", 0.0)
+    return report
+
+
 def run_jobs(
     pool: Path,
     test: Path,
@@ -85,8 +97,9 @@ def run_jobs(
     domain: str = "synthetic",
     parallel: int = 1,
 ) -> list[dict]:
-    """Every (size, seed) job; ``parallel`` > 1 runs that many at once in worker processes, one thread each."""
-    jobs = []
+    """Every (size, seed) job; ``parallel`` > 1 runs that many at once in worker processes, one thread each. A job
+    that already finished with the same hyperparameters (an earlier run of the report) is read, not run again."""
+    jobs, done = [], {}
     for size in sizes:
         for seed in seeds:
             name = f"n{size:03d}-seed{seed}"
@@ -94,21 +107,27 @@ def run_jobs(
             hp = {"compare_scratch": "true", "baseline_policy": "prefer_transfer", "seed": str(seed), **extra}
             if parallel > 1:
                 hp.setdefault("threads", "1")
-            jobs.append(
-                (size, seed, name, job_root(runs_dir, name, pool, test, pretrained, size, seed, hp, val_per_class))
-            )
-    log(f"{domain}: {len(jobs)} fine-tuning job(s), {parallel} at a time")
+            root = runs_dir / name
+            finished = _finished_job(root, hp)
+            if finished is not None:
+                done[name] = finished
+            else:
+                root = job_root(runs_dir, name, pool, test, pretrained, size, seed, hp, val_per_class)
+            jobs.append((size, seed, name, root))
+    todo = [root for _, _, name, root in jobs if name not in done]
+    log(f"{domain}: {len(todo)} fine-tuning job(s) to run, {parallel} at a time; {len(done)} reused")
     if parallel > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         # spawn: a fork of a process that has started TensorFlow's threads can hang
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as executor:
-            reports = list(executor.map(_run_job, [str(root) for *_, root in jobs]))
+            ran = dict(zip(map(str, todo), executor.map(_run_job, map(str, todo))))
     else:
-        reports = [_run_job(str(root)) for *_, root in jobs]
+        ran = {str(root): _run_job(str(root)) for root in todo}
     results = []
-    for (size, seed, name, root), report in zip(jobs, reports):
+    for size, seed, name, root in jobs:
+        report = done.get(name) or ran[str(root)]
         r = _job_result(domain, size, seed, root, report, report.pop("_seconds"))
         results.append(r)
         log(
@@ -193,12 +212,14 @@ def write_report(out: Path, domains: dict[str, dict], min_gain: float, gain_at: 
     for name, d in domains.items():
         rows = aggregate(d["results"])
         verdicts[name] = judge(name, rows, min_gain, gain_at, real_margin)
-        plot_accuracy(rows, out / f"accuracy_{name}.png", name)
-        plot_curves(d["results"], out / f"learning_curves_{name}.png", name)
         doc[name] = {"summary": rows, "verdict": verdicts[name], "context": d["context"], "runs": d["results"]}
+    # The figures first, so nothing a page or a plot does can lose an hour of jobs.
+    (out / "results.json").write_text(json.dumps({"domains": doc}, indent=2))
     (out / "report.md").write_text(markdown(doc))
     (out / "report.html").write_text(html_page(doc))
-    (out / "results.json").write_text(json.dumps({"domains": doc}, indent=2))
+    for name, d in doc.items():
+        plot_accuracy(d["summary"], out / f"accuracy_{name}.png", name)
+        plot_curves(d["runs"], out / f"learning_curves_{name}.png", name)
     return verdicts
 
 

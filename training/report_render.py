@@ -26,8 +26,8 @@ def plot_accuracy(rows: list[dict], path: Path, domain: str = "") -> None:
         series.append(("linear_probe", "tab:green", "linear probe (backbone features)"))
     for kind, color, label in series:
         mean = [r[kind]["mean"] for r in rows]
-        lo = [r[kind]["mean"] - r[kind]["min"] for r in rows]
-        hi = [r[kind]["max"] - r[kind]["mean"] for r in rows]
+        lo = [max(0.0, r[kind]["mean"] - r[kind]["min"]) for r in rows]  # equal values: no negative rounding
+        hi = [max(0.0, r[kind]["max"] - r[kind]["mean"]) for r in rows]
         ax.errorbar(x, mean, yerr=[lo, hi], marker="o", capsize=4, color=color, label=label)
     ax.set_xscale("log")
     ax.set_xticks(x)
