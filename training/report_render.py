@@ -94,8 +94,8 @@ def _domain_section(name: str, d: dict) -> list[str]:
         f"## {name}",
         "",
         f"Classes: {', '.join(c['classes'])}; test images: {c['test_images']}; seeds: "
-        f"{', '.join(str(s) for s in c['seeds'])}; wall time {c['seconds']:.0f} s "
-        f"({c['job_seconds']['mean']:.0f} s per job, recipe search and baseline included).",
+        f"{', '.join(str(s) for s in c['seeds'])}; {c['job_seconds']['mean']:.0f} s per fine-tuning job (recipe search "
+        f"and baseline included; {c['job_seconds']['min']:.0f} .. {c['job_seconds']['max']:.0f} s).",
         "",
         "| images/class | transfer (kept recipe) | scratch | gain (points) | gain range | linear probe "
         "| recipes kept | per seed (transfer / scratch) |",
