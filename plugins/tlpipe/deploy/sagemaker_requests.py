@@ -28,6 +28,7 @@ from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 MAX_NAME = 63
 MAX_TUNING_NAME = 32  # CreateHyperParameterTuningJob's limit
+TUNING_PREFIX = MAX_TUNING_NAME - len("-hpo-") - 8 - len("-r20")
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/[a-zA-Z_0-9+=,.@\-/]+$")
@@ -71,8 +72,9 @@ def resource_names(prefix: str, run_id: str) -> ResourceNames:
     if not NAME_RE.match(prefix) or len(prefix) > 31:
         raise ValueError(f"resource prefix {prefix!r} must match {NAME_RE.pattern} and have at most 31 characters")
     base = f"{prefix}-ft-{run_hash(run_id)}"
-    # Tuning job names have at most 32 characters, and leave 4 for an attempt suffix (-r2 ... -r20).
-    tuning = f"{prefix[: MAX_TUNING_NAME - 4 - 17].rstrip('-')}-hpo-{run_hash(run_id)}"
+    # Tuning job names have at most 32 characters: the prefix's first 15, -hpo-, 8 hex digits, and room for an
+    # attempt suffix (-r2 ... -r20). The IAM policy's tuning-job resource matches prefixes of up to 15 characters.
+    tuning = f"{prefix[:TUNING_PREFIX].rstrip('-')}-hpo-{run_hash(run_id)[:8]}"
     return ResourceNames(job=base, model=f"{base}-model", endpoint_config=f"{base}-config", tuning_job=tuning)
 
 
