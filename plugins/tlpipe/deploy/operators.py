@@ -39,28 +39,49 @@ from plugins.tlpipe.deploy.sagemaker_requests import MAX_TUNING_NAME, job_attemp
 MAX_JOB_ATTEMPTS = 20
 
 
-def stop_training_job(client, name: str, log) -> None:
+# How each kind of job is stopped: the client method, its name argument, and what the log calls it.
+STOP = {
+    "training": ("stop_training_job", "TrainingJobName", "training job"),
+    "tuning": ("stop_hyper_parameter_tuning_job", "HyperParameterTuningJobName", "tuning job"),
+}
+
+
+def stop_job(client, kind: str, name: str, log) -> None:
     from botocore.exceptions import ClientError
 
+    method, key, label = STOP[kind]
     try:
-        client.stop_training_job(TrainingJobName=name)
-        log.info("stopped SageMaker training job %s", name)
+        getattr(client, method)(**{key: name})
+        log.info("stopped SageMaker %s %s", label, name)
     except ClientError as err:
-        log.warning("could not stop training job %s: %s", name, err)
+        log.warning("could not stop %s %s: %s", label, name, err)
 
 
-class FinetuneJobTrigger(SageMakerTrigger):
-    """``SageMakerTrigger`` for a training job that is stopped when the deferred task is killed."""
+class _StoppingTrigger(SageMakerTrigger):
+    """``SageMakerTrigger`` whose job is stopped when the deferred task is killed."""
+
+    KIND = "training"
 
     async def on_kill(self) -> None:
         from botocore.exceptions import ClientError
 
+        method, key, label = STOP[self.KIND]
         async with await self.hook().get_async_conn() as client:
             try:
-                await client.stop_training_job(TrainingJobName=self.job_name)
-                self.log.info("stopped SageMaker training job %s", self.job_name)
+                await getattr(client, method)(**{key: self.job_name})
+                self.log.info("stopped SageMaker %s %s", label, self.job_name)
             except ClientError as err:
-                self.log.warning("could not stop training job %s: %s", self.job_name, err)
+                self.log.warning("could not stop %s %s: %s", label, self.job_name, err)
+
+
+class FinetuneJobTrigger(_StoppingTrigger):
+    """A training job's trigger: the job is stopped when the deferred task is killed."""
+
+
+class TuningJobTrigger(_StoppingTrigger):
+    """A tuning job's trigger: the tuning job (and so its training jobs) is stopped when the task is killed."""
+
+    KIND = "tuning"
 
 
 class FinetuneTrainingOperator(SageMakerTrainingOperator):
@@ -139,21 +160,7 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
 
     def on_kill(self) -> None:
         if self._job_name:
-            stop_training_job(self.hook.conn, self._job_name, self.log)
-
-
-class TuningJobTrigger(SageMakerTrigger):
-    """``SageMakerTrigger`` for a tuning job that is stopped (with its training jobs) when the task is killed."""
-
-    async def on_kill(self) -> None:
-        from botocore.exceptions import ClientError
-
-        async with await self.hook().get_async_conn() as client:
-            try:
-                await client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
-                self.log.info("stopped SageMaker tuning job %s", self.job_name)
-            except ClientError as err:
-                self.log.warning("could not stop tuning job %s: %s", self.job_name, err)
+            stop_job(self.hook.conn, "training", self._job_name, self.log)
 
 
 class FinetuneTuningOperator(SageMakerTuningOperator):
@@ -217,15 +224,8 @@ class FinetuneTuningOperator(SageMakerTuningOperator):
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def on_kill(self) -> None:
-        from botocore.exceptions import ClientError
-
-        if not self._job_name:
-            return
-        try:
-            self.hook.conn.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self._job_name)
-            self.log.info("stopped SageMaker tuning job %s", self._job_name)
-        except ClientError as err:
-            self.log.warning("could not stop tuning job %s: %s", self._job_name, err)
+        if self._job_name:
+            stop_job(self.hook.conn, "tuning", self._job_name, self.log)
 
 
 class DeployModelOperator(SageMakerModelOperator):
