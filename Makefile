@@ -5,12 +5,14 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-down demo-status test lint format bench lock clean help
+.PHONY: setup demo demo-down demo-status shell test lint format bench lock clean help
 
 help:
 	@echo "make setup   - create .venv with Airflow, TensorFlow, Horovod and the project (idempotent)"
 	@echo "make demo    - install what is missing, then run the whole pipeline on this machine (Ctrl-C stops)"
 	@echo "make demo-down - stop the demo's services"
+	@echo "make demo-status - each demo component (PostgreSQL, SeaweedFS, localcloud, Airflow's four) and its health"
+	@echo "make shell   - a shell with the demo's Airflow environment (airflow dags test, tasks test, ...)"
 	@echo "make test    - install what is missing, then lint and run every test"
 	@echo "make lint    - ruff check and ruff format --check (make format rewrites)"
 	@echo "make bench   - run the benchmarks (ratios measured in the same run) into bench/results.json"
@@ -27,6 +29,9 @@ demo-down:
 
 demo-status:
 	@$(PY) scripts/demo.py status
+
+shell:
+	@$(PY) scripts/demo.py shell
 
 test: setup lint
 	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)

@@ -3,13 +3,12 @@ with copy-paste examples, and the background transfer-vs-scratch report."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from demo_services import DEPLOY_DAG, LOGS, PRETRAIN_DAG, STATE, VAR, pid_of, say, start
+from demo_services import DEPLOY_DAG, LOGS, PRETRAIN_DAG, STATE, VAR, checkpoint_store, pid_of, say, start
 
 
 # -- REST ------------------------------------------------------------------------------------------------------
@@ -70,7 +69,7 @@ def follow(api: Api, dag_id: str, run_id: str, state: dict) -> dict:
                 say(f"{dag_id}: {key} -> {st}", style)
                 seen[key] = st
         if dag_id == PRETRAIN_DAG:
-            _show_epochs(api, dag_id, run_id, shown_epochs)
+            _show_epochs(api, dag_id, run_id, shown_epochs, state)
         else:
             _show_sagemaker(state, sm_seen)
         if run["state"] in ("success", "failed"):
@@ -85,18 +84,29 @@ def _xcom(api: Api, dag_id: str, run_id: str, task_id: str, key: str = "return_v
         return None
 
 
-def _show_epochs(api: Api, dag_id: str, run_id: str, shown: set[str]) -> None:
+def _show_epochs(api: Api, dag_id: str, run_id: str, shown: set[str], state: dict) -> None:
+    """Each committed epoch's metrics, read from the checkpoint store as the sensor reads them."""
+    from training.contracts import CheckpointDir
+    from training.store import Store, is_s3
+
     ckpt = _xcom(api, dag_id, run_id, "prepare", "checkpoint_uri")
-    if not ckpt or str(ckpt).startswith("s3://"):
+    if not ckpt:
         return
-    for m in sorted(Path(ckpt).glob("epochs/*/metrics.json")):
-        if m.parent.name not in shown and (m.parent / "COMMITTED").exists():
-            shown.add(m.parent.name)
-            e = json.loads(m.read_text())
+    ckpt_dir = CheckpointDir(ckpt)
+    store = Store(_client=checkpoint_store(state).client()) if is_s3(ckpt) else Store()
+    try:
+        names = store.list_dirs(ckpt_dir.path(ckpt_dir.EPOCHS))
+        for name in (n for n in names if n.isdigit() and n not in shown):
+            if not store.exists(ckpt_dir.committed_marker(int(name))):
+                continue
+            shown.add(name)
+            e = store.read_json(ckpt_dir.path(ckpt_dir.EPOCHS, name, "metrics.json"))
             say(
                 f"  pretrain epoch {e['epoch']}: loss {e['loss']:.3f} val_accuracy {e['val_accuracy']:.3f} "
                 f"({e['images_per_second']:.0f} img/s)"
             )
+    except Exception as err:  # noqa: BLE001 - progress display only; the DAG run is what counts
+        say(f"  (checkpoint store not readable yet: {type(err).__name__})", "warn")
 
 
 def _sm_client(state: dict, service: str = "sagemaker"):
@@ -212,7 +222,7 @@ def _sample_image() -> Path:
     return next((VAR / "data" / "raw").rglob("*.jpg"))
 
 
-def start_report(api: Api, run_id: str) -> None:
+def start_report(api: Api, run_id: str, state: dict) -> None:
     """Transfer vs scratch at 5, 20 and 50 images per class on this run's domain classes and the two real-image
     domains, with this run's pretrained model, in the background (18 fine-tuning jobs, two at a time: about an
     hour on 2 cores), into var/report/."""
@@ -220,6 +230,15 @@ def start_report(api: Api, run_id: str) -> None:
     ckpt = _xcom(api, PRETRAIN_DAG, run_id, "prepare", "checkpoint_uri")
     if not prepared or not ckpt or pid_of("report"):
         return
+    from training.contracts import CheckpointDir
+    from training.store import Store, is_s3
+
+    pretrained = VAR / "report" / "pretrained" / run_id.replace(":", "_")
+    if is_s3(ckpt) and not (pretrained / "meta.json").exists():
+        # The checkpoint lives in the S3-compatible store; the report reads a local copy of best/.
+        Store(_client=checkpoint_store(state).client()).download_dir(CheckpointDir(ckpt).best_dir, pretrained)
+    elif not is_s3(ckpt):
+        pretrained = Path(ckpt) / "best"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     start(
         "report",
@@ -232,7 +251,7 @@ def start_report(api: Api, run_id: str) -> None:
             "--manifest",
             str(prepared),
             "--pretrained",
-            str(Path(ckpt) / "best"),
+            str(pretrained),
             "--seeds",
             "2",
             "--parallel",

@@ -19,6 +19,7 @@ pytest_plugins = [
     "_finetune_helpers",
     "transfer_learning_deploy_fixtures",
     "pretraining_fixtures",
+    "onprem_fixtures",
 ]
 
 

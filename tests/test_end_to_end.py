@@ -1,6 +1,8 @@
-"""The whole product on one machine: `scripts/demo.py up` (what `make demo` runs) starts localcloud and Airflow,
+"""The whole product on one machine, in the production topology: `scripts/demo.py up` (what `make demo` runs)
+starts PostgreSQL, the S3-compatible checkpoint store (SeaweedFS), localcloud and Airflow's four components,
 triggers general_pretraining through the REST API, the pretrained-model Asset triggers
-transfer_learning_deploy, and the test classifies held-out domain images through the live endpoint."""
+transfer_learning_deploy (its SageMaker waits deferred to the triggerer), and the test classifies held-out domain
+images through the live endpoint."""
 
 import gzip
 import json
@@ -30,7 +32,8 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
     try:
         r = subprocess.run(
-            [*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"],
+            [*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"]
+            + ["--postgres-port", "0"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -38,12 +41,15 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
             timeout=1800,
         )
         out = r.stdout + r.stderr
-        assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow.log")
+        assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow-scheduler.log")
         assert "general_pretraining success, transfer_learning_deploy success" in out
         assert "pretrain epoch 6:" in out
+        # The SageMaker waits went through the triggerer.
+        assert "transfer_learning_deploy: finetune -> deferred" in out
 
         state = json.loads((var / "run" / "demo.json").read_text())
         _check_demo_secrets_and_binds(var, state, out)
+        _check_production_topology(var, state)
         url = f"http://127.0.0.1:{state['localcloud_port']}"
         kw = dict(
             endpoint_url=url,
@@ -85,13 +91,17 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
     for path in (
         var / "run" / "demo.json",
         var / "airflow" / "passwords.json",
-        var / "airflow" / "airflow.db",
+        var / "run" / "airflow-db-password",
+        var / "seaweedfs" / "s3-identities.json",
+        var / "postgres" / "postgresql.conf",
         var / "localcloud" / "ready.json",
     ):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
-    assert stat.S_IMODE(var.stat().st_mode) == 0o700
+    # As root, PostgreSQL runs as its own system user, which may traverse var/ (not list it) to reach its data.
+    assert stat.S_IMODE(var.stat().st_mode) == (0o711 if os.geteuid() == 0 else 0o700)
     logs = out + "".join(p.read_text(errors="replace") for p in (var / "log").glob("*.log"))
-    for secret in (state["password"], state["jwt_secret"], state["localcloud_secret_access_key"]):
+    secrets = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
+    for secret in (*[state[k] for k in secrets], state["store_secret_access_key"]):
         assert secret not in logs, "a demo secret was printed"
     with pytest.raises(Exception):  # localcloud refuses unsigned and wrongly signed requests
         import boto3
@@ -104,8 +114,46 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
             aws_secret_access_key="test",
         ).list_buckets()
     listening = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN}
-    for port in (state["airflow_port"], state["localcloud_port"]):
+    ports = [
+        state["airflow_port"],
+        state["localcloud_port"],
+        state["postgres_port"],
+        *state["seaweedfs_ports"].values(),
+    ]
+    for port in ports:
         assert listening.get(port) == "127.0.0.1", f"port {port} listens on {listening.get(port)}"
+
+
+def _check_production_topology(var: Path, state: dict) -> None:
+    """Airflow ran on the demo's PostgreSQL as four processes; the checkpoints are in the S3-compatible store."""
+    import psutil
+    import psycopg2
+
+    from localcloud.onprem import SeaweedS3
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from demo_services import AIRFLOW_COMPONENTS, CHECKPOINT_BUCKET
+
+    for component in AIRFLOW_COMPONENTS:
+        pid = int((var / "run" / f"airflow-{component}.pid").read_text())
+        assert f"airflow {component}" in " ".join(psutil.Process(pid).cmdline()), f"no airflow {component} process"
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=state["postgres_port"],
+        user="airflow",
+        password=state["airflow_db_password"],
+        dbname="airflow",
+    )
+    with conn, conn.cursor() as cur:
+        cur.execute("select dag_id, state from dag_run order by start_date")
+        runs = cur.fetchall()
+    conn.close()
+    assert ("general_pretraining", "success") in runs and ("transfer_learning_deploy", "success") in runs
+    ports, key, secret = state["seaweedfs_ports"], state["store_access_key_id"], state["store_secret_access_key"]
+    s3 = SeaweedS3(var / "seaweedfs", ports, key, secret).client()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=CHECKPOINT_BUCKET, Prefix="runs/").get("Contents", [])]
+    assert any(k.endswith("/best.json") for k in keys) and any(k.endswith("/COMPLETE") for k in keys), keys[:20]
+    assert not (var / "checkpoints").exists(), "checkpoints were written to a local directory"
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -168,25 +168,48 @@ def test_missing_manifest_is_a_clear_failure(tmp_path):
     assert "FileNotFoundError" in json.loads((tmp_path / "ckpt" / "FAILED").read_text())["reason"]
 
 
-def test_checkpoints_to_s3(tiny_manifest, moto_url, aws_test_env):
-    import boto3
+def test_checkpoints_to_the_onprem_store_and_resume_after_kill(tiny_manifest, onprem_store, tmp_path):
+    """Checkpoints through s3:// to a real S3-compatible server (the local profile's SeaweedFS), with the
+    credentials in files as the launchers pass them; a run killed mid-way resumes from what the store holds."""
+    from training.store import CREDENTIALS_DIR_ENV, write_credentials_dir
 
-    s3 = boto3.client("s3", endpoint_url=moto_url)
-    s3.create_bucket(Bucket="ckpt")
-    cmd = _cmd(tiny_manifest, "s3://ckpt/run-1", 1, "--s3-endpoint-url", moto_url, np=0)
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, **aws_test_env}, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt", Prefix="run-1/")["Contents"]}
-    assert {
-        "run-1/best.json",
-        "run-1/COMPLETE",
-        "run-1/best/model.keras",
-        "run-1/best/meta.json",
-        "run-1/epochs/0001/COMMITTED",
-    } <= keys
+    s3 = onprem_store.client()
+    onprem_store.ensure_bucket("ckpt-resume")
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    write_credentials_dir(creds, onprem_store.access_key, onprem_store.secret_key)
+    env = {k: v for k, v in ENV.items() if not k.startswith("AWS_")}
+    env[CREDENTIALS_DIR_ENV] = str(creds)
+    uri = "s3://ckpt-resume/run-1"
+    cmd = _cmd(tiny_manifest, uri, 3, "--steps-per-epoch", "10", "--s3-endpoint-url", onprem_store.endpoint_url)
+
+    def committed() -> list[str]:
+        listed = s3.list_objects_v2(Bucket="ckpt-resume", Prefix="run-1/epochs/").get("Contents", [])
+        return sorted(o["Key"].split("/")[2] for o in listed if o["Key"].endswith("/COMMITTED"))
+
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not committed():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no committed epoch within 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _kill_leftovers(uri)
+    last = int(committed()[-1])
+    assert last < 3, "the run finished before it could be killed"
+
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"resuming after epoch {last} " in r.stdout
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt-resume", Prefix="run-1/")["Contents"]}
+    assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json"} <= keys
+    assert committed() == ["0001", "0002", "0003"]
     assert any(k.startswith("run-1/logs/") for k in keys)
-    best = json.loads(s3.get_object(Bucket="ckpt", Key="run-1/best.json")["Body"].read())
-    assert best["path"] == "s3://ckpt/run-1/epochs/0001"
+    best = json.loads(s3.get_object(Bucket="ckpt-resume", Key="run-1/best.json")["Body"].read())
+    assert best["path"].startswith("s3://ckpt-resume/run-1/epochs/")
 
 
 def test_bind_to_cores_gives_each_local_rank_its_own_slice():

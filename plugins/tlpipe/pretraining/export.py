@@ -35,6 +35,12 @@ SPLITS = {"train": "domain_train", "validation": "domain_val"}
 SHA_META = "sha256"
 
 
+def user_metadata(head: dict) -> dict[str, str]:
+    """An object's user metadata with lower-case names: S3 folds them to lower case, but some S3-compatible
+    servers hand them back as they were sent or capitalised (rclone's ``Sha256``)."""
+    return {name.lower(): value for name, value in (head.get("Metadata") or {}).items()}
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -97,7 +103,7 @@ class S3Exporter:
             if error_code(err) in S3_MISSING:
                 return None
             raise
-        return head.get("Metadata", {}).get(SHA_META, "")
+        return user_metadata(head).get(SHA_META, "")
 
     @staticmethod
     def _extra_args(sha: str, content_type: str) -> dict:
