@@ -73,7 +73,11 @@ class Postgres:
         return POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
 
     def _run_as(self) -> dict:
-        return {"user": self.system_user} if self.system_user else {}
+        if not self.system_user:
+            return {}
+        entry = pwd.getpwnam(self.system_user)
+        # Its own group and no other: root's would make a root-owned 0701 directory closed to it.
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     def _ensure_system_user(self) -> int | None:
         if not self.system_user:
@@ -89,14 +93,19 @@ class Postgres:
             return pwd.getpwnam(self.system_user).pw_uid
 
     def initialise(self) -> bool:
-        """initdb once (superuser password from a 0600 file, scram-sha-256 everywhere); True if it ran."""
-        if (self.data_dir / "PG_VERSION").exists():
-            return False
+        """initdb once (superuser password from a 0600 file, scram-sha-256 everywhere); True if it ran. As root,
+        the server's user gets the data directory and a way to it: every directory above it becomes traversable
+        by others (o+x: entering a known path, not listing), which is all PostgreSQL needs."""
         uid = self._ensure_system_user()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if uid is not None:
-            # The server's user must reach its data directory: the parent is traversable, not listable.
-            self.data_dir.parent.chmod(self.data_dir.parent.stat().st_mode | 0o011)
+            for parent in self.data_dir.resolve().parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    parent.chmod(mode | 0o001)
+        if (self.data_dir / "PG_VERSION").exists():
+            return False
+        if uid is not None:
             os.chown(self.data_dir, uid, -1)
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
         _write_private(pwfile, self.password, uid)

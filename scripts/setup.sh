@@ -62,7 +62,18 @@ if ! "$VENV/bin/python" -c "import horovod.tensorflow" 2>/dev/null; then
   "$PIP" install -q -c requirements/constraints.txt cloudpickle psutil pyyaml packaging
 fi
 
-# 3. The project itself, editable, so `python -m training.…` works from anywhere.
+# 3. The SageMaker Python SDK and training toolkit, in their own environment (their pins clash with Airflow's),
+# for the tests that drive localcloud as a SageMaker user would.
+SDK_VENV=$ROOT/.venv-sagemaker
+SDK_HASH=$(hash_of requirements/sagemaker-sdk.txt)
+if [ "$(cat "$SDK_VENV/.deps-stamp" 2>/dev/null)" != "$SDK_HASH" ]; then
+  log "installing the SageMaker Python SDK into $SDK_VENV"
+  [ -x "$SDK_VENV/bin/python" ] || "$PY" -m venv "$SDK_VENV"
+  "$SDK_VENV/bin/pip" install -q -r requirements/sagemaker-sdk.txt
+  echo "$SDK_HASH" > "$SDK_VENV/.deps-stamp"
+fi
+
+# 4. The project itself, editable, so `python -m training.…` works from anywhere.
 # Checked from / so that the clone's own folders on the current path do not pass for an installed package.
 if ! (cd / && "$VENV/bin/python" -c "import training, plugins, localcloud, os, sys; sys.exit(0 if all(os.path.dirname(m.__file__).startswith('$ROOT/') for m in (training, plugins, localcloud)) else 1)") 2>/dev/null; then
   log "installing the project (editable)"

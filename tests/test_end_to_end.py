@@ -98,7 +98,7 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
     ):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is readable by others"
     # As root, PostgreSQL runs as its own system user, which may traverse var/ (not list it) to reach its data.
-    assert stat.S_IMODE(var.stat().st_mode) == (0o711 if os.geteuid() == 0 else 0o700)
+    assert stat.S_IMODE(var.stat().st_mode) == (0o701 if os.geteuid() == 0 else 0o700)
     logs = out + "".join(p.read_text(errors="replace") for p in (var / "log").glob("*.log"))
     secrets = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
     for secret in (*[state[k] for k in secrets], state["store_secret_access_key"]):
@@ -136,7 +136,9 @@ def _check_production_topology(var: Path, state: dict) -> None:
 
     for component in AIRFLOW_COMPONENTS:
         pid = int((var / "run" / f"airflow-{component}.pid").read_text())
-        assert f"airflow {component}" in " ".join(psutil.Process(pid).cmdline()), f"no airflow {component} process"
+        # Airflow retitles its processes ("airflow api_server -- host:..."); either spelling names the component.
+        title = " ".join(psutil.Process(pid).cmdline()).replace("-", "_")
+        assert f"airflow {component.replace('-', '_')}" in title, f"no airflow {component} process: {title}"
     conn = psycopg2.connect(
         host="127.0.0.1",
         port=state["postgres_port"],
