@@ -50,6 +50,7 @@ bench: setup
 lock:
 	@$(VENV)/bin/pip freeze --exclude-editable | grep -v -E '^(horovod|tlpipe|cmake)( @ |==)' > requirements/constraints.txt
 	@echo "wrote requirements/constraints.txt"
+	@$(PY) scripts/pin_requirements.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -15,13 +15,14 @@ FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 # The official image installs Python packages as the airflow user (uid 50000, group 0).
 USER 50000:0
 
-# Providers and libraries pinned as in requirements/airflow.in + requirements/constraints.txt; apache-airflow
-# is named again so pip can never move it off the image's version.
+# Providers and libraries: the top-level requirements.txt (requirements/airflow.in pinned), their dependencies
+# held by requirements/constraints.txt; apache-airflow is named again so pip can never move it off the image's.
 ARG AIRFLOW_VERSION=3.3.2
-COPY requirements/airflow.in requirements/constraints.txt /opt/tlpipe/requirements/
+COPY requirements.txt /opt/tlpipe/requirements.txt
+COPY requirements/constraints.txt /opt/tlpipe/requirements/
 RUN grep -v -E '^(horovod|tlpipe)[ =@]' /opt/tlpipe/requirements/constraints.txt > /tmp/constraints.txt \
  && pip install --no-cache-dir -c /tmp/constraints.txt \
-      "apache-airflow==${AIRFLOW_VERSION}" -r /opt/tlpipe/requirements/airflow.in \
+      "apache-airflow==${AIRFLOW_VERSION}" -r /opt/tlpipe/requirements.txt \
  && rm /tmp/constraints.txt
 
 # Reads the metadata database password from a secret file (AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD).

@@ -189,6 +189,29 @@ class TuningRange(Section):
         return self
 
 
+class ServingBatchingConfig(Section):
+    """Server-side batching of SageMaker's managed TensorFlow Serving container (``tensorflow-inference``
+    images): its ``SAGEMAKER_TFS_*`` environment. The project's own serving image batches by itself."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_timeout_micros: int = Field(default=1000, ge=0)
+    num_batch_threads: int | None = Field(default=None, ge=1)  # the container's default: its CPU count
+    max_enqueued_batches: int | None = Field(default=None, ge=1)
+
+    def container_environment(self) -> dict[str, str]:
+        if not self.enabled:
+            return {}
+        values = {
+            "SAGEMAKER_TFS_ENABLE_BATCHING": "true",
+            "SAGEMAKER_TFS_MAX_BATCH_SIZE": self.max_batch_size,
+            "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS": self.batch_timeout_micros,
+            "SAGEMAKER_TFS_NUM_BATCH_THREADS": self.num_batch_threads,
+            "SAGEMAKER_TFS_MAX_ENQUEUED_BATCHES": self.max_enqueued_batches,
+        }
+        return {k: str(v) for k, v in values.items() if v is not None}
+
+
 class TuningConfig(Section):
     """The fine-tune as a SageMaker hyperparameter tuning job (objective: the gate's metric, maximised)."""
 
@@ -222,6 +245,13 @@ class SageMakerConfig(Section):
     baseline_margin: float = Field(default=DEFAULT_BASELINE_MARGIN, ge=0, le=1)
     hyperparameters: dict[str, str | int | float | bool] = {}
     tuning: TuningConfig = TuningConfig()
+    serving_batching: ServingBatchingConfig = ServingBatchingConfig()
+
+    @property
+    def serving_image_is_managed_tfs(self) -> bool:
+        """SageMaker's own TensorFlow Serving image (``.../tensorflow-inference:<version>``), not the project's."""
+        repository = self.serving_image_uri.rsplit("@", 1)[0].rsplit(":", 1)[0]
+        return repository.rsplit("/", 1)[-1] == "tensorflow-inference"
 
 
 class PipelineConfig(Section):

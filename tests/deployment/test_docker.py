@@ -376,7 +376,7 @@ def test_airflow_image_is_the_official_image_with_the_pinned_providers(airflow):
     assert pinned == constraint_pin("apache-airflow")
     assert airflow.base_image(airflow.final) == f"apache/airflow:{pinned}-python3.11"
     install = next(r for r in airflow.final.runs() if "pip install" in r)
-    assert "-r /opt/tlpipe/requirements/airflow.in" in install and "-c /tmp/constraints.txt" in install
+    assert "-r /opt/tlpipe/requirements.txt" in install and "-c /tmp/constraints.txt" in install
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in install
     assert airflow.resolve("${AIRFLOW_VERSION}", airflow.final) == pinned
 

@@ -72,3 +72,24 @@ def test_training_requirements_cover_the_training_package():
         if not names & (installed | BUILT_BY_THE_IMAGE):
             missing[module] = sorted(files)
     assert missing == {}, f"imported by the training package but not installed by requirements/training.in: {missing}"
+
+
+def test_the_top_level_requirements_txt_is_airflow_in_pinned_to_the_constraints():
+    """What the Airflow image and managed Airflow install: every package of requirements/airflow.in, each at
+    exactly its version in requirements/constraints.txt, nothing else; regenerating it changes nothing."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pin_requirements
+
+    text = (ROOT / "requirements.txt").read_text()
+    assert text == pin_requirements.render(
+        (ROOT / "requirements/airflow.in").read_text(), (ROOT / "requirements/constraints.txt").read_text()
+    ), "requirements.txt is out of date: run `make lock`"
+    constraints = pin_requirements.pins((ROOT / "requirements/constraints.txt").read_text())
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    wanted = [_name(r) for r in (ROOT / "requirements/airflow.in").read_text().splitlines() if r.split("#")[0].strip()]
+    assert [_name(line) for line in lines] == wanted
+    for line in lines:
+        name, _, version = line.partition("==")
+        assert constraints[pin_requirements.canonical(name.split("[")[0])] == version, line
+    # What the Airflow side imports at run time is there: the metadata database's drivers among them.
+    assert {"apache-airflow", "psycopg2-binary", "asyncpg"} <= {_name(line) for line in lines}

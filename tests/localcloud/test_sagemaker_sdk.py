@@ -10,12 +10,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-
 from localcloud_fixtures import (
     COLOURS,
     IMAGES,

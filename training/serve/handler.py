@@ -11,7 +11,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING
 
-from training.serve.model import Context, HTTPError
+from training.serve.model import DEFAULT_ACCEPT, DEFAULT_CONTENT_TYPE, Context, HTTPError
 
 if TYPE_CHECKING:
     from training.serve.server import Server
@@ -221,15 +221,16 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         model = server.model
         ctx = Context(
-            model.name,
-            model.version,
-            "predict",
-            f"http://127.0.0.1/v1/models/{model.name}/versions/{model.version}:predict",
-            None,
-            self.headers.get("X-Amzn-SageMaker-Custom-Attributes"),
-            self.headers.get("Content-Type"),
-            self.headers.get("Accept"),
-            len(body),
+            model_name=model.name,
+            model_version=model.version,
+            method="predict",
+            rest_uri=f"http://127.0.0.1/v1/models/{model.name}/versions/{model.version}:predict",
+            grpc_port=None,
+            channel=None,
+            custom_attributes=self.headers.get("X-Amzn-SageMaker-Custom-Attributes"),
+            request_content_type=self.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
+            accept_header=self.headers.get("Accept") or DEFAULT_ACCEPT,
+            content_length=len(body),
         )
         handlers = model.handlers
         try:

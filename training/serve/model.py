@@ -12,12 +12,14 @@ import sys
 from pathlib import Path
 
 SIGNATURE = "serving_default"
-# The context object the SageMaker TFS container passes to input_handler/output_handler, same fields.
+# The context object the SageMaker TFS container passes to input_handler/output_handler: the same fields, in
+# the same order. Like the container, a request without Content-Type or Accept is taken as JSON.
 Context = collections.namedtuple(
     "Context",
-    "model_name model_version method rest_uri grpc_uri custom_attributes request_content_type "
+    "model_name model_version method rest_uri grpc_port channel custom_attributes request_content_type "
     "accept_header content_length",
 )
+DEFAULT_CONTENT_TYPE = DEFAULT_ACCEPT = "application/json"
 
 
 def log(msg: str) -> None:

@@ -41,9 +41,9 @@ def params_of(cfg, **overrides) -> dict:
     return values
 
 
-def built_requests(profile: str) -> dict[str, dict]:
+def built_requests(profile: str, environ: dict | None = None) -> dict[str, dict]:
     """The requests of one run, built the way the DAG's tasks build them."""
-    cfg = load_config(profile, environ={})
+    cfg = load_config(profile, environ=environ or {})
     params = params_of(cfg, compare_scratch=True, hyperparameters={"epochs_head": 2, "augment": False})
     prepared = steps.prepare_finetune(
         cfg,
@@ -116,6 +116,32 @@ def test_model_and_config_carry_accuracy_and_lineage_tags():
     variant = built["CreateEndpointConfig"]["ProductionVariants"][0]
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g5.xlarge", 2)
     assert variant["ModelName"] == built["CreateModel"]["ModelName"]
+
+
+MANAGED_TFS = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-inference:2.16-cpu"
+
+
+def test_managed_tfs_models_carry_the_containers_batching_environment():
+    tfs = built_requests("production", {"TLPIPE__SAGEMAKER__SERVING_IMAGE_URI": MANAGED_TFS})["CreateModel"]
+    assert tfs["PrimaryContainer"]["Image"] == MANAGED_TFS
+    assert tfs["PrimaryContainer"]["Environment"] == {
+        "SAGEMAKER_TFS_ENABLE_BATCHING": "true",
+        "SAGEMAKER_TFS_MAX_BATCH_SIZE": "8",
+        "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS": "1000",
+    }
+    assert req.problems("CreateModel", tfs) == []
+    tuned = built_requests(
+        "production",
+        {
+            "TLPIPE__SAGEMAKER__SERVING_IMAGE_URI": MANAGED_TFS + "@sha256:" + "0" * 64,
+            "TLPIPE__SAGEMAKER__SERVING_BATCHING": "{max_batch_size: 32, num_batch_threads: 4}",
+        },
+    )["CreateModel"]["PrimaryContainer"]["Environment"]
+    assert tuned["SAGEMAKER_TFS_MAX_BATCH_SIZE"] == "32" and tuned["SAGEMAKER_TFS_NUM_BATCH_THREADS"] == "4"
+    off = {"TLPIPE__SAGEMAKER__SERVING_IMAGE_URI": MANAGED_TFS, "TLPIPE__SAGEMAKER__SERVING_BATCHING__ENABLED": "false"}
+    assert "Environment" not in built_requests("production", off)["CreateModel"]["PrimaryContainer"]
+    # The project's own serving image batches by itself: no TFS environment.
+    assert "Environment" not in built_requests("production")["CreateModel"]["PrimaryContainer"]
 
 
 def test_names_are_deterministic_distinct_and_within_the_limit():
