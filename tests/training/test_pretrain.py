@@ -145,6 +145,14 @@ def _kill_leftovers(marker: str) -> None:
         time.sleep(0.2)
 
 
+def test_a_long_epoch_logs_its_progress(tiny_manifest, tmp_path):
+    cmd = _cmd(tiny_manifest, tmp_path / "ckpt", 1, "--steps-per-epoch", "6", "--progress-seconds", "1e-9", np=0)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = re.findall(r"\[pretrain\] epoch 1 step (\d)/6 \(\d+%\): loss [0-9.]+ accuracy [0-9.]+ \d+ img/s", r.stdout)
+    assert steps == ["1", "2", "3", "4", "5"], r.stdout[-2000:]
+
+
 def test_failure_writes_reason_and_exits_nonzero(tiny_manifest, tmp_path):
     ckpt = tmp_path / "ckpt"
     r = subprocess.run(

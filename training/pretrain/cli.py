@@ -53,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads per worker (0: TF decides)")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="0: one pass over the training list")
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=30.0,
+        help="rank 0 logs its step, loss and speed this often inside an epoch (0: only at the epoch's end)",
+    )
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests

@@ -127,14 +127,25 @@ class EpochRunner:
         self.train_skips = tdata.SkipTracker(data.train_split)
         self.skipped_total = 0
 
-    def _train(self) -> tuple[float, float, float]:
+    def _train(self, epoch: int) -> tuple[float, float, float]:
         loss_sum = correct_sum = seen = 0.0
-        for _ in range(self.data.steps_per_epoch):
+        steps, every = self.data.steps_per_epoch, getattr(self.args, "progress_seconds", 0) if self.rank == 0 else 0
+        start = last_report = time.perf_counter()
+        for step in range(1, steps + 1):
             images, labels, idx = next(self.train_iter)
             loss, correct = self.train_step(images, labels)
             loss_sum += float(loss)
             correct_sum += float(correct)
             seen += int(labels.shape[0])
+            # A long epoch shows its progress in the task's log (rank 0, at most every --progress-seconds).
+            if every and step < steps and time.perf_counter() - last_report >= every:
+                last_report = time.perf_counter()
+                print(
+                    f"[pretrain] epoch {epoch} step {step}/{steps} ({100 * step / steps:.0f}%): "
+                    f"loss {loss_sum / step:.4f} accuracy {correct_sum / seen:.4f} "
+                    f"{seen / (last_report - start):.0f} img/s on rank 0",
+                    flush=True,
+                )
             for path in self.train_skips.update(idx.numpy()) if self.track else []:
                 self.skipped_total += 1
                 print(f"[pretrain] rank {self.rank}: skipped undecodable file {path}", flush=True)
@@ -159,7 +170,7 @@ class EpochRunner:
         import tensorflow as tf
 
         hvd, t0 = self.hvd, time.perf_counter()
-        loss_sum, correct_sum, seen = self._train()
+        loss_sum, correct_sum, seen = self._train(epoch)
         train_time = time.perf_counter() - t0
         # Horovod: BatchNorm moving statistics are per rank (each sees its own shard); average them so every
         # rank holds the same model and evaluates the same network.

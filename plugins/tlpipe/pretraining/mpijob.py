@@ -19,6 +19,9 @@ from plugins.tlpipe.pretraining.spec import TrainingSpec
 GROUP = "kubeflow.org"
 VERSION = "v2beta1"
 PLURAL = "mpijobs"
+# Labels the MPI operator puts on the pods of a job (the launcher's role is "launcher").
+LABEL_JOB_NAME = "training.kubeflow.org/job-name"
+LABEL_JOB_ROLE = "training.kubeflow.org/job-role"
 KIND = "MPIJob"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 

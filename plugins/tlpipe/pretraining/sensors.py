@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
@@ -110,6 +111,7 @@ class MPIJobSensor(BaseSensorOperator):
         self.name = name
         self.namespace = namespace
         self.kubernetes_conn_id = kubernetes_conn_id
+        self._log_since: str | None = None
 
     def _hook(self):
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -130,6 +132,7 @@ class MPIJobSensor(BaseSensorOperator):
         self.log.info(
             "MPIJob %s/%s: %s%s", self.namespace, self.name, status.phase, f" ({replicas})" if replicas else ""
         )
+        self._stream_launcher_log(context)
         failed = status.condition("Failed")
         if failed:
             raise AirflowFailException(
@@ -137,6 +140,42 @@ class MPIJobSensor(BaseSensorOperator):
                 f"{failed.reason or 'no reason'}: {failed.message or 'no message'}"
             )
         return status.condition("Succeeded") is not None
+
+    LOG_SINCE_KEY = "launcher_log_since"
+
+    def _stream_launcher_log(self, context) -> None:
+        """The launcher pod's new log lines (horovodrun's output: every rank's epochs) into this task's log.
+
+        The API server stamps each line (``timestamps=true``); the newest stamp printed is kept in XCom, so a
+        rescheduled poke prints only what came after it. Logs are a convenience: reading them never fails a poke.
+        """
+        from plugins.tlpipe.pretraining import mpijob
+
+        ti = context.get("ti") if hasattr(context, "get") else None
+        try:
+            core = self._hook().core_v1_client
+            selector = f"{mpijob.LABEL_JOB_NAME}={self.name},{mpijob.LABEL_JOB_ROLE}=launcher"
+            pods = core.list_namespaced_pod(self.namespace, label_selector=selector).items
+            if not pods:
+                return
+            pod = sorted(pods, key=lambda p: p.metadata.creation_timestamp or 0)[-1].metadata.name
+            last = self._log_since or (ti.xcom_pull(task_ids=ti.task_id, key=self.LOG_SINCE_KEY) if ti else None)
+            window = int(time.time() - _stamp(last).timestamp()) + 2 if last else int(self.poke_interval) + 5
+            text = core.read_namespaced_pod_log(pod, self.namespace, timestamps=True, since_seconds=max(window, 1))
+        except Exception as err:  # noqa: BLE001
+            self.log.debug("no launcher log yet: %s", err)
+            return
+        newest = last
+        for line in (text or "").splitlines():
+            stamp, _, message = line.partition(" ")
+            if last and _stamp(stamp) <= _stamp(last):
+                continue
+            self.log.info("[launcher %s] %s", pod, message)
+            newest = stamp
+        if newest and newest != last:
+            self._log_since = newest
+            if ti is not None:
+                ti.xcom_push(key=self.LOG_SINCE_KEY, value=newest)
 
     def on_kill(self) -> None:
         from plugins.tlpipe.pretraining import mpijob
@@ -152,6 +191,12 @@ class MPIJobSensor(BaseSensorOperator):
             self.log.info("deleted MPIJob %s/%s", self.namespace, self.name)
         except Exception as err:  # noqa: BLE001 - a kill must not fail on cleanup
             self.log.warning("could not delete MPIJob %s/%s: %s", self.namespace, self.name, err)
+
+
+def _stamp(value: str) -> datetime:
+    """An RFC 3339 time as the API server writes it (nanoseconds, ``Z``) as a datetime (microseconds)."""
+    head, _, frac = value.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00")
 
 
 def sensor_defaults(poke_seconds: float, timeout_hours: float, mode: str) -> dict:

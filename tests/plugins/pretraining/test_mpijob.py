@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -213,3 +214,40 @@ def test_killing_the_watch_deletes_the_job(kube, job):
     CreateMPIJobOperator(task_id="create", yaml_conf=job.to_yaml(), namespace=NS).execute({})
     MPIJobSensor(task_id="watch", name=job.metadata.name, namespace=NS).on_kill()
     assert kube.objects("mpijobs", NS, group=mpijob.GROUP, version=mpijob.VERSION) == []
+
+
+def test_the_watch_streams_the_launcher_log_once(kube, job, capsys):
+    """Each poke prints the launcher pod's lines it has not printed yet (the API server's timestamps say which)."""
+    from kubernetes import client
+
+    from plugins.tlpipe.pretraining.sensors import MPIJobSensor
+
+    name = job.metadata.name
+    client.CustomObjectsApi(kube.client()).create_namespaced_custom_object(
+        mpijob.GROUP, mpijob.VERSION, NS, mpijob.PLURAL, job.to_manifest()
+    )
+    labels = {mpijob.LABEL_JOB_NAME: name, mpijob.LABEL_JOB_ROLE: "launcher"}
+    pod = {"metadata": {"name": f"{name}-launcher-x1", "labels": labels}, "spec": {"containers": [{"name": "l"}]}}
+    client.CoreV1Api(kube.client()).create_namespaced_pod(NS, pod)
+    kube.pod_log = (  # text: kmock answers a bytes value with its repr
+        "2026-12-02T06:00:01.123456789Z [1,0]<stdout>:[pretrain] epoch 1/48: loss 2.1\n"
+        "2026-12-02T06:00:02.5Z [1,0]<stdout>:[pretrain] epoch 2/48: loss 1.9\n"
+    )
+    sensor = MPIJobSensor(task_id="watch", name=name, namespace=NS, poke_interval=1, timeout=30)
+
+    def printed() -> list[str]:
+        return re.findall(
+            r"\[launcher \S+\] (\[1,0\]<stdout>:\[pretrain\] epoch \d+/48: loss [0-9.]+)", capsys.readouterr().out
+        )
+
+    capsys.readouterr()
+    sensor.poke({})
+    assert printed() == [
+        "[1,0]<stdout>:[pretrain] epoch 1/48: loss 2.1",
+        "[1,0]<stdout>:[pretrain] epoch 2/48: loss 1.9",
+    ]
+    kube.pod_log += "2026-12-02T06:00:03.000000001Z [1,0]<stdout>:[pretrain] epoch 3/48: loss 1.7\n"
+    sensor.poke({})
+    assert printed() == ["[1,0]<stdout>:[pretrain] epoch 3/48: loss 1.7"]
+    sensor.poke({})
+    assert printed() == []
