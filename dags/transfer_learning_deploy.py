@@ -87,6 +87,14 @@ def _owner(dag_run) -> dict:
     return {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id}
 
 
+def _checkpoint_store():
+    """The on-prem checkpoint store, where the pretraining run's TensorBoard logs are."""
+    from plugins.tlpipe.pretraining.sensors import checkpoint_store
+
+    cfg = get_config()
+    return checkpoint_store(cfg.checkpoints.root, cfg.checkpoints.conn_id)
+
+
 def _results(ti) -> DeployRunResults:
     """The run's facts (its tasks' XComs), read once for the lineage record and the rollback."""
     return DeployRunResults.from_xcoms(lambda task_id, key: ti.xcom_pull(task_ids=task_id, key=key))
@@ -194,7 +202,13 @@ def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def record_lineage(prepared: dict, outcome: dict, ti=None, dag_run=None) -> dict:
     summary = closing.record_run(
-        _exporter(), _results(ti), prepared=prepared, outcome=outcome, dag_id=dag_run.dag_id, run_id=dag_run.run_id
+        _exporter(),
+        _results(ti),
+        prepared=prepared,
+        outcome=outcome,
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        checkpoint_store=_checkpoint_store(),
     )
     ti.xcom_push(key="summary", value=summary)
     return summary
@@ -230,6 +244,7 @@ def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
         dag_id=dag_run.dag_id,
         run_id=dag_run.run_id,
         poll=POLL,
+        checkpoint_store=_checkpoint_store(),
     )
     ti.xcom_push(key="summary", value=summary)
     raise AirflowFailException(message)
@@ -256,6 +271,7 @@ def transfer_learning_deploy():
     finetune = FinetuneTrainingOperator(
         task_id="finetune",
         config=prepared["training_request"],
+        run_artifacts=prepared["run_artifacts"],
         print_log=True,
         check_interval=POLL,
         max_ingestion_time=cfg.sagemaker.training_max_runtime_seconds + 1800,

@@ -62,6 +62,16 @@ def test_raw_images_to_a_live_endpoint(tmp_path):
         assert endpoint["EndpointStatus"] == "InService"
         job = sm.list_training_jobs()["TrainingJobSummaries"][0]
         assert job["TrainingJobStatus"] == "Completed"
+        # Beside the lineage record: the pretraining TensorBoard logs (from the checkpoint store) and the report.
+        s3 = boto3.client("s3", **kw)
+        keys = [
+            o["Key"] for o in s3.list_objects_v2(Bucket="tlpipe", Prefix="tlpipe/lineage/tlpipe-domain/")["Contents"]
+        ]
+        (record_key,) = [k for k in keys if k.endswith(".json")]
+        record = json.loads(s3.get_object(Bucket="tlpipe", Key=record_key)["Body"].read())
+        folder = record_key[: -len(".json")]
+        assert record["artifacts"]["tensorboard_uri"] == f"s3://tlpipe/{folder}/tensorboard/pretrain/"
+        assert f"{folder}/report.md" in keys and any(k.startswith(f"{folder}/tensorboard/pretrain/") for k in keys)
 
         # Held-out domain validation images, straight from the raw tree, through the endpoint.
         (domain_val,) = (var / "curated").glob("*/domain_val.tsv.gz")

@@ -55,7 +55,16 @@ class CheckpointDir:
     BEST_JSON = "best.json"
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
+    LOGS = "logs"
     EPOCH_DIGITS = 4
+
+    @classmethod
+    def of_best(cls, best_uri: str) -> "CheckpointDir":
+        """The run directory whose ``best/`` this is."""
+        uri = str(best_uri).rstrip("/")
+        if not uri.endswith("/" + cls.BEST):
+            raise ValueError(f"{best_uri!r} is not a run's {cls.BEST}/ directory")
+        return cls(uri[: -len(cls.BEST) - 1])
 
     def path(self, *parts: str) -> str:
         return st.join(self.uri, *parts)
@@ -73,6 +82,10 @@ class CheckpointDir:
     @property
     def best_json(self) -> str:
         return self.path(self.BEST_JSON)
+
+    @property
+    def logs_dir(self) -> str:
+        return self.path(self.LOGS)
 
     @property
     def complete(self) -> str:

@@ -34,6 +34,7 @@ def test_airflows_plugins_manager_loads_the_plugin_and_nothing_twice(tmp_path):
     assert {
         "plugins.tlpipe.deploy.links.SageMakerTrainingJobLink",
         "plugins.tlpipe.deploy.links.SageMakerEndpointLink",
+        "plugins.tlpipe.deploy.links.RunArtifactsLink",
     } <= set(result["links"])
     twice = {path: names for path, names in result["loaded"].items() if len(names) > 1}
     assert twice == {}, f"imported under two names: {twice}"
@@ -52,11 +53,23 @@ def test_links_point_at_the_console_pages_of_the_resources():
     assert SageMakerEndpointLink().format_link(
         region_name="eu-west-1", aws_domain=domain, endpoint_name="tlpipe-domain"
     ) == ("https://console.aws.amazon.com/sagemaker/home?region=eu-west-1#/endpoints/tlpipe-domain")
+    from plugins.tlpipe.deploy.links import RunArtifactsLink
+
+    assert (
+        RunArtifactsLink().format_link(
+            region_name="eu-west-1", aws_domain=domain, bucket="tlpipe", prefix="tlpipe/lineage/tlpipe-domain/ft-1"
+        )
+        == "https://console.aws.amazon.com/s3/buckets/tlpipe?region=eu-west-1&prefix=tlpipe/lineage/tlpipe-domain/ft-1/"
+    )
 
 
 def test_the_deploy_operators_carry_the_links():
-    from plugins.tlpipe.deploy.links import SageMakerEndpointLink, SageMakerTrainingJobLink
+    from plugins.tlpipe.deploy.links import RunArtifactsLink, SageMakerEndpointLink, SageMakerTrainingJobLink
     from plugins.tlpipe.deploy.operators import DeployEndpointOperator, FinetuneTrainingOperator
 
-    assert [type(l) for l in FinetuneTrainingOperator.operator_extra_links] == [SageMakerTrainingJobLink]
+    assert [type(l) for l in FinetuneTrainingOperator.operator_extra_links] == [
+        SageMakerTrainingJobLink,
+        RunArtifactsLink,
+    ]
+    assert "run_artifacts" in FinetuneTrainingOperator.template_fields
     assert [type(l) for l in DeployEndpointOperator.operator_extra_links] == [SageMakerEndpointLink]

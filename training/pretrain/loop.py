@@ -257,7 +257,7 @@ class ChiefWriter:
         self.is_chief, self.store, self.run_dir, self.workdir = is_chief, store, run_dir, workdir
         self.remote = st.is_s3(run_dir.uri)
         # TensorBoard writes locally; for an s3:// checkpoint dir the files are uploaded after each epoch.
-        tb_dir = workdir / "logs" if self.remote else Path(run_dir.uri, "logs")
+        tb_dir = workdir / run_dir.LOGS if self.remote else Path(run_dir.logs_dir)
         self.tb = tf.summary.create_file_writer(str(tb_dir)) if is_chief else None
 
     def log(self, msg: str) -> None:
@@ -275,7 +275,7 @@ class ChiefWriter:
                 tf.summary.scalar(key, metrics[key])
         self.tb.flush()
         if self.remote:
-            self.store.upload_dir(self.workdir / "logs", st.join(self.run_dir.uri, "logs"))
+            self.store.upload_dir(self.workdir / self.run_dir.LOGS, self.run_dir.logs_dir)
         self.log(
             f"epoch {metrics['epoch']}/{epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "

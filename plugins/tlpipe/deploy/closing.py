@@ -18,6 +18,7 @@ from plugins.tlpipe.aws import describe_or_none, paginate, s3_client
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import sagemaker_requests as requests
+from plugins.tlpipe.deploy.artifacts import upload_run_artifacts
 from plugins.tlpipe.deploy.run_record import DeployRunResults
 from plugins.tlpipe.deploy.steps import ENDPOINT_WAIT_SECONDS, list_tags
 
@@ -166,6 +167,7 @@ def _record(
     dag_id: str,
     run_id: str,
     rollback: Mapping[str, Any] | None = None,
+    checkpoint_store=None,
 ) -> dict:
     gate = results.gate or {}
     record = decide.lineage_record(
@@ -182,6 +184,9 @@ def _record(
         rollback=rollback,
         tuning=outcome.get("tuning"),
     )
+    if checkpoint_store is not None:
+        key = decide.run_artifacts_key(exporter.cfg.key, prepared["endpoint"], outcome["job"])
+        record["artifacts"] = upload_run_artifacts(exporter, checkpoint_store, key, record)
     uri = write_lineage(exporter, prepared["endpoint"], outcome["job"], record)
     summary = decide.run_summary(record, uri)
     log.info("run summary: %s", summary)
@@ -196,6 +201,7 @@ def record_run(
     outcome: Mapping[str, Any],
     dag_id: str,
     run_id: str,
+    checkpoint_store=None,
 ) -> dict:
     """After a deployment that passed its smoke test, or a gate that said no: lineage in S3, the summary."""
     gate = results.gate or {}
@@ -204,7 +210,17 @@ def record_run(
         status, reason = "deployed", "; ".join(r for r in reasons if r)
     else:
         status, reason = "rejected", gate.get("reason") or "the quality gate did not pass"
-    return _record(exporter, status, reason, results, prepared=prepared, outcome=outcome, dag_id=dag_id, run_id=run_id)
+    return _record(
+        exporter,
+        status,
+        reason,
+        results,
+        prepared=prepared,
+        outcome=outcome,
+        dag_id=dag_id,
+        run_id=run_id,
+        checkpoint_store=checkpoint_store,
+    )
 
 
 def failure_reason(states: Mapping[str, str], results: DeployRunResults) -> str:
@@ -231,6 +247,7 @@ def rollback_run(
     dag_id: str,
     run_id: str,
     poll: float,
+    checkpoint_store=None,
 ) -> tuple[dict, str]:
     """Restore the endpoint, record the run, and return (summary, the message the run fails with)."""
     reason = failure_reason(states, results)
@@ -259,5 +276,6 @@ def rollback_run(
         dag_id=dag_id,
         run_id=run_id,
         rollback=done,
+        checkpoint_store=checkpoint_store,
     )
     return summary, message

@@ -25,6 +25,14 @@ class SageMakerEndpointLink(BaseAwsLink):
     format_str = BASE_AWS_CONSOLE_LINK + "/sagemaker/home?region={region_name}#/endpoints/{endpoint_name}"
 
 
+class RunArtifactsLink(BaseAwsLink):
+    """The fine-tune's run artifacts beside its lineage record: the TensorBoard logs and the report."""
+
+    name = "Run artifacts (TensorBoard, report)"
+    key = "tlpipe_run_artifacts"
+    format_str = BASE_AWS_CONSOLE_LINK + "/s3/buckets/{bucket}?region={region_name}&prefix={prefix}/"
+
+
 def persist(link: type[BaseAwsLink], context, operator, **names: str) -> None:
     """Record what ``link`` points at for this task instance (a no-op when the task pushes no XCom). A link is
     a convenience: failing to record one never fails the task."""

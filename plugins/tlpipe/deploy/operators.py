@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import (
@@ -87,12 +88,14 @@ class TuningJobTrigger(_StoppingTrigger):
 class FinetuneTrainingOperator(SageMakerTrainingOperator):
     """Retry-safe, killable ``SageMakerTrainingOperator`` (see the module docstring)."""
 
-    operator_extra_links = (links.SageMakerTrainingJobLink(),)
+    operator_extra_links = (links.SageMakerTrainingJobLink(), links.RunArtifactsLink())
+    template_fields: Sequence[str] = (*SageMakerTrainingOperator.template_fields, "run_artifacts")
 
-    def __init__(self, *, max_job_attempts: int = MAX_JOB_ATTEMPTS, **kwargs):
+    def __init__(self, *, max_job_attempts: int = MAX_JOB_ATTEMPTS, run_artifacts: Any = None, **kwargs):
         kwargs["check_if_job_exists"] = False  # the attempt plan below replaces the timestamp suffix
         super().__init__(**kwargs)
         self.max_job_attempts = max_job_attempts
+        self.run_artifacts = run_artifacts  # {"bucket", "endpoint_prefix"} (steps.prepare_finetune)
         self._job_name: str | None = None
         if self.max_ingestion_time and self.check_interval:
             # The trigger polls max_attempts times; cover the whole allowed run time.
@@ -115,6 +118,9 @@ class FinetuneTrainingOperator(SageMakerTrainingOperator):
         self.log.info(plan.reason)
         self._job_name = plan.name
         links.persist(links.SageMakerTrainingJobLink, context, self, job_name=plan.name)
+        if self.run_artifacts:
+            bucket, prefix = self.run_artifacts["bucket"], f"{self.run_artifacts['endpoint_prefix']}/{plan.name}"
+            links.persist(links.RunArtifactsLink, context, self, bucket=bucket, prefix=prefix)
         if plan.action == "create":
             self.config["TrainingJobName"] = plan.name
             return super().execute(context)

@@ -80,6 +80,11 @@ def prepare_finetune(
         "inputs": inputs.model_dump(),
         "names": asdict(names),
         "endpoint": params["endpoint_name"],
+        # Where the runs' TensorBoard logs and reports go, one folder per job (the fine-tune task links there).
+        "run_artifacts": {
+            "bucket": cfg.s3.bucket,
+            "endpoint_prefix": decide.run_artifacts_key(cfg.s3.key, params["endpoint_name"], ""),
+        },
         "training_request": request,
         "tuning_request": tuning_request,
     }

@@ -23,6 +23,7 @@ from .after import (
     lineage_record,
     plan_retention,
     plan_rollback,
+    run_artifacts_key,
     run_summary,
     verify_live_config,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "event_extra",
     "final_metrics",
     "lineage_key",
+    "run_artifacts_key",
     "lineage_record",
     "live_accuracy",
     "plan_endpoint",

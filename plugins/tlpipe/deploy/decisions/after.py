@@ -110,9 +110,15 @@ def _utc(value: datetime) -> datetime:
 
 
 # -- lineage and the run summary ------------------------------------------------------------------------------
+def run_artifacts_key(prefix_key, endpoint: str, job_name: str) -> str:
+    """``<prefix>/lineage/<endpoint>/<job>``: the folder beside the lineage record that holds the run's
+    TensorBoard logs and its transfer-vs-scratch report (``prefix_key`` is ``S3Config.key``)."""
+    return prefix_key("lineage", endpoint, job_name)
+
+
 def lineage_key(prefix_key, endpoint: str, job_name: str) -> str:
-    """``<prefix>/lineage/<endpoint>/<job>.json`` (``prefix_key`` is ``S3Config.key``)."""
-    return prefix_key("lineage", endpoint, f"{job_name}.json")
+    """``<prefix>/lineage/<endpoint>/<job>.json``."""
+    return run_artifacts_key(prefix_key, endpoint, job_name) + ".json"
 
 
 Status = Literal["deployed", "rejected", "rolled_back", "failed", "rollback_failed"]
@@ -209,4 +215,5 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
         "smoke_accuracy": smoke.get("accuracy"),
         "latency_p95_ms": smoke.get("latency_p95_ms"),
         "lineage_uri": lineage_uri,
+        "artifacts": dict(record.get("artifacts") or {}),
     }
