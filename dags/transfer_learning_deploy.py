@@ -24,7 +24,9 @@ InService on the new config → smoke test with validation images) → `record_l
 endpoint this run created) and fails the run with the reason. `release_endpoint_lock` is the teardown.
 
 **Run summary**: XCom `summary` of `record_lineage` (deployed or rejected) or `rollback`; the lineage record
-is `s3://<bucket>/<prefix>/lineage/<endpoint>/<training job>.json`.
+is `s3://<bucket>/<prefix>/lineage/<endpoint>/<training job>.json`; beside it, `<training job>/` holds the
+pretraining run's TensorBoard logs (copied from the checkpoint store) and `report.md`, which the fine-tune
+task's "Run artifacts" link opens.
 
 **One deploy per endpoint**: `max_active_runs=1`, and an S3 lock object per endpoint
 (`<prefix>/locks/endpoints/<endpoint>.json`) held from the gate to the teardown.

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from demo_follow import Api, deploy_run_for, follow, start_report, summary
+from demo_follow import Api, deploy_run_for, follow, report_destination, start_report, summary
 from demo_services import (
     AIRFLOW_COMPONENTS,
     BIN,
@@ -157,7 +157,7 @@ def _pipeline(api: Api, args, state: dict, t_start: float) -> int | None:
     )
     dep = follow(api, DEPLOY_DAG, deploy_run["dag_run_id"], state)
     if dep["state"] == "success" and not args.no_report:
-        start_report(api, run["dag_run_id"], state)
+        start_report(api, run["dag_run_id"], state, report_destination(api, dep["dag_run_id"]))
     summary(api, state, pre, dep, time.monotonic() - t_start)
     return None if dep["state"] == "success" else 1
 

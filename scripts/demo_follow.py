@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo_services import DEPLOY_DAG, LOGS, PRETRAIN_DAG, STATE, VAR, checkpoint_store, pid_of, say, start
+from demo_services import DEPLOY_DAG, LOGS, PRETRAIN_DAG, STATE, VAR, aws_env, checkpoint_store, pid_of, say, start
 
 
 # -- REST ------------------------------------------------------------------------------------------------------
@@ -210,6 +210,13 @@ def summary(api: Api, state: dict, pre: dict, dep: dict, seconds: float) -> None
     )
 
 
+def report_destination(api: Api, deploy_run_id: str) -> str | None:
+    """Beside the deploy run's lineage record: ``<job>/transfer-report/`` next to its ``report.md``."""
+    summary = _xcom(api, DEPLOY_DAG, deploy_run_id, "record_lineage", "summary") or {}
+    report = (summary.get("artifacts") or {}).get("report_uri")
+    return report.rsplit("/", 1)[0] + "/transfer-report" if report else None
+
+
 def _sample_image() -> Path:
     """A held-out domain image, for the copy-paste examples."""
     import gzip
@@ -222,7 +229,7 @@ def _sample_image() -> Path:
     return next((VAR / "data" / "raw").rglob("*.jpg"))
 
 
-def start_report(api: Api, run_id: str, state: dict) -> None:
+def start_report(api: Api, run_id: str, state: dict, upload_to: str | None = None) -> None:
     """Transfer vs scratch at 5, 20 and 50 images per class on this run's domain classes and the two real-image
     domains, with this run's pretrained model, in the background (18 fine-tuning jobs, two at a time: about an
     hour on 2 cores), into var/report/."""
@@ -240,6 +247,9 @@ def start_report(api: Api, run_id: str, state: dict) -> None:
     elif not is_s3(ckpt):
         pretrained = Path(ckpt) / "best"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
+    # The plots go beside the deploy run's lineage record too (localcloud's S3, with its key).
+    env.update(aws_env(state))
+    upload = ["--upload-to", upload_to] if upload_to else []
     start(
         "report",
         [
@@ -256,6 +266,7 @@ def start_report(api: Api, run_id: str, state: dict) -> None:
             "2",
             "--parallel",
             "2",
+            *upload,
         ],
         {**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )

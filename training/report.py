@@ -239,7 +239,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--real-margin", type=float, default=0.01)
     p.add_argument("--parallel", type=int, default=1, help="fine-tuning jobs at once (processes, one thread each)")
     p.add_argument("--workers", type=int, default=2, help="Horovod workers for the demo pretraining")
+    p.add_argument(
+        "--upload-to",
+        default=None,
+        help="s3:// folder to copy the report's files to once written (e.g. beside the run's lineage record)",
+    )
     return p.parse_args(argv)
+
+
+def upload_report(out: Path, uri: str) -> list[str]:
+    """The report's own files (report.md, results.json, the plots), not its job directories, to ``uri``."""
+    from training.store import Store, is_s3, join
+
+    if not is_s3(uri):
+        raise SystemExit(f"--upload-to wants an s3:// URI, got {uri!r}")
+    store, sent = Store(), []
+    for path in sorted(p for p in out.iterdir() if p.is_file()):
+        store.write_bytes(join(uri, path.name), path.read_bytes())
+        sent.append(path.name)
+    log(f"uploaded {', '.join(sent)} to {uri}")
+    return sent
 
 
 def main(argv=None) -> int:
@@ -298,6 +317,8 @@ def main(argv=None) -> int:
                 f"scratch {r['scratch']['mean']:.3f}  gain {100 * r['gain']['mean']:+.1f} points"
             )
         log(f"{name}: verdict {'met' if verdicts[name]['passed'] else 'NOT met'}")
+    if args.upload_to:
+        upload_report(out, args.upload_to)
     log(f"report in {out / 'report.md'}")
     return 0 if all(v["passed"] for v in verdicts.values()) else 1
 

@@ -140,3 +140,24 @@ def test_report_runs_real_jobs(world, tmp_path):
         assert run["gain"] == pytest.approx(run["transfer"]["accuracy"] - run["scratch"]["accuracy"])
         assert run["transfer"]["accuracy"] == run["transfer"]["test_accuracy"]
     assert "Verdict" in (out / "report.md").read_text()
+
+
+def test_the_report_files_are_uploaded_without_the_job_directories(tmp_path, onprem_store, monkeypatch):
+    from training import store as st
+    from training.report import upload_report
+
+    (tmp_path / "report.md").write_text("# report\n")
+    (tmp_path / "transfer_vs_scratch.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    (tmp_path / "runs" / "digits" / "model.keras").write_bytes(b"big")
+    onprem_store.ensure_bucket("report-upload")
+    # The report's store is configured as the training jobs' are: endpoint and key from the environment.
+    monkeypatch.setenv("TLPIPE_S3_ENDPOINT_URL", onprem_store.endpoint_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", onprem_store.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", onprem_store.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    uri = "s3://report-upload/lineage/e/j/transfer-report"
+    assert upload_report(tmp_path, uri) == ["report.md", "transfer_vs_scratch.png"]
+    assert sorted(k for k, _ in st.Store().walk_files(uri)) == ["report.md", "transfer_vs_scratch.png"]
+    with pytest.raises(SystemExit, match="s3://"):
+        upload_report(tmp_path, "/tmp/elsewhere")
