@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.contracts import LIST_FILES, read_list  # noqa: F401 - read_list re-exported for the CLI's users
-from training.curate_scan import ClassScan, s3_class_names, s3_scans, scan_classes, split_files  # noqa: F401 - ClassScan and split_files re-exported
+from training.curate_scan import (  # noqa: F401 - ClassScan and split_files re-exported
+    ClassScan,
+    printable,
+    s3_class_names,
+    s3_scans,
+    scan_classes,
+    split_files,
+    unlistable_name,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST_SKIPPED_LIMIT = 10_000  # the full list is always in skipped.tsv.gz
@@ -59,7 +67,14 @@ def _class_names(data_dir, remote: bool, endpoint_url: str | None):
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise CurationError(f"data directory not found: {data_dir}")
-        class_names = sorted(e.name for e in os.scandir(data_dir) if e.is_dir() and not e.name.startswith("."))
+        class_names = []
+        for e in sorted(os.scandir(data_dir), key=lambda e: e.name):
+            if e.is_dir() and not e.name.startswith("."):
+                bad = unlistable_name(e.name)
+                if bad:  # a class name goes into every list line: such a folder cannot be a class
+                    print(f"curate: skipped class folder {printable(e.name)!r}: {bad}", flush=True)
+                else:
+                    class_names.append(e.name)
     if not class_names:
         raise CurationError(f"no class folders in {data_dir}: expected an ImageFolder tree (one folder per class)")
     return data_dir, class_names

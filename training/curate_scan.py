@@ -67,16 +67,37 @@ def scan_and_finish(task: tuple[str, str, float]) -> ClassScan:
     return scan_class((root, name)).finish(val_fraction)
 
 
+def unlistable_name(name: str) -> str | None:
+    """Why a file or folder name cannot go into the tab-separated, UTF-8 file lists; None when it can."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not UTF-8"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "name contains a control character (tab, newline, ...)"
+    return None
+
+
+def printable(rel: str) -> str:
+    """``rel`` as it can be reported: undecodable bytes as ``\\xNN``, control characters escaped."""
+    text = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if ord(c) >= 32 and ord(c) != 127 else repr(c)[1:-1] for c in text)
+
+
 def scan_class(task: tuple[str, str]) -> ClassScan:
     """Check every file of one class folder (runs in a worker process).
 
-    Depth first, in name order, hidden entries skipped, symlinks followed. Each directory is opened once and its
-    files are opened relative to it (``dir_fd``), and the directory entries' types come from ``scandir`` with no
-    stat, which together make the walk cost little next to the one read per file.
+    Depth first, in name order, hidden entries skipped, symlinks followed, but never into a directory already
+    scanned (its device and inode seen: a symlink loop or a second link to the same folder), so no image is
+    counted twice or lands in both splits. Names that are not UTF-8 or hold control characters are reported
+    and skipped. Each directory is opened once and its files are opened relative to it (``dir_fd``), and the
+    directory entries' types come from ``scandir`` with no stat, which together make the walk cost little next
+    to the one read per file.
     """
     root, name = task
     scan = ClassScan(name)
     stack = [(os.path.join(root, name), f"{name}/")]  # relative paths start at the dataset root
+    seen: set[tuple[int, int]] = set()
     while stack:
         path, rel = stack.pop()
         try:
@@ -84,11 +105,20 @@ def scan_class(task: tuple[str, str]) -> ClassScan:
         except OSError:
             continue
         try:
+            st = os.fstat(dfd)
+            if (st.st_dev, st.st_ino) in seen:
+                scan.skipped.append((printable(rel), "directory already scanned (a symlink loop or a second link)"))
+                continue
+            seen.add((st.st_dev, st.st_ino))
             entries = sorted(os.scandir(dfd), key=_by_name)
             subdirs = []
             for e in entries:
                 n = e.name
                 if n.startswith("."):
+                    continue
+                bad = unlistable_name(n)
+                if bad:
+                    scan.skipped.append((printable(rel + n), bad))
                     continue
                 if e.is_dir(follow_symlinks=True):
                     subdirs.append((os.path.join(path, n), f"{rel}{n}/"))
@@ -136,6 +166,9 @@ def s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None 
 
     def check(item):
         key, size = item
+        bad = unlistable_name(key)
+        if bad:
+            return key, size, None, bad
         try:
             if size <= 65536:
                 data = s3.get_object(Bucket=bucket, Key=key)["Body"].read() if size else b""
@@ -160,7 +193,7 @@ def s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None 
             for key, size, fmt, reason in checkers.map(check, keys):
                 rel = key[len(prefix) :]
                 if fmt is None:
-                    scan.skipped.append((rel, reason))
+                    scan.skipped.append((printable(rel), reason))
                 else:
                     scan.files.append((rel, size))
                     scan.formats[fmt] += 1
@@ -170,7 +203,7 @@ def s3_scans(uri: str, names: list[str], workers: int, endpoint_url: str | None 
 def s3_class_names(uri: str, endpoint_url: str | None = None) -> list[str]:
     from training.store import Store
 
-    return [n for n in Store(endpoint_url).list_dirs(uri) if not n.startswith(".")]
+    return [n for n in Store(endpoint_url).list_dirs(uri) if not n.startswith(".") and not unlistable_name(n)]
 
 
 def scan_classes(root: str, names: list[str], workers: int, val_fraction: float):

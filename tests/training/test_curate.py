@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 import subprocess
 import sys
 
@@ -143,3 +144,53 @@ def test_s3_tree_curates_like_the_local_one(tiny_tree, tiny_manifest, tmp_path, 
     for key in ("classes", "domain_classes", "excluded_classes", "skipped_files"):
         assert m[key] == local[key]
     assert _lists(tmp_path) == _lists(tiny_manifest.parent)
+
+
+def _small_tree(tiny_tree, root, classes=("alpha", "beta"), per_class=12):
+    """Real images from the tiny tree, ``per_class`` of them under each new class name."""
+    import shutil
+
+    images = sorted(p for p in tiny_tree.rglob("*.jpg") if p.stat().st_size > 1000)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            shutil.copy(images[c * per_class + i], root / name / f"{i:03d}.jpg")
+    return root
+
+
+def test_a_symlink_loop_is_scanned_once(tiny_tree, tmp_path):
+    data = _small_tree(tiny_tree, tmp_path / "data")
+    (data / "alpha" / "loop").symlink_to(".")  # alpha/loop/loop/... is alpha again
+    (data / "beta" / "again").symlink_to("../beta")
+    curate(data, tmp_path / "out", min_images=10, domain_classes=0, val_fraction=0.25, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {c["name"]: c["count"] for c in manifest["classes"]} == {"alpha": 12, "beta": 12}
+    lists = _lists(tmp_path / "out")
+    train, val = {r for r, _ in lists["train"]}, {r for r, _ in lists["val"]}
+    assert not train & val and len(train | val) == 24
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped_files"]}
+    assert "symlink loop" in reasons["alpha/loop/"] and "symlink loop" in reasons["beta/again/"]
+
+
+def test_names_that_cannot_be_listed_are_reported_and_skipped(tiny_tree, tmp_path):
+    data = _small_tree(tiny_tree, tmp_path / "data")
+    image = (data / "alpha" / "000.jpg").read_bytes()
+    fd = os.open(os.path.join(os.fsencode(data / "alpha"), b"caf\xe9.jpg"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, image)
+    os.close(fd)
+    (data / "alpha" / "tab\there.jpg").write_bytes(image)
+    (data / "beta" / "new\nline.jpg").write_bytes(image)
+    os.mkdir(os.path.join(os.fsencode(data), b"gamm\xe4"))  # a class folder name that is not UTF-8
+    r = _run_cli("--data-dir", str(data), "--out", str(tmp_path / "out"), "--min-images", "10", "--domain-classes", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {c["name"]: c["count"] for c in manifest["classes"]} == {"alpha": 12, "beta": 12}
+    reasons = {s["path"]: s["reason"] for s in manifest["skipped_files"]}
+    assert reasons == {
+        "alpha/caf\\xe9.jpg": "name is not UTF-8",
+        "alpha/tab\\there.jpg": "name contains a control character (tab, newline, ...)",
+        "beta/new\\nline.jpg": "name contains a control character (tab, newline, ...)",
+    }
+    assert "skipped class folder 'gamm\\\\xe4': name is not UTF-8" in r.stdout
+    # The lists the training reads stay one file per line.
+    assert all(len(line.split("\t")) == 2 for line in gzip.open(tmp_path / "out" / "train.tsv.gz", "rt"))
