@@ -53,6 +53,8 @@ class Section(BaseModel):
 class DatasetConfig(Section):
     uri: str
     curated_root: str
+    # Where a run's dataset_uri may point; empty: the folder that holds ``uri``.
+    roots: list[str] = []
     min_images_per_class: int = Field(ge=1)
     domain_classes: int | list[str]
     val_fraction: float = Field(gt=0, lt=1)
@@ -276,6 +278,9 @@ class PipelineConfig(Section):
             value = data.get(section, {}).get(key)
             if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
                 data[section][key] = str((root / value).resolve())
+        dataset = data.get("dataset", {})
+        roots = dataset.get("roots") or [str(dataset.get("uri", "")).rstrip("/").rsplit("/", 1)[0] or "/"]
+        dataset["roots"] = [r if "://" in r or Path(r).is_absolute() else str((root / r).resolve()) for r in roots]
         return data
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.schemas import whole
 from training.contracts import BASELINE_POLICIES
 
 S3_BUCKET = r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]"
-MODEL_URI = rf"^$|^s3://{S3_BUCKET}/.+\.(tar\.gz|tgz)$"
-PREFIX_URI = rf"^$|^s3://{S3_BUCKET}/.+/$"
-ENDPOINT_NAME = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
-INSTANCE_TYPE = r"^ml\.[a-z0-9]+\.[a-z0-9]+$"
-HYPERPARAMETER_KEY = r"^[a-z][a-z0-9_]{0,63}$"
+MODEL_URI = whole(rf"^$|^s3://{S3_BUCKET}/.+\.(tar\.gz|tgz)$")
+PREFIX_URI = whole(rf"^$|^s3://{S3_BUCKET}/.+/$")
+ENDPOINT_NAME = whole(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+INSTANCE_TYPE = whole(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+HYPERPARAMETER_KEY = whole(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:

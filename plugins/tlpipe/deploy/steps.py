@@ -72,6 +72,7 @@ def prepare_finetune(
         lineage=lineage_tags,
     )
     requests.validate("CreateTrainingJob", request)
+    check_before_any_job(params, names, request)
     tuning_request = None
     if params.get("tuning"):
         tuning_request = tuning.tuning_job_request(cfg.sagemaker.tuning, name=names.tuning_job, training=request)
@@ -88,6 +89,25 @@ def prepare_finetune(
         "training_request": request,
         "tuning_request": tuning_request,
     }
+
+
+def check_before_any_job(params: Mapping[str, Any], names, training_request: Mapping[str, Any]) -> None:
+    """What would otherwise fail only after the (paid) training job: the job's hyperparameters as the job reads
+    them, and the endpoint's requests with this run's serving instance type and count."""
+    from training.finetune.hyperparameters import FinetuneError, parse_hyperparameters
+
+    try:
+        parse_hyperparameters(training_request["HyperParameters"])
+    except FinetuneError as err:
+        raise requests.RequestError("CreateTrainingJob", [str(err)]) from None
+    draft = requests.endpoint_config_request(
+        config_name=names.endpoint_config,
+        model_name=names.model,
+        instance_type=params["serving_instance_type"],
+        instance_count=params["serving_instance_count"],
+        tag_values={},
+    )
+    requests.validate("CreateEndpointConfig", draft)
 
 
 def finetune_task(prepared: Mapping[str, Any]) -> str:

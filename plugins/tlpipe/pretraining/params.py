@@ -9,10 +9,13 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.schemas import whole
 from training.contracts import PRETRAIN_KNOBS
 
 LAUNCHERS = ["auto", "pod", "mpijob", "local"]
-CLASS_NAME = r"^[^/\\]+$"
+CLASS_NAME = whole(r"^[^/\\]+$")
+# An absolute path with no ".." segment; the prepare task then confines it to the configured data roots.
+DATASET_PATH = whole(r"^(?!.*(?:^|/)\.\.(?:/|$))/.+$")
 # The training knobs among the Params, in the order the UI shows them; their bounds are training.contracts'.
 KNOB_PARAMS = ("epochs", "workers", "gpus_per_worker", "image_size", "batch_size", "learning_rate", "model")
 # What the Params add to a knob's own bounds: image sizes the convolution stacks divide evenly.
@@ -42,9 +45,9 @@ def pretraining_params(cfg: PipelineConfig) -> dict[str, Param]:
             d.uri,
             type="string",
             minLength=1,
-            pattern=r"^/.+$",
+            pattern=DATASET_PATH,
             title="Dataset",
-            description="ImageFolder tree (absolute path where the data lives)",
+            description="ImageFolder tree: an absolute path below one of the configured data roots (dataset.roots)",
         ),
         "min_images_per_class": Param(
             d.min_images_per_class,

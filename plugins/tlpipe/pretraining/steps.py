@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import sys
 import tempfile
@@ -117,10 +118,39 @@ def curate_argv(cfg: PipelineConfig, params: RunParams, out: str, python: str) -
     ]
 
 
+def confine_dataset(uri: str, roots: list[str]) -> str:
+    """``uri`` when it lies below one of ``roots`` (symlinks resolved), else a ``ValueError`` saying so."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri) or ".." in uri.split("/"):
+        raise ValueError(f"dataset_uri {uri!r} holds a control character or a '..' segment")
+    if "://" in uri:
+        if any(uri.rstrip("/") == r.rstrip("/") or uri.startswith(r.rstrip("/") + "/") for r in roots):
+            return uri
+    else:
+        real = os.path.realpath(uri)
+        for root in roots:
+            base = os.path.realpath(root) if "://" not in root else None
+            if base and (real == base or real.startswith(base.rstrip(os.sep) + os.sep)):
+                return uri
+    raise ValueError(f"dataset_uri {uri!r} is outside the data roots {roots} (dataset.roots in the configuration)")
+
+
+def check_local_capacity(launcher: str, workers: int, gpus_per_worker: int, cores: int | None = None) -> None:
+    """The local launcher starts workers x max(1, gpus_per_worker) processes on this host: at most one a core."""
+    cores = cores or os.cpu_count() or 1
+    processes = workers * max(1, gpus_per_worker)
+    if launcher == "local" and processes > cores:
+        raise ValueError(
+            f"the local launcher would start {processes} Horovod processes (workers {workers} x "
+            f"max(1, gpus_per_worker {gpus_per_worker})) on a host with {cores} cores: at most {cores}"
+        )
+
+
 def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> dict:
-    """Everything a run needs to know before it starts, as JSON for XCom."""
+    """Everything a run needs to know before it starts, as JSON for XCom; refuses what cannot run here."""
     p = RunParams.model_validate(params)
     launcher = resolve_launcher(p.launcher, cfg.profile, p.workers)
+    confine_dataset(p.dataset_uri, cfg.dataset.roots)
+    check_local_capacity(launcher, p.workers, p.gpus_per_worker)
     key = run_key(run_id)
     curated_dir = _join(cfg.dataset.curated_root, key)
     manifest = _join(curated_dir, "manifest.json")

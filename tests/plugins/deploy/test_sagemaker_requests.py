@@ -247,3 +247,26 @@ def test_tag_values_are_made_acceptable():
         "accuracy": "0.5"
     }
     assert req.hyperparameter_strings({"a": True, "b": 0.5, "c": "x"}) == {"a": "true", "b": "0.5", "c": "x"}
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"serving_instance_type": "ml.fake.huge"}, "InstanceType"),
+        ({"hyperparameters": {"epochs_head": -1}}, "epochs_head"),
+        ({"hyperparameters": {"no_such_knob": 1}}, "no_such_knob"),
+    ],
+)
+def test_prepare_refuses_what_would_fail_after_the_training_job(overrides, words):
+    """A serving instance type SageMaker does not have, or hyperparameters the job would refuse, fail the run's
+    prepare task, before any (paid) training job exists."""
+    cfg = load_config("local", environ={})
+    with pytest.raises(req.RequestError, match=words):
+        steps.prepare_finetune(
+            cfg,
+            params_of(cfg, **overrides),
+            dag_id="transfer_learning_deploy",
+            run_id=RUN_ID,
+            event=EVENT,
+            read_latest=lambda: None,
+        )

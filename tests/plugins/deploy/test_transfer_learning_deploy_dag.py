@@ -133,6 +133,8 @@ INVALID_CONFS = [
     ({"serving_instance_count": 0}, "serving_instance_count"),
     ({"quality_threshold": 1.5}, "quality_threshold"),
     ({"endpoint_name": "my_endpoint"}, "endpoint_name"),
+    ({"endpoint_name": "tlpipe-domain\n"}, "endpoint_name"),
+    ({"serving_instance_type": "ml.m5.large\n"}, "serving_instance_type"),
     ({"base_model_uri": "/local/model.tar.gz"}, "base_model_uri"),
     ({"domain_dataset_uri": "s3://bucket/domain"}, "domain_dataset_uri"),
     ({"compare_scratch": "yes"}, "compare_scratch"),

@@ -109,6 +109,9 @@ def test_parsing_imports_no_tensorflow_and_opens_no_socket(pipeline):
         ({"image_size": 100}, "image_size"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"dataset_uri": "relative/path"}, "dataset_uri"),
+        ({"dataset_uri": "/data/raw\n"}, "dataset_uri"),  # Python's $ matches before a final newline
+        ({"dataset_uri": "/data/../etc"}, "dataset_uri"),
+        ({"domain_classes": ["ok", "bad\n"]}, "domain_classes"),
     ],
 )
 def test_rest_api_refuses_invalid_conf_before_creating_a_run(pipeline, conf, message):

@@ -142,7 +142,8 @@ def _params(cfg, **kw):
     }
 
 
-def test_prepare_run_gives_every_launcher_the_same_training_command():
+def test_prepare_run_gives_every_launcher_the_same_training_command(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # a GPU host, where the local launcher fits the production run
     cfg = load_config(profile="production", environ={"TLPIPE__CHECKPOINTS__ENDPOINT_URL": "http://store:9000"})
     runs = {
         launcher: prepare_run(
@@ -189,3 +190,38 @@ def test_run_params_are_checked_together(changes, message):
     cfg = load_config(environ={})
     with pytest.raises(ValidationError, match=message):
         RunParams.model_validate(_params(cfg, **changes))
+
+
+def test_prepare_run_confines_the_dataset_to_the_data_roots(tmp_path):
+    from plugins.tlpipe.pretraining.steps import confine_dataset
+
+    root = tmp_path / "data"
+    (root / "raw").mkdir(parents=True)
+    (root / "escape").symlink_to(tmp_path)  # a link inside the root that points out of it
+    cfg = load_config(profile="local", environ={"TLPIPE__DATASET__URI": str(root / "raw")})
+    assert cfg.dataset.roots == [str(root)]
+    prepare_run(cfg, _params(cfg), "general_pretraining", "manual__1")  # below the root: accepted
+    for uri, words in (
+        ("/etc", "outside the data roots"),
+        (str(tmp_path / ".ssh"), "outside the data roots"),
+        (str(root / "escape" / "x"), "outside the data roots"),
+        (str(root / ".." / "data" / "raw"), "'..' segment"),
+        (str(root / "raw") + "\n", "control character"),
+    ):
+        with pytest.raises(ValueError, match=words):
+            prepare_run(cfg, _params(cfg, dataset_uri=uri), "general_pretraining", "manual__1")
+    assert confine_dataset("s3://data/raw/x", ["s3://data/raw"]) == "s3://data/raw/x"
+    with pytest.raises(ValueError, match="outside"):
+        confine_dataset("s3://data/rawer", ["s3://data/raw"])
+
+
+def test_the_local_launcher_starts_no_more_processes_than_cores():
+    from plugins.tlpipe.pretraining.steps import check_local_capacity
+
+    check_local_capacity("local", 2, 0, cores=2)
+    check_local_capacity("mpijob", 256, 16, cores=2)  # a cluster's capacity is the scheduler's to judge
+    with pytest.raises(ValueError, match="4096 Horovod processes .* 2 cores"):
+        check_local_capacity("local", 256, 16, cores=2)
+    cfg = load_config(profile="local", environ={})
+    with pytest.raises(ValueError, match="256 Horovod processes"):
+        prepare_run(cfg, _params(cfg, workers=256, launcher="local"), "general_pretraining", "manual__1")
