@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -121,6 +122,22 @@ def _terminate_tree(pid: int, grace: float, log) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
+def supervised(argv: list[str]) -> list[str]:
+    """``argv`` under ``training.supervise``: when this task process dies, even by SIGKILL, or the command ends,
+    every process the command started is stopped too (no orphaned Horovod worker keeps training)."""
+    return [
+        sys.executable,
+        "-m",
+        "training.supervise",
+        "--parent-pid",
+        str(os.getpid()),
+        "--grace",
+        str(KILL_GRACE_SECONDS),
+        "--",
+        *argv,
+    ]
+
+
 class LocalCommandOperator(BaseOperator):
     """Run an argv (templated; may come from XCom) as a subprocess, streaming its output to the task log."""
 
@@ -151,7 +168,7 @@ class LocalCommandOperator(BaseOperator):
 
         self._hook = SubprocessHook()
         self._killed = False
-        result = self._hook.run_command(self.command(), env=self.environment(), cwd=self.cwd)
+        result = self._hook.run_command(supervised(self.command()), env=self.environment(), cwd=self.cwd)
         # A stopped command may still exit 0 (horovodrun can, once its workers are gone): never a success.
         if self._killed:
             raise AirflowException(f"{self.command()[0]} was stopped (exit code {result.exit_code})")
