@@ -40,6 +40,8 @@ LOCALCLOUD_TESTS = sorted(
 ) + [ROOT / "tests" / "localcloud_fixtures.py"]
 SERVICES = {"s3": "s3", "sagemaker": "sagemaker", "sagemaker-runtime": "sagemaker", "logs": "logs"}
 
+ONPREM_CHECKPOINT_BUCKET = "tlpipe-checkpoints"  # where the test's pretraining event says its checkpoints are
+
 
 def load_render():
     spec = importlib.util.spec_from_file_location("tlpipe_iam_render", AWS_DIR / "render.py")
@@ -288,7 +290,7 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
                     domain_classes=domain["classes"],
                     dataset_fingerprint=domain["fingerprint"],
                     manifest_sha256=hashlib.sha256(Path(tiny_manifest).read_bytes()).hexdigest(),
-                    checkpoint_uri="s3://tlpipe-checkpoints/pretrain/r/best",
+                    checkpoint_uri=f"s3://{ONPREM_CHECKPOINT_BUCKET}/pretrain/r/best",
                     epoch=1,
                     val_accuracy=0.7,
                     training_params={},
@@ -323,6 +325,15 @@ def recorded(tiny_manifest, tmp_path_factory, cfg):
         server.stop()
 
 
+def test_the_run_artifacts_read_the_checkpoint_store(recorded):
+    """The deploy run looked for the pretraining TensorBoard logs in the checkpoint store, not in AWS's bucket."""
+    calls, _ = recorded
+    listed = [
+        c.params for c in calls if str(c) == "s3:ListObjectsV2" and c.params.get("Bucket") == ONPREM_CHECKPOINT_BUCKET
+    ]
+    assert listed and all(p["Prefix"] == "pretrain/r/logs/" for p in listed)
+
+
 def test_the_runs_made_the_pipelines_calls(recorded):
     calls, _ = recorded
     made = {str(c) for c in calls}
@@ -351,6 +362,8 @@ def test_airflow_policy_allows_every_call_the_dags_make(recorded, policies, valu
     policy = Policy(policies["airflow-policy"])
     denied = []
     for call in calls:
+        if call.params.get("Bucket") == ONPREM_CHECKPOINT_BUCKET:
+            continue  # the on-prem checkpoint store (the checkpoint_store connection): not AWS, no IAM
         for request in iam_requests(call, account=values["AccountId"], region=values["Region"]):
             if not policy.allows(request):
                 denied.append(str(request))
