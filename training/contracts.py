@@ -96,12 +96,14 @@ class CheckpointDir:
         return self.path(self.FAILED)
 
     # -- reading, with a training.store.Store ---------------------------------------------------------
+    def committed_epochs(self, store: st.Store) -> list[int]:
+        """Epochs whose directory is complete (their COMMITTED marker present), newest first."""
+        names = [n for n in store.list_dirs(self.path(self.EPOCHS)) if n.isdigit()]
+        return [int(n) for n in sorted(names, reverse=True) if store.exists(self.committed_marker(int(n)))]
+
     def last_committed_epoch(self, store: st.Store) -> int:
         """Highest epoch whose directory is complete (its COMMITTED marker present); 0 when none."""
-        for name in reversed(store.list_dirs(self.path(self.EPOCHS))):
-            if name.isdigit() and store.exists(self.committed_marker(int(name))):
-                return int(name)
-        return 0
+        return next(iter(self.committed_epochs(store)), 0)
 
     def read_best(self, store: st.Store) -> dict | None:
         return store.read_json(self.best_json) if store.exists(self.best_json) else None

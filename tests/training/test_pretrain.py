@@ -145,6 +145,36 @@ def _kill_leftovers(marker: str) -> None:
         time.sleep(0.2)
 
 
+def test_resume_skips_a_committed_epoch_whose_files_fail_their_checksum(tiny_manifest, tmp_path):
+    """A truncated model.keras in the last committed epoch (a disk error, a partial copy): the rerun says so,
+    resumes from the newest good epoch and trains on, instead of failing every retry."""
+    ckpt = tmp_path / "ckpt"
+    r = subprocess.run(
+        _cmd(tiny_manifest, ckpt, 2, "--steps-per-epoch", "3", np=0),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    marker = json.loads((ckpt / "epochs" / "0002" / "COMMITTED").read_text())
+    assert set(marker["files"]) == {"model.keras", "meta.json", "metrics.json"}
+    model = ckpt / "epochs" / "0002" / "model.keras"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    r = subprocess.run(
+        _cmd(tiny_manifest, ckpt, 3, "--steps-per-epoch", "3", np=0),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "epoch 2 is committed but model.keras fails its checksum: not resuming from it" in r.stdout
+    assert "resuming after epoch 1 " in r.stdout
+    assert sorted(re.findall(r"\[pretrain\] epoch (\d)/3", r.stdout)) == ["2", "3"]
+    assert (ckpt / "COMPLETE").exists()
+
+
 def test_a_long_epoch_logs_its_progress(tiny_manifest, tmp_path):
     cmd = _cmd(tiny_manifest, tmp_path / "ckpt", 1, "--steps-per-epoch", "6", "--progress-seconds", "1e-9", np=0)
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)

@@ -312,7 +312,7 @@ def train(args) -> int:
     data = load_inputs(args, store, workdir, rank, size)
 
     # Horovod: rank 0 reads the checkpoint directory; every rank resumes from what it found.
-    state = resume_state(store, run_dir) if is_chief else {"resume_from": 0, "best": None}
+    state = resume_state(store, run_dir, workdir, chief.log) if is_chief else {"resume_from": 0, "best": None}
     state = hvd.broadcast_object(state, root_rank=0, name="resume_state")
     start, best = state["resume_from"], state["best"]
     model, optimizer, blocks = model_and_optimizer(args, data, start, store, run_dir, workdir, size, chief.log)
