@@ -198,6 +198,16 @@ def test_failure_writes_reason_and_exits_nonzero(tiny_manifest, tmp_path):
     assert not (ckpt / "FAILED").exists() and (ckpt / "COMPLETE").exists()
 
 
+def test_an_unwritable_checkpoint_directory_fails_before_the_first_step(tiny_manifest, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    r = subprocess.run(
+        _cmd(tiny_manifest, tmp_path / "a-file" / "ckpt", 2, np=0), capture_output=True, text=True, env=ENV, timeout=600
+    )
+    assert r.returncode != 0
+    assert f"the checkpoint directory {tmp_path / 'a-file' / 'ckpt'} is not writable" in r.stdout + r.stderr
+    assert "epoch 1/2" not in r.stdout  # no step was trained
+
+
 def test_missing_manifest_is_a_clear_failure(tmp_path):
     r = subprocess.run(
         _cmd(tmp_path / "nope.json", tmp_path / "ckpt", 1, np=0), capture_output=True, text=True, env=ENV, timeout=600

@@ -56,9 +56,23 @@ def epoch_problem(store: st.Store, run_dir: CheckpointDir, epoch: int, tmp: Path
     return None
 
 
+def check_writable(store: st.Store, run_dir: CheckpointDir) -> None:
+    """Write, read back and delete a probe object, so an unwritable store fails the run before its first step
+    and not after a GPU-epoch."""
+    probe = run_dir.path(".write-probe")
+    token = f"probe {utcnow()}".encode()
+    try:
+        store.write_bytes(probe, token)
+        if store.read_bytes(probe) != token:
+            raise OSError("what was read back differs from what was written")
+        store.delete(probe)
+    except Exception as err:  # noqa: BLE001 - any failure here is the same failure: say where and why
+        raise RuntimeError(f"the checkpoint directory {run_dir.uri} is not writable: {err}") from err
+
+
 def resume_state(store: st.Store, run_dir: CheckpointDir, workdir: Path, log=print) -> dict:
-    """Rank 0's view of the run so far: the newest committed epoch whose files pass their checksums (falling
-    back past any that do not, and saying so) and best.json; a stale FAILED is cleared."""
+    """Rank 0's view of the run so far: the newest committed epoch whose files pass their checksums (falling back
+    past any that do not, and saying so) and best.json; a stale FAILED is cleared."""
     resume_from = 0
     for epoch in run_dir.committed_epochs(store):
         problem = epoch_problem(store, run_dir, epoch, workdir)

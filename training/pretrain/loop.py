@@ -13,7 +13,7 @@ from pathlib import Path
 
 from training import store as st
 from training.contracts import CheckpointDir
-from training.pretrain.checkpoints import _local_copy, commit_epoch, resume_state, utcnow
+from training.pretrain.checkpoints import _local_copy, check_writable, commit_epoch, resume_state, utcnow
 from training.pretrain.inputs import Inputs, load_inputs
 
 SUMMARY_SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second")
@@ -305,6 +305,8 @@ def train(args) -> int:
     store = st.Store(args.s3_endpoint_url)
     run_dir = CheckpointDir(checkpoint_uri(args.checkpoint_dir))
     workdir = Path(tempfile.mkdtemp(prefix=f"pretrain-r{rank}-"))
+    if is_chief:
+        check_writable(store, run_dir)  # before anything is loaded or trained
     chief = ChiefWriter(is_chief, store, run_dir, workdir)
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
