@@ -7,6 +7,8 @@
     C/best/          the most accurate epoch so far (model.keras + meta.json: the transfer-learning input)
     C/best.json      which epoch best/ holds; written last, atomically
     C/COMPLETE       all epochs done; or C/FAILED with {"reason": ...} when training failed
+    C/LEASE          the one writer's lease: owner, heartbeat (``training.pretrain.lease``)
+    C/logs/          TensorBoard event files
 
   ``training.pretrain`` writes it; the best-checkpoint sensor, the local launcher, the export and the report read
   it, all through the names and helpers here.
@@ -56,6 +58,7 @@ class CheckpointDir:
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
     LOGS = "logs"
+    LEASE = "LEASE"
     EPOCH_DIGITS = 4
 
     @classmethod

@@ -280,3 +280,32 @@ def test_bind_to_cores_gives_each_local_rank_its_own_slice():
             assert slices[0] == slices[1] == before
     finally:
         os.sched_setaffinity(0, before)
+
+
+def test_two_runs_on_one_checkpoint_directory(tiny_manifest, tmp_path):
+    """The second run is refused with the holder's name and writes nothing there; the first one finishes."""
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.Popen(
+        _cmd(tiny_manifest, ckpt, 3, "--steps-per-epoch", "10", "--lease-owner", "dag/run-1", np=0),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.monotonic() + 120
+    while not (ckpt / "LEASE").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()[-2000:]
+        time.sleep(0.1)
+    second = subprocess.run(
+        _cmd(tiny_manifest, ckpt, 3, "--lease-owner", "dag/run-2", np=0),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
+    assert second.returncode == 1
+    assert "refused: the checkpoint directory" in second.stderr and "being written by dag/run-1" in second.stderr
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    assert (ckpt / "COMPLETE").exists() and not (ckpt / "FAILED").exists() and not (ckpt / "LEASE").exists()
+    assert sorted(p.name for p in (ckpt / "epochs").iterdir()) == ["0001", "0002", "0003"]

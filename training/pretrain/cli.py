@@ -59,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=30.0,
         help="rank 0 logs its step, loss and speed this often inside an epoch (0: only at the epoch's end)",
     )
+    p.add_argument(
+        "--lease-owner",
+        default=None,
+        help="who holds the checkpoint directory's lease (a run id: its retries take over); default host:pid",
+    )
+    p.add_argument("--lease-ttl", type=float, default=120.0, help="seconds of silence after which a lease expires")
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests
@@ -66,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    from training.pretrain.lease import LeaseHeld
+
     args = parse_args(argv)
     # A SIGTERM (pod deletion, Airflow kill) is a stop, not a failure: the run resumes on retry.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -75,6 +83,9 @@ def main(argv=None) -> int:
         return train(args)
     except SystemExit:
         raise
+    except LeaseHeld as err:  # another run's directory: write nothing there, FAILED included
+        print(f"[pretrain] refused: {err}", file=sys.stderr, flush=True)
+        return 1
     except BaseException as err:  # noqa: BLE001 - record why, then fail
         reason = f"{type(err).__name__}: {err}"
         traceback.print_exc()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from training import store as st
 from training.contracts import CheckpointDir
 from training.pretrain.checkpoints import _local_copy, check_writable, commit_epoch, resume_state, utcnow
 from training.pretrain.inputs import Inputs, load_inputs
+from training.pretrain.lease import Lease
 
 SUMMARY_SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second")
 
@@ -251,10 +253,11 @@ def checkpoint_uri(checkpoint_dir: str) -> str:
 class ChiefWriter:
     """Rank 0's side effects: the log, the epoch commit, TensorBoard (uploaded next to S3 checkpoints)."""
 
-    def __init__(self, is_chief: bool, store: st.Store, run_dir: CheckpointDir, workdir: Path):
+    def __init__(self, is_chief: bool, store: st.Store, run_dir: CheckpointDir, workdir: Path, lease=None):
         import tensorflow as tf
 
         self.is_chief, self.store, self.run_dir, self.workdir = is_chief, store, run_dir, workdir
+        self.lease = lease
         self.remote = st.is_s3(run_dir.uri)
         # TensorBoard writes locally; for an s3:// checkpoint dir the files are uploaded after each epoch.
         tb_dir = workdir / run_dir.LOGS if self.remote else Path(run_dir.logs_dir)
@@ -269,6 +272,8 @@ class ChiefWriter:
             return best
         import tensorflow as tf
 
+        if self.lease is not None:
+            self.lease.check()  # another run took the directory over: commit nothing more
         best = commit_epoch(self.store, self.run_dir, model, metrics, meta, best, self.workdir)
         with self.tb.as_default(step=metrics["epoch"]):
             for key in SUMMARY_SCALARS:
@@ -297,17 +302,33 @@ class ChiefWriter:
 
 
 def train(args) -> int:
+    """The run: rank 0 checks the store and takes the directory's lease (one writer), then every rank trains."""
     hvd = init_horovod(args)
-    import keras
-
     rank, size = hvd.rank(), hvd.size()
     is_chief = rank == 0
     store = st.Store(args.s3_endpoint_url)
     run_dir = CheckpointDir(checkpoint_uri(args.checkpoint_dir))
     workdir = Path(tempfile.mkdtemp(prefix=f"pretrain-r{rank}-"))
+    lease = None
     if is_chief:
         check_writable(store, run_dir)  # before anything is loaded or trained
-    chief = ChiefWriter(is_chief, store, run_dir, workdir)
+        owner = args.lease_owner or f"{socket.gethostname()}:{os.getpid()}"
+        lease = Lease(store, run_dir, owner, ttl=args.lease_ttl, every=min(30.0, args.lease_ttl / 4))
+        taken = lease.acquire()
+        if taken:
+            print(f"[pretrain] took the checkpoint lease over from {taken.get('owner')}", flush=True)
+    try:
+        return _train(args, hvd, rank, size, store, run_dir, workdir, lease)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _train(args, hvd, rank, size, store, run_dir, workdir, lease) -> int:
+    import keras
+
+    is_chief = rank == 0
+    chief = ChiefWriter(is_chief, store, run_dir, workdir, lease)
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(args.seed + rank)

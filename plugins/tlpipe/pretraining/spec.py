@@ -53,6 +53,8 @@ class TrainingSpec(BaseModel):
     data_root: str | None = None
     s3_endpoint_url: str | None = None
     threads: int = Field(default=0, ge=0)
+    # Who may write the checkpoint directory (its lease): the Airflow run, so a retry of it takes over.
+    lease_owner: str | None = None
     extra_args: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -108,6 +110,8 @@ class TrainingSpec(BaseModel):
             argv += ["--s3-endpoint-url", self.s3_endpoint_url]
         if self.threads:
             argv += ["--threads", str(self.threads)]
+        if self.lease_owner:
+            argv += ["--lease-owner", self.lease_owner]
         return argv + list(self.extra_args)
 
     def argv(self) -> list[str]:

@@ -174,6 +174,7 @@ def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> 
         learning_rate=p.learning_rate,
         s3_endpoint_url=_checkpoint_endpoint(cfg),
         threads=cfg.training.threads_per_worker,
+        lease_owner=f"{dag_id}/{run_id}",
         extra_args=cfg.training.extra_args,
     )
     mpijob_name = k8s_name("pretrain", dag_id, run_id)
