@@ -7,8 +7,10 @@ images through the live endpoint."""
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,19 @@ def _clean_env(var: Path) -> dict:
     return env
 
 
-def test_raw_images_to_a_live_endpoint(tmp_path):
+@pytest.fixture()
+def demo_dir():
+    """A directory of its own, outside pytest's base temp: pytest resets that tree to 0700 whenever another
+    session starts, which would shut out PostgreSQL's own user (as root) in the middle of the run."""
+    path = Path(tempfile.mkdtemp(prefix="tlpipe-e2e-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_raw_images_to_a_live_endpoint(demo_dir):
     import boto3
 
-    var = tmp_path / "var"
+    var = demo_dir / "var"
     env = _clean_env(var)
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
     try:
