@@ -167,9 +167,34 @@ class LocalCloud:
             return self.sagemaker.runtime(environ, start_response)
         if service == "sagemaker" or host.startswith("api.sagemaker."):
             return self.sagemaker.control(environ, start_response)
-        if (service == "s3" and method in ("PUT", "POST", "DELETE")) or _LOGS_WRITES.match(target):
+        if service == "s3" and method in ("PUT", "POST", "DELETE"):
+            return self._s3_write(environ, start_response)
+        if _LOGS_WRITES.match(target):
             self._dirty.set()
         return self.moto(environ, start_response)
+
+    def _s3_write(self, environ, start_response):
+        """An S3 write, made durable before it is answered: the bucket it changed is snapshotted (write-through),
+        so a crash right after a 200 loses nothing acknowledged. Parts of an upload wait for its completion."""
+        self._dirty.set()
+        query = environ.get("QUERY_STRING", "")
+        restoring = not self._ready  # the snapshot's own restore writes what is already on disk
+        if self.snapshot is None or restoring or "partNumber=" in query or query.split("&")[0] == "uploads":
+            return self.moto(environ, start_response)
+        answered: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            answered["status"] = status
+            return start_response(status, headers, exc_info)
+
+        body = list(self.moto(environ, capture))
+        bucket = _bucket_of(environ)
+        if answered.get("status", "").startswith("2"):
+            try:
+                self.snapshot.save_bucket(bucket) if bucket else self.persist()
+            except Exception:
+                log.exception("write-through of s3://%s failed; the periodic snapshot will retry", bucket)
+        return body
 
     # -- clients for localcloud's own use ----------------------------------------------------------------
     def client(self, service: str):
@@ -274,6 +299,15 @@ class LocalCloud:
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
         log.info("stopped")
+
+
+def _bucket_of(environ) -> str | None:
+    """The bucket of a path-style S3 request (``/bucket/key``), or of a virtual-hosted one (``bucket.s3.…``)."""
+    host = environ.get("HTTP_HOST", "").split(":")[0]
+    if ".s3." in host or host.endswith(".s3"):
+        return host.split(".s3", 1)[0] or None
+    first = environ.get("PATH_INFO", "").lstrip("/").split("/", 1)[0]
+    return first or None
 
 
 def _without_cors(start_response, origin: str | None):

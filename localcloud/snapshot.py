@@ -38,6 +38,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _known_objects(manifest: dict) -> dict:
+    return {(b["name"], o["key"]): o for b in manifest.get("buckets", []) for o in b.get("objects", [])}
+
+
 class Snapshot:
     def __init__(self, directory: Path, s3, logs):
         self.dir = Path(directory)
@@ -63,24 +67,35 @@ class Snapshot:
             _atomic_write(self.manifest_path, json.dumps(manifest).encode())
             self._collect_garbage(manifest)
 
+    def save_bucket(self, name: str) -> None:
+        """Snapshot one bucket now (after a write to it, before the write is acknowledged), the rest as it was."""
+        with self._lock:
+            previous = self._manifest()
+            known = _known_objects(previous)
+            names = {b["Name"] for b in self.s3.list_buckets().get("Buckets", [])}
+            buckets = [b for b in previous.get("buckets", []) if b["name"] != name and b["name"] in names]
+            if name in names:
+                buckets.append(self._save_bucket(name, known))
+            manifest = {"version": 1, "buckets": buckets, "logs": previous.get("logs", [])}
+            _atomic_write(self.manifest_path, json.dumps(manifest).encode())
+
     def _save_s3(self, previous: dict) -> list[dict]:
-        known = {(b["name"], o["key"]): o for b in previous.get("buckets", []) for o in b.get("objects", [])}
-        buckets = []
-        for bucket in self.s3.list_buckets().get("Buckets", []):
-            name = bucket["Name"]
-            try:
-                region = self.s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
-            except ClientError:
-                region = "us-east-1"
-            objects = []
-            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-                for obj in page.get("Contents", []):
-                    try:
-                        objects.append(self._save_object(name, obj, known.get((name, obj["Key"]))))
-                    except ClientError as err:  # deleted between listing and reading
-                        log.debug("snapshot skipped s3://%s/%s: %s", name, obj["Key"], err)
-            buckets.append({"name": name, "region": region, "objects": objects})
-        return buckets
+        known = _known_objects(previous)
+        return [self._save_bucket(b["Name"], known) for b in self.s3.list_buckets().get("Buckets", [])]
+
+    def _save_bucket(self, name: str, known: dict) -> dict:
+        try:
+            region = self.s3.get_bucket_location(Bucket=name).get("LocationConstraint") or "us-east-1"
+        except ClientError:
+            region = "us-east-1"
+        objects = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                try:
+                    objects.append(self._save_object(name, obj, known.get((name, obj["Key"]))))
+                except ClientError as err:  # deleted between listing and reading
+                    log.debug("snapshot skipped s3://%s/%s: %s", name, obj["Key"], err)
+        return {"name": name, "region": region, "objects": objects}
 
     def _save_object(self, bucket: str, obj: dict, known: dict | None) -> dict:
         etag = obj["ETag"].strip('"')
