@@ -63,3 +63,16 @@ def test_the_heartbeat_keeps_a_live_holders_lease(run_dir):
         Lease(store, run_dir, "dag/run-2").acquire(settle=0)
     holder.check()
     holder.release()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(run_dir):
+    """A killed run rerun by hand (another pid, no run id) need not wait out the ttl."""
+    import subprocess
+    import sys
+
+    store = st.Store()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = Lease(store, run_dir, "host:killed-run", ttl=3600)
+    store.write_json(holder.uri, {**holder._record(), "pid": gone.pid})
+    assert Lease(store, run_dir, "host:rerun").acquire(settle=0)["owner"] == "host:killed-run"

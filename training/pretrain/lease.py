@@ -8,7 +8,7 @@
 The owner names the run, not the process: a retry of the same Airflow run takes the lease over at once (its
 previous attempt is gone: the launchers stop every process of a killed task), a different run is refused while
 the holder's heartbeat is younger than the lease's ``ttl``, and takes it over once the holder is that long
-silent (a dead owner). An object store has no compare-and-swap, so taking a lease is write-then-read-back: of
+silent, or at once when the holder ran on this host and its process is gone (a dead owner). An object store has no compare-and-swap, so taking a lease is write-then-read-back: of
 two writers racing, the one whose token is read back holds it; the other is refused.
 """
 
@@ -30,6 +30,20 @@ class LeaseHeld(RuntimeError):
 
 class LeaseLost(RuntimeError):
     """This run's lease was taken over (its heartbeat stopped for longer than the ttl)."""
+
+
+def _dead_here(held: dict) -> bool:
+    """The holder ran on this host and its process is gone (a killed run rerun by hand): no need to wait out
+    the ttl. A holder on another host (a pod) is judged by its heartbeat alone."""
+    if held.get("host") != socket.gethostname() or not isinstance(held.get("pid"), int):
+        return False
+    try:
+        os.kill(held["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class Lease:
@@ -60,7 +74,7 @@ class Lease:
     def acquire(self, settle: float = 0.5) -> dict | None:
         """Take the lease; returns the record it replaced (None when there was none)."""
         held = self.read()
-        if held and held.get("owner") != self.owner:
+        if held and held.get("owner") != self.owner and not _dead_here(held):
             age = time.time() - float(held.get("heartbeat_at", 0))
             if age < float(held.get("ttl", self.ttl)):
                 raise LeaseHeld(
