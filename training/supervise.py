@@ -37,24 +37,34 @@ def _prctl(option: int, value: int) -> bool:
         return False
 
 
-def stop_descendants(grace: float) -> int:
-    """SIGTERM every descendant, SIGKILL those left after ``grace`` s, reap them; how many there were."""
+def terminate(procs: list, grace: float, on_kill=None) -> None:
+    """SIGTERM ``procs`` (psutil processes), SIGKILL those left after ``grace`` s (``on_kill(proc)`` first)."""
     import psutil
 
-    me = psutil.Process()
-    procs = me.children(recursive=True)
     for proc in procs:
         try:
             proc.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive + me.children(recursive=True):  # and any started meanwhile
+    for proc in alive:
+        if on_kill is not None:
+            on_kill(proc)
         try:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(me.children(recursive=True), timeout=5)
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop_descendants(grace: float) -> int:
+    """Stop every descendant (and any started meanwhile), reap them; how many there were."""
+    import psutil
+
+    me = psutil.Process()
+    procs = me.children(recursive=True)
+    terminate(procs, grace)
+    terminate(me.children(recursive=True), 0)
     _reap()
     return len(procs)
 

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -102,24 +101,14 @@ def _terminate_tree(pid: int, grace: float, log) -> None:
     """SIGTERM a process and all its descendants, SIGKILL whatever is left after ``grace`` seconds."""
     import psutil
 
+    from training.supervise import terminate
+
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    for proc in alive:
-        log.warning("process %s did not stop on SIGTERM; killing it", proc.pid)
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    terminate(procs, grace, lambda proc: log.warning("process %s did not stop on SIGTERM; killing it", proc.pid))
 
 
 def supervised(argv: list[str]) -> list[str]:
