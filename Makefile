@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-down demo-status shell test lint format bench lock clean help
+.PHONY: setup demo demo-down demo-status shell test chaos lint format bench lock clean help
 
 help:
 	@echo "make setup   - create .venv with Airflow, TensorFlow, Horovod and the project (idempotent)"
@@ -14,6 +14,7 @@ help:
 	@echo "make demo-status - each demo component (PostgreSQL, SeaweedFS, localcloud, Airflow's four) and its health"
 	@echo "make shell   - a shell with the demo's Airflow environment (airflow dags test, tasks test, ...)"
 	@echo "make test    - install what is missing, then lint and run every test"
+	@echo "make chaos   - the fault-injection suite alone (servers down 30 s), its table from var/chaos/results.json"
 	@echo "make lint    - ruff check and ruff format --check (make format rewrites)"
 	@echo "make bench   - run the benchmarks (ratios measured in the same run) into bench/results.json"
 	@echo "make lock    - regenerate requirements/constraints.txt from the current .venv"
@@ -35,6 +36,10 @@ shell:
 
 test: setup lint
 	@$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+chaos: setup
+	@TLPIPE_CHAOS_OUTAGE_SECONDS=$${TLPIPE_CHAOS_OUTAGE_SECONDS:-30} $(PY) -m pytest -p no:cacheprovider -m chaos $(PYTEST_ARGS)
+	@$(PY) scripts/chaos_table.py
 
 lint: setup
 	@$(VENV)/bin/ruff check .

@@ -22,6 +22,16 @@ log = logging.getLogger("localcloud.endpoints")
 LOG_GROUP_PREFIX = "/aws/sagemaker/Endpoints/"
 
 
+def files_only(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's ``data`` filter (nothing outside the destination, no device files), and no links or absolute
+    names at all: a model artifact is files and directories, and a link is how an archive reaches outside."""
+    if not (member.isfile() or member.isdir()):
+        raise tarfile.FilterError(f"refusing {member.name!r}: not a regular file or directory")
+    if member.name.startswith("/"):
+        raise tarfile.FilterError(f"refusing {member.name!r}: an absolute name")
+    return tarfile.data_filter(member, dest)
+
+
 class DeployFailure(Exception):
     """A deployment failed; the message is the endpoint's FailureReason."""
 
@@ -147,7 +157,7 @@ class VariantProcesses:
             ) from None
         try:
             with tarfile.open(tarball, "r:*") as tar:
-                tar.extractall(model_dir, filter="data")
+                tar.extractall(model_dir, filter=files_only)
         except (tarfile.TarError, OSError, EOFError) as err:
             raise DeployFailure(
                 f'Failed to extract model data archive from URL "{url}". Please ensure that the object located at '

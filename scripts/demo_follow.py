@@ -237,15 +237,16 @@ def start_report(api: Api, run_id: str, state: dict, upload_to: str | None = Non
     ckpt = _xcom(api, PRETRAIN_DAG, run_id, "prepare", "checkpoint_uri")
     if not prepared or not ckpt or pid_of("report"):
         return
-    from training.contracts import CheckpointDir
+    from training.contracts import CheckpointDir, pretrained_dir
     from training.store import Store, is_s3
 
     pretrained = VAR / "report" / "pretrained" / run_id.replace(":", "_")
     if is_s3(ckpt) and not (pretrained / "meta.json").exists():
-        # The checkpoint lives in the S3-compatible store; the report reads a local copy of best/.
-        Store(_client=checkpoint_store(state).client()).download_dir(CheckpointDir(ckpt).best_dir, pretrained)
+        # The checkpoint lives in the S3-compatible store; the report reads a local copy of the best epoch.
+        store = Store(_client=checkpoint_store(state).client())
+        store.download_dir(CheckpointDir(ckpt).best_checkpoint(store), pretrained)
     elif not is_s3(ckpt):
-        pretrained = Path(ckpt) / "best"
+        pretrained = pretrained_dir(ckpt)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "AWS_"))}
     # The plots go beside the deploy run's lineage record too (localcloud's S3, with its key).
     env.update(aws_env(state))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from training.contracts import pretrained_dir
+
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE_HP = {
     "epochs_head": "4",
@@ -80,7 +82,7 @@ def build_world(base: Path) -> dict:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)  # pretrain installs its own handler
-    assert rc == 0 and (ckpt / "best" / "model.keras").is_file()
+    assert rc == 0 and (pretrained_dir(ckpt) / "model.keras").is_file()
 
     from training.report_inputs import domain_channels
 
@@ -88,7 +90,7 @@ def build_world(base: Path) -> dict:
     return {
         "raw": raw,
         "manifest": curated / "manifest.json",
-        "pretrained": ckpt / "best",
+        "pretrained": pretrained_dir(ckpt),
         "train": channels["train"],
         "validation": channels["validation"],
         "classes": sorted(p.name for p in channels["train"].iterdir()),

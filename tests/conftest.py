@@ -20,6 +20,7 @@ pytest_plugins = [
     "transfer_learning_deploy_fixtures",
     "pretraining_fixtures",
     "onprem_fixtures",
+    "chaos_record",
 ]
 
 

@@ -35,9 +35,15 @@ def demo_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_raw_images_to_a_live_endpoint(demo_dir):
+@pytest.mark.chaos
+def test_raw_images_to_a_live_endpoint(demo_dir, chaos):
     import boto3
 
+    chaos.fault(
+        "security",
+        "a whole demo run searched for its secrets (database, store, localcloud, Airflow passwords and keys)",
+        "none in the task logs, the service logs, XComs, rendered templates, the lineage record or its artifacts",
+    )
     var = demo_dir / "var"
     env = _clean_env(var)
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
@@ -83,6 +89,8 @@ def test_raw_images_to_a_live_endpoint(demo_dir):
         folder = record_key[: -len(".json")]
         assert record["artifacts"]["tensorboard_uri"] == f"s3://tlpipe/{folder}/tensorboard/pretrain/"
         assert f"{folder}/report.md" in keys and any(k.startswith(f"{folder}/tensorboard/pretrain/") for k in keys)
+        for name, count in _check_nothing_records_a_secret(var, state, s3).items():
+            chaos.figure(name, count)
 
         # Held-out domain validation images, straight from the raw tree, through the endpoint.
         (domain_val,) = (var / "curated").glob("*/domain_val.tsv.gz")
@@ -121,8 +129,7 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
     # As root, PostgreSQL runs as its own system user, which may traverse var/ (not list it) to reach its data.
     assert stat.S_IMODE(var.stat().st_mode) == (0o701 if os.geteuid() == 0 else 0o700)
     logs = out + "".join(p.read_text(errors="replace") for p in (var / "log").glob("*.log"))
-    secrets = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
-    for secret in (*[state[k] for k in secrets], state["store_secret_access_key"]):
+    for secret in (*[state[k] for k in SECRETS], state["store_secret_access_key"]):
         assert secret not in logs, "a demo secret was printed"
     with pytest.raises(Exception):  # localcloud refuses unsigned and wrongly signed requests
         import boto3
@@ -143,6 +150,45 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
     ]
     for port in ports:
         assert listening.get(port) == "127.0.0.1", f"port {port} listens on {listening.get(port)}"
+
+
+SECRETS = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
+
+
+def _check_nothing_records_a_secret(var: Path, state: dict, s3) -> dict[str, int]:
+    """Every place a run leaves text behind, searched for every secret of the install."""
+    import psycopg2
+
+    secrets = [state[k] for k in (*SECRETS, "store_secret_access_key")]
+    texts: dict[str, str] = {}
+    for path in [*(var / "airflow" / "logs").rglob("*"), *(var / "log").glob("*.log")]:
+        if path.is_file():
+            texts[str(path)] = path.read_text(errors="replace")
+    conn = psycopg2.connect(
+        host="127.0.0.1",
+        port=state["postgres_port"],
+        user="airflow",
+        password=state["airflow_db_password"],
+        dbname="airflow",
+    )
+    with conn, conn.cursor() as cur:
+        for table, column in (("xcom", "value"), ("rendered_task_instance_fields", "rendered_fields")):
+            cur.execute(f"select {column}::text from {table}")  # noqa: S608 - fixed names
+            texts.update({f"{table} row {i}": row[0] or "" for i, row in enumerate(cur.fetchall())})
+    conn.close()
+    listed = s3.list_objects_v2(Bucket="tlpipe", Prefix="tlpipe/lineage/").get("Contents", [])
+    for o in listed:
+        if o["Key"].endswith((".json", ".md")) and o["Size"] < 2**20:
+            texts[o["Key"]] = s3.get_object(Bucket="tlpipe", Key=o["Key"])["Body"].read().decode(errors="replace")
+    found = [where for where, text in texts.items() if any(secret in text for secret in secrets)]
+    assert found == [], f"a secret is recorded in {found[:5]}"
+    assert any("xcom row" in k for k in texts) and any("/airflow/logs/" in k for k in texts)
+    return {
+        "log files searched": sum(1 for k in texts if k.startswith("/")),
+        "database rows searched": sum(1 for k in texts if " row " in k),
+        "lineage objects searched": sum(1 for k in texts if k.startswith("tlpipe/")),
+        "secrets found": len(found),
+    }
 
 
 def _check_production_topology(var: Path, state: dict) -> None:

@@ -3,9 +3,10 @@
 - The curated manifest's list files: ``LIST_FILES`` names them, ``read_list`` reads one.
 - The checkpoint directory of a pretraining run (``CheckpointDir``)::
 
-    C/epochs/NNNN/   one immutable directory per epoch; its COMMITTED marker is written last
-    C/best/          the most accurate epoch so far (model.keras + meta.json: the transfer-learning input)
-    C/best.json      which epoch best/ holds; written last, atomically
+    C/epochs/NNNN/   one immutable directory per epoch (model.keras + meta.json + metrics.json); its COMMITTED
+                     marker, written last, records the sha256 and size of each file
+    C/best.json      the pointer to the most accurate committed epoch (the transfer-learning input): its epoch,
+                     path, metrics and file checksums; one object, written after the epoch is committed
     C/COMPLETE       all epochs done; or C/FAILED with {"reason": ...} when training failed
     C/LEASE          the one writer's lease: owner, heartbeat (``training.pretrain.lease``)
     C/logs/          TensorBoard event files
@@ -53,7 +54,7 @@ class CheckpointDir:
 
     EPOCHS = "epochs"
     COMMITTED = "COMMITTED"
-    BEST = "best"
+    BEST = "best"  # the directory runs before best.json became a pointer rewrote in place (read, never written)
     BEST_JSON = "best.json"
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
@@ -62,12 +63,15 @@ class CheckpointDir:
     EPOCH_DIGITS = 4
 
     @classmethod
-    def of_best(cls, best_uri: str) -> "CheckpointDir":
-        """The run directory whose ``best/`` this is."""
-        uri = str(best_uri).rstrip("/")
-        if not uri.endswith("/" + cls.BEST):
-            raise ValueError(f"{best_uri!r} is not a run's {cls.BEST}/ directory")
-        return cls(uri[: -len(cls.BEST) - 1])
+    def of_checkpoint(cls, checkpoint_uri: str) -> "CheckpointDir":
+        """The run directory an epoch directory (``C/epochs/NNNN``, what best.json points to) belongs to."""
+        uri = str(checkpoint_uri).rstrip("/")
+        parent, _, name = uri.rpartition("/")
+        if name == cls.BEST:
+            return cls(parent)
+        if name.isdigit() and parent.endswith("/" + cls.EPOCHS):
+            return cls(parent[: -len(cls.EPOCHS) - 1])
+        raise ValueError(f"{checkpoint_uri!r} is not a run's {cls.EPOCHS}/NNNN directory")
 
     def path(self, *parts: str) -> str:
         return st.join(self.uri, *parts)
@@ -77,10 +81,6 @@ class CheckpointDir:
 
     def committed_marker(self, epoch: int) -> str:
         return st.join(self.epoch(epoch), self.COMMITTED)
-
-    @property
-    def best_dir(self) -> str:
-        return self.path(self.BEST)
 
     @property
     def best_json(self) -> str:
@@ -111,11 +111,53 @@ class CheckpointDir:
     def read_best(self, store: st.Store) -> dict | None:
         return store.read_json(self.best_json) if store.exists(self.best_json) else None
 
+    def best_checkpoint(self, store: st.Store) -> str | None:
+        """The epoch directory best.json points to (derived from its epoch, so a moved run still resolves)."""
+        best = self.read_best(store)
+        return self.epoch(int(best["epoch"])) if best else None
+
     def failure_reason(self, store: st.Store) -> str | None:
         """The reason FAILED records, or None when the run has not failed."""
         if not store.exists(self.failed):
             return None
         return str(store.read_json(self.failed).get("reason") or "unknown reason")
+
+
+def pretrained_dir(path: str | Path) -> Path:
+    """The local directory holding model.keras + meta.json for ``path``: the directory itself, or the epoch a
+    checkpoint directory's best.json points to (its ``best/`` for runs written before the pointer)."""
+    path = Path(path)
+    if (path / "model.keras").is_file():
+        return path
+    run = CheckpointDir(str(path))
+    best = run.best_checkpoint(st.Store())
+    if best is not None:
+        return Path(best)
+    return path / CheckpointDir.BEST
+
+
+def file_problem(found: dict[str, dict], want: dict[str, dict]) -> str | None:
+    """Why the files ``found`` (``{name: {sha256, size}}``) are not the ones recorded (``want``), or None."""
+    for name, digest in sorted(want.items()):
+        if name not in found:
+            return f"{name} is missing"
+        if found[name] != digest:
+            return f"{name} fails its checksum"
+    return None
+
+
+def file_digests(directory: str | Path) -> dict[str, dict]:
+    """``{name: {"sha256", "size"}}`` of the files of a directory (an epoch directory's COMMITTED record)."""
+    import hashlib
+
+    out = {}
+    for path in sorted(p for p in Path(directory).iterdir() if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        out[path.name] = {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+    return out
 
 
 # -- the fine-tune job --------------------------------------------------------------------------------------

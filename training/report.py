@@ -1,7 +1,7 @@
 """Transfer learning vs training from scratch on domains it has never seen, at a few images per class.
 
     python -m training.report --out report/                      # builds the demo data and model first
-    python -m training.report --out report/ --manifest M --pretrained C/best [--data-root R]
+    python -m training.report --out report/ --manifest M --pretrained C [--data-root R]
     python -m training.report --out report/ --domains digits,textures --sizes 5,20,50 --seeds 3
 
 Domains (``--domains``, default all three):
@@ -48,6 +48,7 @@ import statistics
 import time
 from pathlib import Path
 
+from training.contracts import pretrained_dir
 from training.report_inputs import demo_inputs, domain_trees, job_root
 from training.report_render import html_page, markdown, plot_accuracy, plot_curves
 
@@ -227,7 +228,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Transfer vs scratch at a few images per class (see module docstring).")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--manifest", type=Path, help="curation manifest with domain_train/domain_val lists")
-    p.add_argument("--pretrained", type=Path, help="pretraining best/ directory (or its checkpoint directory)")
+    p.add_argument(
+        "--pretrained",
+        type=Path,
+        help="the pretrained model's directory (model.keras + meta.json), or a checkpoint directory (its best.json)",
+    )
     p.add_argument("--data-root", default=None, help="where the images are, if not the manifest's data_root")
     p.add_argument("--domains", default=",".join(REPORT_DOMAINS), help="comma-separated: " + ", ".join(REPORT_DOMAINS))
     p.add_argument("--sizes", default="5,20,50", help="images per class, comma-separated")
@@ -286,7 +291,8 @@ def main(argv=None) -> int:
         extra[key.strip()] = value.strip()
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     seeds = list(range(args.seeds))
-    meta_path = next((p for p in (pretrained / "meta.json", pretrained / "best" / "meta.json") if p.is_file()), None)
+    pretrained = pretrained_dir(pretrained)
+    meta_path = pretrained / "meta.json" if (pretrained / "meta.json").is_file() else None
     meta = json.loads(meta_path.read_text()) if meta_path else {}
     domains = {}
     for name in names:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.contracts import CheckpointDir
+from training.contracts import CheckpointDir, pretrained_dir
 
 DEMO_CURATE = ["--min-images", "120", "--domain-classes", "4", "--val-fraction", "0.2"]
 DEMO_PRETRAIN_EPOCHS = 20
@@ -50,7 +50,7 @@ def demo_inputs(workdir: Path, workers: int = 2) -> tuple[Path, Path]:
             _run([horovodrun, "-np", str(workers), *pretrain])
         else:
             _run(pretrain[:-2])
-    return curated / "manifest.json", Path(CheckpointDir(str(ckpt)).best_dir)
+    return curated / "manifest.json", pretrained_dir(ckpt)
 
 
 def domain_channels(manifest_path: Path, out: Path, data_root: str | None = None) -> dict[str, Path]:

@@ -115,6 +115,43 @@ def s3_client(endpoint_url: str | None = None):
     )
 
 
+def transient(err: BaseException | None) -> bool:
+    """A store error worth waiting out: no connection, a timeout, a 5xx (the server restarting, failing over or
+    overloaded); found along the exception's cause chain (boto3's transfer manager wraps what it met)."""
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (BotoConnectionError, HTTPClientError)):
+            return True
+        if isinstance(err, ClientError):
+            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return status >= 500 or err.response.get("Error", {}).get("Code") in ("SlowDown", "ServiceUnavailable")
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def riding_out(fn, seconds: float, what: str, log=print):
+    """``fn()``, retried with backoff while the store is unavailable (``transient``), for up to ``seconds``;
+    any other error, or the outage lasting longer, is raised."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    def before_sleep(state) -> None:
+        err = state.outcome.exception()
+        log(f"{what}: the store is unavailable ({type(err).__name__}: {err}); retry in {state.next_action.sleep:.0f} s")
+
+    retrying = Retrying(
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=1, min=1, max=15),
+        retry=retry_if_exception(transient),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)
+
+
 @dataclass
 class Store:
     """Read and write small objects and whole directories under local paths or S3 URIs."""

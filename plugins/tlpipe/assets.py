@@ -27,7 +27,7 @@ class PretrainedModelEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_uri: str = Field(description="s3://…/pretrained/<sha>/model.tar.gz (best/ contents at its root)")
+    model_uri: str = Field(description="s3://…/pretrained/<sha>/model.tar.gz (the best epoch's files at its root)")
     model_sha256: str
     manifest_uri: str = Field(description="s3://…/pretrained/<sha>/manifest.json (the curated dataset manifest)")
     metrics_uri: str = Field(description="s3://…/pretrained/<sha>/metrics.json (the best epoch's metrics)")
@@ -36,7 +36,7 @@ class PretrainedModelEvent(BaseModel):
     domain_classes: list[str]
     dataset_fingerprint: str
     manifest_sha256: str
-    checkpoint_uri: str = Field(description="the best/ directory the model was exported from")
+    checkpoint_uri: str = Field(description="the epoch directory (best.json's pointer) the model was exported from")
     epoch: int
     val_accuracy: float
     training_params: dict

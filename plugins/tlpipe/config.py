@@ -89,6 +89,8 @@ class S3Config(Section):
     multipart_threshold_mb: int = Field(default=64, ge=5)
     multipart_chunksize_mb: int = Field(default=64, ge=5)
     max_concurrency: int = Field(default=8, ge=1)
+    # An unreachable or failing-over S3 API is waited out this long (with backoff) before an upload fails.
+    outage_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("prefix")
     @classmethod
@@ -154,6 +156,8 @@ class KubernetesConfig(Section):
     run_as_user: int = Field(default=1000, ge=1)
     run_as_group: int = Field(default=1000, ge=1)
     fs_group: int = Field(default=1000, ge=1)
+    # The image's root filesystem read-only; what the processes write goes to emptyDirs (``kube.pods``).
+    read_only_root_filesystem: bool = True
     checkpoint_secret: str | None = None
     startup_timeout_seconds: int = Field(default=600, ge=1)
     schedule_timeout_seconds: int = Field(default=1800, ge=1)

@@ -6,6 +6,7 @@ import json
 import signal
 
 import psutil
+import pytest
 from localcloud_fixtures import (
     COLOURS,
     ROLE_ARN,
@@ -127,7 +128,13 @@ def test_clean_restart_loses_nothing(tmp_path):
     assert children_of(data_dir) == []
 
 
-def test_crash_restart_adopts_running_work(tmp_path):
+@pytest.mark.chaos
+def test_crash_restart_adopts_running_work(tmp_path, chaos):
+    chaos.fault(
+        "deploy",
+        "localcloud SIGKILLed while a training job runs and an endpoint serves, then restarted",
+        "the job is adopted (not rerun) and completes; the endpoint serves throughout; no object lost",
+    )
     data_dir, log = tmp_path / "data", tmp_path / "localcloud.log"
     cloud = start_localcloud(data_dir, log)
     try:
@@ -148,6 +155,7 @@ def test_crash_restart_adopts_running_work(tmp_path):
     assert cloud.proc.returncode == -signal.SIGKILL
     orphans = children_of(data_dir)
     assert len(orphans) >= 2  # the model server and the training job outlived localcloud
+    chaos.figure("jobs and servers that outlived it", len(orphans))
 
     with running_localcloud(data_dir, log) as cloud:
         sm = cloud.client("sagemaker")
@@ -173,11 +181,19 @@ def test_crash_restart_adopts_running_work(tmp_path):
         # The model server that outlived the crash is the one serving now.
         assert {p.pid for p in children_of(data_dir)} <= {p.pid for p in orphans}
     assert children_of(data_dir) == []
+    chaos.figure("jobs rerun", 0)
+    chaos.figure("jobs lost", 0)
 
 
-def test_an_acknowledged_s3_write_survives_a_crash(tmp_path):
+@pytest.mark.chaos
+def test_an_acknowledged_s3_write_survives_a_crash(tmp_path, chaos):
     """Every S3 write is on disk before it is answered: SIGKILL right after the 200s loses none of them (the
     periodic snapshot is an hour away here)."""
+    chaos.fault(
+        "deploy",
+        "localcloud SIGKILLed right after acknowledged S3 writes (a put, a delete, a 12 MB multipart upload)",
+        "every acknowledged write is there after the restart",
+    )
     import random
 
     from boto3.s3.transfer import TransferConfig
@@ -203,3 +219,4 @@ def test_an_acknowledged_s3_write_survives_a_crash(tmp_path):
         assert s3.get_object(Bucket="durable", Key="model.tar.gz")["Body"].read() == big
         head = s3.head_object(Bucket="durable", Key="latest.json")
         assert head["Metadata"] == {"sha256": "abc"}
+    chaos.figure("acknowledged writes lost", 0)

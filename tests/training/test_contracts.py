@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import re
 
+import pytest
+
 from training import store as st
 from training.contracts import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC, CheckpointDir, read_list
 
@@ -14,7 +16,12 @@ def test_checkpoint_dir_names_and_reads(tmp_path):
     store, run = st.Store(), CheckpointDir(str(tmp_path / "run"))
     assert run.epoch(7) == str(tmp_path / "run" / "epochs" / "0007")
     assert run.committed_marker(7).endswith("epochs/0007/COMMITTED")
-    assert (run.best_dir, run.best_json) == (str(tmp_path / "run" / "best"), str(tmp_path / "run" / "best.json"))
+    assert run.best_json == str(tmp_path / "run" / "best.json") and run.best_checkpoint(store) is None
+    assert CheckpointDir.of_checkpoint(run.epoch(7)) == run
+    assert CheckpointDir.of_checkpoint("s3://b/runs/r1/epochs/0012/") == CheckpointDir("s3://b/runs/r1")
+    assert CheckpointDir.of_checkpoint("s3://b/runs/r1/best") == CheckpointDir("s3://b/runs/r1")  # older runs
+    with pytest.raises(ValueError, match="not a run's epochs/NNNN"):
+        CheckpointDir.of_checkpoint("s3://b/runs/r1/logs")
     assert run.last_committed_epoch(store) == 0 and run.read_best(store) is None
     assert run.failure_reason(store) is None
     for epoch in (1, 2, 3):

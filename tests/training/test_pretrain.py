@@ -6,38 +6,16 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from pretrain_runs import ENV, kill_leftovers
+from pretrain_runs import pretrain_cmd as _cmd
+
+from training.contracts import pretrained_dir
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-def _cmd(manifest, ckpt, epochs, *extra, np=2):
-    train = [
-        sys.executable,
-        "-m",
-        "training.pretrain",
-        "--manifest",
-        str(manifest),
-        "--checkpoint-dir",
-        str(ckpt),
-        "--epochs",
-        str(epochs),
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--threads",
-        "1",
-        *extra,
-    ]
-    return [str(BIN / "horovodrun"), "-np", str(np), *train] if np else train
 
 
 def _sha(path: Path) -> str:
@@ -70,8 +48,11 @@ def test_best_json_names_the_most_accurate_epoch(two_rank_run, tiny_manifest):
     assert best["val_accuracy"] == max(accs)
     assert Path(best["path"]) == epochs[best["epoch"] - 1]
     assert best["manifest_sha256"] == hashlib.sha256(tiny_manifest.read_bytes()).hexdigest()
-    assert _sha(ckpt / "best" / "model.keras") == _sha(epochs[best["epoch"] - 1] / "model.keras")
-    meta = json.loads((ckpt / "best" / "meta.json").read_text())
+    assert not (ckpt / "best").exists()  # a pointer, never a directory rewritten in place
+    pointed = epochs[best["epoch"] - 1]
+    assert best["files"]["model.keras"]["sha256"] == _sha(pointed / "model.keras")
+    assert best["files"] == json.loads((pointed / "COMMITTED").read_text())["files"]
+    meta = json.loads((pointed / "meta.json").read_text())
     manifest = json.loads(tiny_manifest.read_text())
     assert meta["class_names"] == [c["name"] for c in manifest["classes"]]
     assert meta["image_size"] == [32, 32] and meta["feature_layer"] == "features"
@@ -88,9 +69,10 @@ def test_best_model_takes_raw_uint8_images(two_rank_run):
     import training.model  # noqa: F401  (registers the learning-rate schedule)
 
     ckpt, _ = two_rank_run
-    model = keras.models.load_model(ckpt / "best" / "model.keras", compile=False)
+    best = pretrained_dir(ckpt)
+    model = keras.models.load_model(best / "model.keras", compile=False)
     probs = model.predict(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8), verbose=0)
-    assert probs.shape == (3, len(json.loads((ckpt / "best" / "meta.json").read_text())["class_names"]))
+    assert probs.shape == (3, len(json.loads((best / "meta.json").read_text())["class_names"]))
     assert np.allclose(probs.sum(-1), 1, atol=1e-4)
     assert model.get_layer("features") is not None
 
@@ -108,7 +90,7 @@ def test_resume_after_kill(tiny_manifest, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _kill_leftovers(str(ckpt))
+    kill_leftovers(str(ckpt))
     committed = sorted(p.name for p in (ckpt / "epochs").iterdir() if (p / "COMMITTED").exists())
     last = int(committed[-1])
     assert last < 5, "the run finished before it could be killed"
@@ -131,23 +113,15 @@ def test_resume_after_kill(tiny_manifest, tmp_path):
     assert best["val_accuracy"] == max(accs)
 
 
-def _kill_leftovers(marker: str) -> None:
-    """Workers orphaned by the SIGKILL of their launcher (as after a node loss) must not outlive the test."""
-    import psutil
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        left = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
-        if not left:
-            return
-        for p in left:
-            p.kill()
-        time.sleep(0.2)
-
-
-def test_resume_skips_a_committed_epoch_whose_files_fail_their_checksum(tiny_manifest, tmp_path):
+@pytest.mark.chaos
+def test_resume_skips_a_committed_epoch_whose_files_fail_their_checksum(tiny_manifest, tmp_path, chaos):
     """A truncated model.keras in the last committed epoch (a disk error, a partial copy): the rerun says so,
     resumes from the newest good epoch and trains on, instead of failing every retry."""
+    chaos.fault(
+        "pretraining",
+        "the last committed epoch's model.keras truncated (a disk error, a partial copy)",
+        "the rerun says which file fails its checksum, resumes from the newest good epoch and completes",
+    )
     ckpt = tmp_path / "ckpt"
     r = subprocess.run(
         _cmd(tiny_manifest, ckpt, 2, "--steps-per-epoch", "3", np=0),
@@ -173,6 +147,8 @@ def test_resume_skips_a_committed_epoch_whose_files_fail_their_checksum(tiny_man
     assert "resuming after epoch 1 " in r.stdout
     assert sorted(re.findall(r"\[pretrain\] epoch (\d)/3", r.stdout)) == ["2", "3"]
     assert (ckpt / "COMPLETE").exists()
+    retrained = [e for e in re.findall(r"\[pretrain\] epoch (\d)/3", r.stdout) if int(e) <= 2]
+    chaos.figure("committed epochs trained again", len(retrained))
 
 
 def test_a_long_epoch_logs_its_progress(tiny_manifest, tmp_path):
@@ -245,7 +221,7 @@ def test_checkpoints_to_the_onprem_store_and_resume_after_kill(tiny_manifest, on
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _kill_leftovers(uri)
+    kill_leftovers(uri)
     last = int(committed()[-1])
     assert last < 3, "the run finished before it could be killed"
 
@@ -253,7 +229,7 @@ def test_checkpoints_to_the_onprem_store_and_resume_after_kill(tiny_manifest, on
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"resuming after epoch {last} " in r.stdout
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="ckpt-resume", Prefix="run-1/")["Contents"]}
-    assert {"run-1/best.json", "run-1/COMPLETE", "run-1/best/model.keras", "run-1/best/meta.json"} <= keys
+    assert {"run-1/best.json", "run-1/COMPLETE"} <= keys and not any(k.startswith("run-1/best/") for k in keys)
     assert committed() == ["0001", "0002", "0003"]
     assert any(k.startswith("run-1/logs/") for k in keys)
     best = json.loads(s3.get_object(Bucket="ckpt-resume", Key="run-1/best.json")["Body"].read())
@@ -282,8 +258,14 @@ def test_bind_to_cores_gives_each_local_rank_its_own_slice():
         os.sched_setaffinity(0, before)
 
 
-def test_two_runs_on_one_checkpoint_directory(tiny_manifest, tmp_path):
+@pytest.mark.chaos
+def test_two_runs_on_one_checkpoint_directory(tiny_manifest, tmp_path, chaos):
     """The second run is refused with the holder's name and writes nothing there; the first one finishes."""
+    chaos.fault(
+        "pretraining",
+        "a second run started on a checkpoint directory another run is writing",
+        "the second is refused (naming the holder) and writes nothing; the first completes",
+    )
     ckpt = tmp_path / "ckpt"
     first = subprocess.Popen(
         _cmd(tiny_manifest, ckpt, 3, "--steps-per-epoch", "10", "--lease-owner", "dag/run-1", np=0),
@@ -296,6 +278,7 @@ def test_two_runs_on_one_checkpoint_directory(tiny_manifest, tmp_path):
     while not (ckpt / "LEASE").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()[-2000:]
         time.sleep(0.1)
+    t0 = time.monotonic()
     second = subprocess.run(
         _cmd(tiny_manifest, ckpt, 3, "--lease-owner", "dag/run-2", np=0),
         capture_output=True,
@@ -303,9 +286,12 @@ def test_two_runs_on_one_checkpoint_directory(tiny_manifest, tmp_path):
         env=ENV,
         timeout=600,
     )
+    second_seconds = time.monotonic() - t0
     assert second.returncode == 1
     assert "refused: the checkpoint directory" in second.stderr and "being written by dag/run-1" in second.stderr
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out[-3000:]
     assert (ckpt / "COMPLETE").exists() and not (ckpt / "FAILED").exists() and not (ckpt / "LEASE").exists()
     assert sorted(p.name for p in (ckpt / "epochs").iterdir()) == ["0001", "0002", "0003"]
+    chaos.figure("writers", 1)
+    chaos.figure("refused in (s)", second_seconds)

@@ -6,7 +6,6 @@ import base64
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,59 +16,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from _finetune_helpers import REPO, image_bytes, subprocess_env
+from serve_client import as_json, free_port, invoke, request, wait_ready
 
 from training import inference
 from training.sagemaker import extract_tar, make_tar
 from training.serve import MicroBatcher, TFSResponse
 
 MAX_PAYLOAD_MB = 0.25
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict | None = None,
-    conn: http.client.HTTPConnection | None = None,
-):
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    c.request(method, path, body=body, headers=headers or {})
-    r = c.getresponse()
-    data = r.read()
-    if conn is None:
-        c.close()
-    return r.status, r.getheader("Content-Type"), (json.loads(data) if data else None)
-
-
-def invoke(port, body, content_type, **kw):
-    headers = {"Content-Type": content_type} if content_type else {}
-    headers.update(kw.pop("headers", {}))
-    return request(port, "POST", "/invocations", body, headers, **kw)
-
-
-def as_json(*images: bytes) -> bytes:
-    return json.dumps({"instances": [{"b64": base64.b64encode(b).decode()} for b in images]}).encode()
-
-
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read()}")
-        try:
-            if request(port, "GET", "/ping")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server never became ready")
 
 
 @pytest.fixture(scope="module")

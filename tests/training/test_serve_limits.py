@@ -6,37 +6,20 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from types import SimpleNamespace
 
 import psutil
 import pytest
 from _finetune_helpers import REPO, image_bytes, subprocess_env
-from test_serve import free_port, invoke, request, wait_ready
+from serve_client import free_port, invoke, png_of_size, request, wait_ready
 
 from training.sagemaker import extract_tar, make_tar
 
 pytestmark = pytest.mark.slow
 MAX_CONNECTIONS = 6
-
-
-def png_of_size(width: int, height: int) -> bytes:
-    """A small, valid PNG whose header says ``width`` × ``height``, grayscale: a decompression bomb of ~1 MB
-    per 100 M pixels (one zlib stream of zero rows)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    row = b"\x00" + b"\x00" * width
-    compressor = zlib.compressobj(9)
-    rows = 64
-    data = b"".join(compressor.compress(row * rows) for _ in range(height // rows)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ Inputs follow the training-container contract (see ``training.sagemaker``): hype
 ``<root>/input/config/hyperparameters.json`` and three channels, ``SM_CHANNEL_<NAME>`` or
 ``<root>/input/data/<name>``:
 
-  pretrained   the pretraining ``best/`` directory (model.keras + meta.json), or a tar.gz of it
+  pretrained   the pretrained model: model.keras + meta.json (an epoch directory, or a checkpoint directory
+               whose best.json points to one), or a tar.gz of it
                (optional with ``init=scratch``)
   train        the domain training images, one folder per class (ImageFolder); the classes are its folders
   validation   the domain validation images, same layout: early stopping and the best epoch are chosen on it

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.contracts import pretrained_dir
 from training.finetune.hyperparameters import FinetuneError, Hyperparameters
 from training.sagemaker import TrainingEnv, extract_tar
 
@@ -19,7 +20,8 @@ class Pretrained:
 
 
 def locate_pretrained(channel: Path, workdir: Path) -> Path:
-    """The directory holding model.keras + meta.json: the channel itself, its best/, or inside a tarball in it."""
+    """The directory holding model.keras + meta.json: the channel itself, the epoch its best.json points to (a
+    checkpoint directory as the channel), or inside a tarball in it."""
     if not channel.is_dir():
         raise FinetuneError(f"missing channel 'pretrained': {channel} does not exist")
 
@@ -29,9 +31,9 @@ def locate_pretrained(channel: Path, workdir: Path) -> Path:
                 return d
         return None
 
-    for d in (channel, channel / "best"):  # the best/ directory itself, or the checkpoint directory above it
-        if (d / "model.keras").is_file() and (d / "meta.json").is_file():
-            return d
+    d = pretrained_dir(channel)  # the model's directory itself, or a checkpoint directory's best epoch
+    if (d / "model.keras").is_file() and (d / "meta.json").is_file():
+        return d
     found = find(channel)
     if found:
         return found
@@ -39,7 +41,7 @@ def locate_pretrained(channel: Path, workdir: Path) -> Path:
     if not archives:
         raise FinetuneError(
             f"pretrained channel {channel} holds neither model.keras + meta.json "
-            "(the pretraining best/ directory) nor a tar.gz of it"
+            "(a pretraining epoch directory) nor a tar.gz of it"
         )
     for archive in archives:
         dest = workdir / "pretrained" / archive.name.split(".")[0]

@@ -8,8 +8,8 @@ into ``C`` (a local path or ``s3://…``):
 
   C/epochs/NNNN/   one immutable directory per epoch: model.keras (with optimizer state), meta.json,
                    metrics.json, and COMMITTED written last
-  C/best/          the most accurate epoch so far: model.keras + meta.json (the transfer-learning input)
-  C/best.json      epoch, val_accuracy, val_loss, path, manifest_sha256, timestamps; written last, atomically
+  C/best.json      the pointer to the most accurate epoch (the transfer-learning input): epoch, val_accuracy,
+                   val_loss, path (C/epochs/NNNN), its files' sha256, manifest_sha256, timestamps; one object
   C/logs/          TensorBoard event files
   C/COMPLETE       when all epochs are done, or C/FAILED with the reason when training fails
 

@@ -1,17 +1,18 @@
 """The checkpoint directory from the training side: what to resume from, and committing an epoch (epoch
-directory first, COMMITTED last, holding the sha256 and size of every file of the epoch; then best/ and best.json
-when the epoch is the most accurate). A resume trusts a committed epoch only when its files match COMMITTED."""
+directory first, COMMITTED last, holding the sha256 and size of every file of the epoch; then, when the epoch is
+the most accurate, best.json pointing to it). Nothing is rewritten in place: no multi-object write on S3 is
+atomic, so a reader only ever follows one object (COMMITTED, best.json) to files that no longer change.
+A resume trusts a committed epoch only when its files match COMMITTED."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 from training import store as st
-from training.contracts import CheckpointDir
+from training.contracts import CheckpointDir, file_digests, file_problem
 
 
 def utcnow() -> str:
@@ -25,18 +26,6 @@ def _local_copy(store: st.Store, uri: str, tmp: Path) -> Path:
     return Path(uri)
 
 
-def file_digests(directory: Path) -> dict[str, dict]:
-    """``{name: {"sha256", "size"}}`` of the files of an epoch directory."""
-    out = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        out[path.name] = {"sha256": digest.hexdigest(), "size": path.stat().st_size}
-    return out
-
-
 def epoch_problem(store: st.Store, run_dir: CheckpointDir, epoch: int, tmp: Path) -> str | None:
     """Why the committed ``epoch`` cannot be resumed from (a file missing or failing its checksum), or None.
     Epochs committed before COMMITTED recorded their files are trusted as they are."""
@@ -47,13 +36,7 @@ def epoch_problem(store: st.Store, run_dir: CheckpointDir, epoch: int, tmp: Path
         local = _local_copy(store, run_dir.epoch(epoch), tmp / f"verify-{epoch}")
     except Exception as err:  # noqa: BLE001 - an unreadable epoch is one not to resume from
         return f"cannot be read ({err})"
-    found = file_digests(local) if local.is_dir() else {}
-    for name, want in sorted(files.items()):
-        if name not in found:
-            return f"{name} is missing"
-        if found[name] != want:
-            return f"{name} fails its checksum"
-    return None
+    return file_problem(file_digests(local) if local.is_dir() else {}, files)
 
 
 def check_writable(store: st.Store, run_dir: CheckpointDir) -> None:
@@ -72,51 +55,82 @@ def check_writable(store: st.Store, run_dir: CheckpointDir) -> None:
 
 def resume_state(store: st.Store, run_dir: CheckpointDir, workdir: Path, log=print) -> dict:
     """Rank 0's view of the run so far: the newest committed epoch whose files pass their checksums (falling back
-    past any that do not, and saying so) and best.json; a stale FAILED is cleared."""
-    resume_from = 0
+    past any that do not, and saying so) and the best of the epochs up to it; a stale FAILED is cleared."""
+    resume_from, passed = 0, []
     for epoch in run_dir.committed_epochs(store):
         problem = epoch_problem(store, run_dir, epoch, workdir)
         if problem is None:
             resume_from = epoch
             break
+        passed.append(epoch)
         log(f"epoch {epoch} is committed but {problem}: not resuming from it")
-    state = {"resume_from": resume_from, "best": run_dir.read_best(store)}
+    pointer = run_dir.read_best(store)
+    # best.json must name the best good epoch up to resume_from: not one about to be trained again (a reader
+    # would follow it into a directory being rewritten), nor lag behind one committed just before a crash.
+    best = best_up_to(store, run_dir, resume_from, workdir)
+    if (best and best["epoch"]) != (pointer and int(pointer["epoch"])):
+        if best is None:
+            store.delete(run_dir.best_json)
+        else:
+            store.write_json(run_dir.best_json, best)
+        log(f"best.json pointed to epoch {pointer and pointer['epoch']}; now to {best and best['epoch']}")
+    elif pointer is not None:
+        best = pointer
+    for epoch in passed:
+        store.delete(run_dir.committed_marker(epoch))
+    state = {"resume_from": resume_from, "best": best}
     if store.exists(run_dir.failed):
         store.delete(run_dir.failed)
     return state
 
 
+def best_pointer(run_dir: CheckpointDir, metrics: dict, meta: dict, files: dict, created_at: str | None) -> dict:
+    """best.json's contents for a committed epoch."""
+    return {
+        "epoch": metrics["epoch"],
+        "val_accuracy": metrics["val_accuracy"],
+        "val_loss": metrics["val_loss"],
+        "path": run_dir.epoch(metrics["epoch"]),
+        "files": files,
+        "manifest_sha256": meta["manifest_sha256"],
+        "manifest_fingerprint": meta["manifest_fingerprint"],
+        "created_at": created_at or utcnow(),
+        "updated_at": utcnow(),
+    }
+
+
+def best_up_to(store: st.Store, run_dir: CheckpointDir, last: int, workdir: Path) -> dict | None:
+    """The pointer to the most accurate committed epoch up to ``last`` whose files pass their checksums."""
+    scored = []
+    for epoch in (e for e in run_dir.committed_epochs(store) if e <= last):
+        metrics = store.read_json(st.join(run_dir.epoch(epoch), "metrics.json"))
+        scored.append((-float(metrics["val_accuracy"]), epoch, metrics))
+    for _, epoch, metrics in sorted(scored):  # the most accurate first; the earliest of equals, as in training
+        if epoch == last or epoch_problem(store, run_dir, epoch, workdir) is None:
+            meta = store.read_json(st.join(run_dir.epoch(epoch), "meta.json"))
+            files = store.read_json(run_dir.committed_marker(epoch)).get("files") or {}
+            return best_pointer(run_dir, metrics, meta, files, None)
+    return None
+
+
 def commit_epoch(
     store: st.Store, run_dir: CheckpointDir, model, metrics: dict, meta: dict, best: dict | None, workdir: Path
 ) -> dict:
-    """Write the epoch directory, then best/ and best.json if this epoch is the most accurate so far."""
-    local = workdir / f"epoch-{metrics['epoch']:0{run_dir.EPOCH_DIGITS}d}"
+    """Write the epoch directory and its COMMITTED record, then point best.json to it if it is the most accurate
+    so far. best.json is one object written after the files it names: a reader never sees a half-written best."""
+    epoch = metrics["epoch"]
+    local = workdir / f"epoch-{epoch:0{run_dir.EPOCH_DIGITS}d}"
     local.mkdir(parents=True, exist_ok=True)
     model.save(local / "model.keras")
     (local / "meta.json").write_text(json.dumps({**meta, "val_accuracy": metrics["val_accuracy"]}, indent=2))
     (local / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    uri = run_dir.epoch(metrics["epoch"])
     files = file_digests(local)
-    store.upload_dir(local, uri)
-    store.write_json(run_dir.committed_marker(metrics["epoch"]), {"committed_at": utcnow(), "files": files})
+    if store.exists(run_dir.committed_marker(epoch)):  # an epoch trained again: no stale record over new files
+        store.delete(run_dir.committed_marker(epoch))
+    store.upload_dir(local, run_dir.epoch(epoch))
+    store.write_json(run_dir.committed_marker(epoch), {"committed_at": utcnow(), "files": files})
     if best is None or metrics["val_accuracy"] > best["val_accuracy"]:
-        best_dir = workdir / "best"
-        shutil.rmtree(best_dir, ignore_errors=True)
-        best_dir.mkdir()
-        for name in ("model.keras", "meta.json", "metrics.json"):
-            shutil.copy2(local / name, best_dir / name)
-        store.upload_dir(best_dir, run_dir.best_dir)
-        best = {
-            "epoch": metrics["epoch"],
-            "val_accuracy": metrics["val_accuracy"],
-            "val_loss": metrics["val_loss"],
-            "path": uri,
-            "best_dir": run_dir.best_dir,
-            "manifest_sha256": meta["manifest_sha256"],
-            "manifest_fingerprint": meta["manifest_fingerprint"],
-            "created_at": (best or {}).get("created_at", utcnow()),
-            "updated_at": utcnow(),
-        }
-        store.write_json(run_dir.best_json, best)  # last, atomically
+        best = best_pointer(run_dir, metrics, meta, files, (best or {}).get("created_at"))
+        store.write_json(run_dir.best_json, best)  # last: the pointer, one object
     shutil.rmtree(local, ignore_errors=True)
     return best

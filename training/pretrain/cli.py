@@ -65,6 +65,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="who holds the checkpoint directory's lease (a run id: its retries take over); default host:pid",
     )
     p.add_argument("--lease-ttl", type=float, default=120.0, help="seconds of silence after which a lease expires")
+    p.add_argument(
+        "--store-outage-seconds",
+        type=float,
+        default=600.0,
+        help="how long rank 0 waits out an unreachable checkpoint store (a restart, a failover) before failing",
+    )
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests

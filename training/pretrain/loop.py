@@ -253,11 +253,13 @@ def checkpoint_uri(checkpoint_dir: str) -> str:
 class ChiefWriter:
     """Rank 0's side effects: the log, the epoch commit, TensorBoard (uploaded next to S3 checkpoints)."""
 
-    def __init__(self, is_chief: bool, store: st.Store, run_dir: CheckpointDir, workdir: Path, lease=None):
+    def __init__(
+        self, is_chief: bool, store: st.Store, run_dir: CheckpointDir, workdir: Path, lease=None, outage_seconds=0.0
+    ):
         import tensorflow as tf
 
         self.is_chief, self.store, self.run_dir, self.workdir = is_chief, store, run_dir, workdir
-        self.lease = lease
+        self.lease, self.outage_seconds = lease, outage_seconds
         self.remote = st.is_s3(run_dir.uri)
         # TensorBoard writes locally; for an s3:// checkpoint dir the files are uploaded after each epoch.
         tb_dir = workdir / run_dir.LOGS if self.remote else Path(run_dir.logs_dir)
@@ -274,13 +276,25 @@ class ChiefWriter:
 
         if self.lease is not None:
             self.lease.check()  # another run took the directory over: commit nothing more
-        best = commit_epoch(self.store, self.run_dir, model, metrics, meta, best, self.workdir)
+        # A store restarting or failing over mid-run is waited out (the other ranks wait at the next allreduce);
+        # the commit is safe to repeat: its pointer is written last.
+        best = st.riding_out(
+            lambda: commit_epoch(self.store, self.run_dir, model, metrics, meta, best, self.workdir),
+            self.outage_seconds,
+            f"committing epoch {metrics['epoch']}",
+            self.log,
+        )
         with self.tb.as_default(step=metrics["epoch"]):
             for key in SUMMARY_SCALARS:
                 tf.summary.scalar(key, metrics[key])
         self.tb.flush()
         if self.remote:
-            self.store.upload_dir(self.workdir / self.run_dir.LOGS, self.run_dir.logs_dir)
+            st.riding_out(
+                lambda: self.store.upload_dir(self.workdir / self.run_dir.LOGS, self.run_dir.logs_dir),
+                self.outage_seconds,
+                "uploading the TensorBoard logs",
+                self.log,
+            )
         self.log(
             f"epoch {metrics['epoch']}/{epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
             f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
@@ -292,12 +306,16 @@ class ChiefWriter:
 
     def complete(self, epochs: int, best: dict | None) -> None:
         if self.is_chief:
-            self.store.write_json(
-                self.run_dir.complete, {"epochs": epochs, "best_epoch": best and best["epoch"], "finished_at": utcnow()}
+            record = {"epochs": epochs, "best_epoch": best and best["epoch"], "finished_at": utcnow()}
+            st.riding_out(
+                lambda: self.store.write_json(self.run_dir.complete, record),
+                self.outage_seconds,
+                "writing COMPLETE",
+                self.log,
             )
             self.log(
                 f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> "
-                f"{self.run_dir.best_dir}"
+                f"{best['path']} (best.json)"
             )
 
 
@@ -328,7 +346,7 @@ def _train(args, hvd, rank, size, store, run_dir, workdir, lease) -> int:
     import keras
 
     is_chief = rank == 0
-    chief = ChiefWriter(is_chief, store, run_dir, workdir, lease)
+    chief = ChiefWriter(is_chief, store, run_dir, workdir, lease, args.store_outage_seconds)
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(args.seed + rank)

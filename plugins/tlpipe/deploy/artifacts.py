@@ -71,7 +71,7 @@ def upload_run_artifacts(exporter, checkpoint_store, key: str, record: Mapping[s
         out["report_uri"] = exporter.uri(f"{key}/{REPORT}")
         best = (record.get("pretrained") or {}).get("checkpoint_uri")
         try:
-            logs = CheckpointDir.of_best(best).logs_dir
+            logs = CheckpointDir.of_checkpoint(best).logs_dir
             local = checkpoint_store.download_dir(logs, Path(tmp, "logs"))
             files = sorted(p for p in local.rglob("*") if p.is_file())
             for path in files:

@@ -33,9 +33,10 @@ def pod_security_context(kube: KubernetesConfig) -> k8s.V1PodSecurityContext:
     )
 
 
-def container_security_context() -> k8s.V1SecurityContext:
+def container_security_context(kube: KubernetesConfig) -> k8s.V1SecurityContext:
     return k8s.V1SecurityContext(
         allow_privilege_escalation=False,
+        read_only_root_filesystem=kube.read_only_root_filesystem,
         run_as_non_root=True,
         capabilities=k8s.V1Capabilities(drop=["ALL"]),
         seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
@@ -55,7 +56,14 @@ def image_pull_secrets(kube: KubernetesConfig) -> list[k8s.V1LocalObjectReferenc
     return [k8s.V1LocalObjectReference(name=name) for name in kube.image_pull_secrets]
 
 
-def volumes(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1Volume]:
+def scratch_volumes(writable: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(volume name, mount path) of the emptyDirs a role writes to, its root filesystem being read-only."""
+    return [(f"scratch-{i}", path) for i, path in enumerate(writable)]
+
+
+def volumes(
+    kube: KubernetesConfig, shm: bool = True, credentials: bool = True, writable: tuple[str, ...] = ()
+) -> list[k8s.V1Volume]:
     out = [
         k8s.V1Volume(
             name=DATA_VOLUME,
@@ -79,10 +87,13 @@ def volumes(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) 
                 name=SHM_VOLUME, empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=kube.shm_size)
             )
         )
+    out += [k8s.V1Volume(name=name, empty_dir=k8s.V1EmptyDirVolumeSource()) for name, _ in scratch_volumes(writable)]
     return out
 
 
-def volume_mounts(kube: KubernetesConfig, shm: bool = True, credentials: bool = True) -> list[k8s.V1VolumeMount]:
+def volume_mounts(
+    kube: KubernetesConfig, shm: bool = True, credentials: bool = True, writable: tuple[str, ...] = ()
+) -> list[k8s.V1VolumeMount]:
     out = [
         k8s.V1VolumeMount(
             name=DATA_VOLUME, mount_path=kube.data_volume.mount_path, read_only=kube.data_volume.read_only
@@ -92,6 +103,7 @@ def volume_mounts(kube: KubernetesConfig, shm: bool = True, credentials: bool = 
         out.append(k8s.V1VolumeMount(name=CREDENTIALS_VOLUME, mount_path=CREDENTIALS_DIR, read_only=True))
     if shm:
         out.append(k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
+    out += [k8s.V1VolumeMount(name=name, mount_path=path) for name, path in scratch_volumes(writable)]
     return out
 
 
@@ -132,10 +144,15 @@ class Role:
     gpu_nodes: bool  # scheduled on the GPU nodes (node selector and tolerations)
     shm: bool  # a memory-backed /dev/shm (NCCL, tf.data)
     credentials: bool  # the checkpoint store's secret, mounted as files
+    # Where its processes write (emptyDirs; the root filesystem is read-only): /tmp is HOME and the training
+    # work directory; an MPIJob worker's sshd keeps its host keys and pid file in the image's HostKey directory
+    # (docker/mpi/sshd_config).
+    writable: tuple[str, ...] = ("/tmp",)
 
 
+SSHD_STATE_DIR = "/home/mpiuser/.sshd"
 ROLES = {
-    "worker": Role("tlpipe-pretrain", gpu_nodes=True, shm=True, credentials=True),
+    "worker": Role("tlpipe-pretrain", gpu_nodes=True, shm=True, credentials=True, writable=("/tmp", SSHD_STATE_DIR)),
     "launcher": Role("tlpipe-pretrain", gpu_nodes=False, shm=False, credentials=True),
     "curate": Role("tlpipe-curate", gpu_nodes=False, shm=False, credentials=False),
 }
@@ -152,12 +169,12 @@ def pod_parts(kube: KubernetesConfig, role: str) -> dict:
         "security_context": pod_security_context(kube),
         "node_selector": dict(kube.node_selector) if r.gpu_nodes else {},
         "tolerations": tolerations(kube) if r.gpu_nodes else [],
-        "volumes": volumes(kube, shm=r.shm, credentials=r.credentials),
+        "volumes": volumes(kube, shm=r.shm, credentials=r.credentials, writable=r.writable),
         "image": kube.image,
         "image_pull_policy": kube.image_pull_policy,
         "env": training_env(kube if r.credentials else None),
-        "container_security_context": container_security_context(),
-        "volume_mounts": volume_mounts(kube, shm=r.shm, credentials=r.credentials),
+        "container_security_context": container_security_context(kube),
+        "volume_mounts": volume_mounts(kube, shm=r.shm, credentials=r.credentials, writable=r.writable),
     }
 
 

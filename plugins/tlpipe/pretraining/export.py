@@ -105,6 +105,13 @@ class S3Exporter:
             raise
         return user_metadata(head).get(SHA_META, "")
 
+    def _riding_out(self, upload, key: str) -> None:
+        """One upload, retried while the S3 API is unreachable (a multipart upload is invisible until it
+        completes, so a reader never sees part of an object)."""
+        from training.store import riding_out
+
+        riding_out(upload, self.cfg.outage_seconds, f"uploading s3://{self.bucket}/{key}", log.warning)
+
     @staticmethod
     def _extra_args(sha: str, content_type: str) -> dict:
         return {"Metadata": {SHA_META: sha}, "ChecksumAlgorithm": "SHA256", "ContentType": content_type}
@@ -121,8 +128,15 @@ class S3Exporter:
         if self.stored_sha(key) == sha:
             report.skipped.append(key)
             return
-        self.client.upload_file(
-            str(path), self.bucket, key, ExtraArgs=self._extra_args(sha, content_type), Config=self.transfer_config()
+        self._riding_out(
+            lambda: self.client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs=self._extra_args(sha, content_type),
+                Config=self.transfer_config(),
+            ),
+            key,
         )
         report.uploaded.append(key)
         report.bytes_uploaded += path.stat().st_size
@@ -134,13 +148,16 @@ class S3Exporter:
             if report is not None:
                 report.skipped.append(key)
             return
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=body,
-            Metadata={SHA_META: sha},
-            ChecksumAlgorithm="SHA256",
-            ContentType="application/json",
+        self._riding_out(
+            lambda: self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                Metadata={SHA_META: sha},
+                ChecksumAlgorithm="SHA256",
+                ContentType="application/json",
+            ),
+            key,
         )
         if report is not None:
             report.uploaded.append(key)
@@ -159,7 +176,7 @@ class S3Exporter:
 
     # -- the pretrained model -------------------------------------------------------------------------------
     def export_model(self, best_dir: str | Path, manifest_path: str | Path) -> dict:
-        """Upload model.tar.gz (best/ contents at its root), the dataset manifest and the best metrics."""
+        """Upload model.tar.gz (the best epoch's files at its root), the dataset manifest and the best metrics."""
         best_dir, manifest_path = Path(best_dir), Path(manifest_path)
         report = UploadReport()
         self.ensure_bucket()
@@ -271,7 +288,7 @@ def _content_type(path: Path) -> str:
 
 
 def build_model_tarball(best_dir: Path, dest: Path) -> str:
-    """A reproducible model.tar.gz of best/ (files at the root): same files in, same bytes out. Returns sha256."""
+    """A reproducible model.tar.gz of the best epoch (files at the root): same files in, same bytes out. Returns sha256."""
     missing = [n for n in MODEL_FILES if not (best_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{best_dir} lacks {', '.join(missing)}")

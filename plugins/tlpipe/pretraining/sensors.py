@@ -26,7 +26,8 @@ class BestCheckpointSensor(BaseSensorOperator):
     """Wait until a training run's checkpoint directory has ``best.json`` and ``COMPLETE``.
 
     Fails at once with the reason recorded in ``FAILED``; on timeout the message names what was still missing.
-    Returns ``{uri, epoch, val_accuracy, manifest_sha256}`` (``uri``: the best/ directory).
+    Returns ``{uri, epoch, val_accuracy, manifest_sha256, files}``: ``uri`` is the epoch directory best.json
+    points to, ``files`` the sha256 and size of its files (what the export checks the download against).
 
     :param checkpoint_uri: the run's checkpoint directory, a local path or s3:// URI (templated)
     :param conn_id: Airflow aws connection of the S3-compatible checkpoint store (for s3:// URIs)
@@ -76,10 +77,11 @@ class BestCheckpointSensor(BaseSensorOperator):
             self.log.info("%s: waiting for %s", uri, " and ".join(missing))
             return PokeReturnValue(is_done=False)
         result = {
-            "uri": best.get("best_dir") or run_dir.best_dir,
+            "uri": run_dir.epoch(int(best["epoch"])),
             "epoch": int(best["epoch"]),
             "val_accuracy": float(best["val_accuracy"]),
             "manifest_sha256": best["manifest_sha256"],
+            "files": best.get("files") or {},
         }
         self.log.info(
             "best checkpoint: epoch %d, val_accuracy %.4f at %s", result["epoch"], result["val_accuracy"], result["uri"]

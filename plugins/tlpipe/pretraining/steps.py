@@ -263,8 +263,10 @@ def plan_training(prepared: dict, exporter) -> tuple[str, dict]:
 
 
 def export_model(best: dict, prepared: dict, exporter, checkpoint_conn_id: str | None) -> dict:
-    """Export the best/ directory the sensor found; s3:// checkpoints are fetched from the checkpoint store."""
+    """Export the epoch directory best.json points to, once its files match the checksums it records;
+    s3:// checkpoints are fetched from the checkpoint store."""
     from plugins.tlpipe.pretraining.sensors import checkpoint_store
+    from training.contracts import file_digests, file_problem
     from training.store import is_s3
 
     best_uri = best["uri"]
@@ -273,6 +275,9 @@ def export_model(best: dict, prepared: dict, exporter, checkpoint_conn_id: str |
             local = checkpoint_store(best_uri, checkpoint_conn_id).download_dir(best_uri, Path(tmp, "best"))
         else:
             local = Path(best_uri)
+        problem = file_problem(file_digests(local) if local.is_dir() else {}, best.get("files") or {})
+        if problem:
+            raise RuntimeError(f"{best_uri} (epoch {best['epoch']}, best.json's pointer): {problem}")
         meta = json.loads(Path(local, "meta.json").read_text())
         if int(meta.get("epoch", -1)) != int(best["epoch"]):
             raise RuntimeError(f"{best_uri} holds epoch {meta.get('epoch')}, best.json says {best['epoch']}")

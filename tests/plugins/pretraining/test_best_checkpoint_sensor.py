@@ -16,6 +16,7 @@ BEST = {
     "val_accuracy": 0.75,
     "val_loss": 0.6,
     "path": "x/epochs/0002",
+    "files": {"model.keras": {"sha256": "k" * 64, "size": 10}},
     "manifest_sha256": "m" * 64,
     "manifest_fingerprint": "f" * 64,
     "created_at": "t",
@@ -33,17 +34,18 @@ def test_waits_for_best_json_and_complete(tmp_path):
     sensor = BestCheckpointSensor(task_id="wait", checkpoint_uri=str(ckpt))
     assert not sensor.poke({})
     assert sensor._missing == ["best.json", "COMPLETE"]
-    _write(ckpt, "best.json", {**BEST, "best_dir": str(ckpt / "best")})
+    _write(ckpt, "best.json", BEST)
     assert not sensor.poke({})
     assert sensor._missing == ["COMPLETE"]
     _write(ckpt, "COMPLETE", {"epochs": 2})
     result = sensor.poke({})
     assert result.is_done
     assert result.xcom_value == {
-        "uri": str(ckpt / "best"),
+        "uri": str(ckpt / "epochs" / "0002"),  # the epoch best.json points to, under this run's directory
         "epoch": 2,
         "val_accuracy": 0.75,
         "manifest_sha256": "m" * 64,
+        "files": BEST["files"],
     }
 
 
@@ -88,13 +90,9 @@ def test_polls_an_s3_compatible_store_through_its_connection(s3_endpoint):
     uri = "s3://tlpipe-checkpoints/pretrain/run-1"
     sensor = BestCheckpointSensor(task_id="wait", checkpoint_uri=uri + "/", conn_id="checkpoint_store")
     assert not sensor.poke({})
-    s3.put_object(
-        Bucket="tlpipe-checkpoints",
-        Key="pretrain/run-1/best.json",
-        Body=json.dumps({**BEST, "best_dir": uri + "/best"}),
-    )
+    s3.put_object(Bucket="tlpipe-checkpoints", Key="pretrain/run-1/best.json", Body=json.dumps(BEST))
     s3.put_object(Bucket="tlpipe-checkpoints", Key="pretrain/run-1/COMPLETE", Body=b"{}")
-    assert sensor.poke({}).xcom_value["uri"] == uri + "/best"
+    assert sensor.poke({}).xcom_value["uri"] == uri + "/epochs/0002"
     s3.put_object(
         Bucket="tlpipe-checkpoints",
         Key="pretrain/run-1/FAILED",

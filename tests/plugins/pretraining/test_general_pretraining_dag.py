@@ -165,8 +165,9 @@ def test_local_launcher_trains_exports_publishes_then_skips(dag, pipeline, s3_en
 
     best = run.xcom("wait_for_best_checkpoint")
     prepared = run.xcom("prepare")
-    assert set(best) == {"uri", "epoch", "val_accuracy", "manifest_sha256"}
-    assert best["epoch"] == 1 and best["uri"] == os.path.join(prepared["checkpoint_uri"], "best")
+    assert set(best) == {"uri", "epoch", "val_accuracy", "manifest_sha256", "files"}
+    assert best["epoch"] == 1 and best["uri"] == os.path.join(prepared["checkpoint_uri"], "epochs", "0001")
+    assert set(best["files"]) == {"model.keras", "meta.json", "metrics.json"}
     assert os.path.exists(os.path.join(prepared["checkpoint_uri"], "COMPLETE"))
 
     events = _asset_events()

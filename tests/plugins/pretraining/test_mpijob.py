@@ -77,7 +77,14 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
     assert wc.command[0] == "/usr/local/bin/start-sshd" and wc.command[-2:] == ["-p", "2222"]
     assert [(p.name, p.container_port) for p in wc.ports] == [("ssh", 2222)]
     assert wc.resources.limits[cfg.kubernetes.gpu_resource] == "4"
-    assert {m.mount_path for m in wc.volume_mounts} == {"/data", "/dev/shm", "/var/run/secrets/tlpipe/checkpoint-store"}
+    assert {m.mount_path for m in wc.volume_mounts} == {
+        "/data",
+        "/dev/shm",
+        "/var/run/secrets/tlpipe/checkpoint-store",
+        "/tmp",
+        "/home/mpiuser/.sshd",  # sshd's host keys and pid file (docker/mpi/sshd_config), the image read-only
+    }
+    assert {m.mount_path for m in launcher.spec.containers[0].volume_mounts} >= {"/tmp"}
     for container in (wc, launcher.spec.containers[0]):  # the store's keys as files on both, never in env
         assert not container.env_from
         assert {e.name: e.value for e in container.env}[
@@ -92,6 +99,7 @@ def test_pod_templates_are_valid_pod_template_specs(job, spec, cfg):
         psc, csc = pod.spec.security_context, pod.spec.containers[0].security_context
         assert psc.run_as_non_root and psc.run_as_user == 1000 and psc.seccomp_profile.type == "RuntimeDefault"
         assert csc.allow_privilege_escalation is False and csc.capabilities.drop == ["ALL"]
+        assert csc.read_only_root_filesystem is True
         assert pod.spec.image_pull_secrets[0].name == "tlpipe-registry"
         assert pod.spec.service_account_name == "tlpipe-training"
 

@@ -83,6 +83,9 @@ def test_dry_run_pod(kube_cfg, spec):
     assert c.security_context.allow_privilege_escalation is False
     assert c.security_context.capabilities.drop == ["ALL"]
     assert c.security_context.run_as_non_root
+    # The image read-only; what the run writes (HOME, the work directory) goes to an emptyDir at /tmp.
+    assert c.security_context.read_only_root_filesystem is True
+    assert {e.name: e.value for e in c.env}["HOME"] == "/tmp"
     volumes = {v.name: v for v in s.volumes}
     assert volumes["data"].persistent_volume_claim.claim_name == "tlpipe-data"
     assert volumes["dshm"].empty_dir.medium == "Memory" and volumes["dshm"].empty_dir.size_limit == "8Gi"
@@ -90,7 +93,10 @@ def test_dry_run_pod(kube_cfg, spec):
         "data": "/data",
         "dshm": "/dev/shm",
         "checkpoint-store-credentials": "/var/run/secrets/tlpipe/checkpoint-store",
+        "scratch-0": "/tmp",
+        "scratch-1": "/home/mpiuser/.sshd",
     }
+    assert volumes["scratch-0"].empty_dir is not None and volumes["scratch-0"].empty_dir.medium is None
     # The store's secret arrives as read-only files, never as environment variables (Horovod copies those onto
     # every worker's command line).
     assert volumes["checkpoint-store-credentials"].secret.secret_name == "tlpipe-checkpoint-store"
