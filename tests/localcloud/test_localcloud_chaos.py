@@ -30,7 +30,7 @@ def _unhealthy_config(sm, s3, tmp_path) -> str:
         "ModelName": model,
         "InstanceType": "ml.m5.large",
         "InitialInstanceCount": 1,
-        "ContainerStartupHealthCheckTimeoutInSeconds": 10,
+        "ContainerStartupHealthCheckTimeoutInSeconds": 60,  # the least SageMaker accepts
     }
     sm.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[variant])
     return config
@@ -66,7 +66,7 @@ def test_an_update_to_a_model_failing_ping_under_traffic(localcloud_server, tmp_
         time.sleep(1)
         started = time.monotonic()
         sm.update_endpoint(EndpointName=name, EndpointConfigName=_unhealthy_config(sm, s3, tmp_path))
-        endpoint = wait_for_endpoint(sm, name, timeout=180)
+        endpoint = wait_for_endpoint(sm, name, timeout=300)
         updating_for = time.monotonic() - started
         time.sleep(1)
     finally:
