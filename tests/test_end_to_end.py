@@ -152,25 +152,31 @@ def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:
         assert listening.get(port) == "127.0.0.1", f"port {port} listens on {listening.get(port)}"
 
 
-SECRETS = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
-
-
-def _check_nothing_records_a_secret(var: Path, state: dict, s3) -> dict[str, int]:
-    """Every place a run leaves text behind, searched for every secret of the install."""
+def _airflow_db(state: dict):
+    """A connection to the demo's Airflow database (its PostgreSQL, the airflow role)."""
     import psycopg2
 
-    secrets = [state[k] for k in (*SECRETS, "store_secret_access_key")]
-    texts: dict[str, str] = {}
-    for path in [*(var / "airflow" / "logs").rglob("*"), *(var / "log").glob("*.log")]:
-        if path.is_file():
-            texts[str(path)] = path.read_text(errors="replace")
-    conn = psycopg2.connect(
+    return psycopg2.connect(
         host="127.0.0.1",
         port=state["postgres_port"],
         user="airflow",
         password=state["airflow_db_password"],
         dbname="airflow",
     )
+
+
+SECRETS = ("password", "jwt_secret", "localcloud_secret_access_key", "postgres_password", "airflow_db_password")
+
+
+def _check_nothing_records_a_secret(var: Path, state: dict, s3) -> dict[str, int]:
+    """Every place a run leaves text behind, searched for every secret of the install."""
+
+    secrets = [state[k] for k in (*SECRETS, "store_secret_access_key")]
+    texts: dict[str, str] = {}
+    for path in [*(var / "airflow" / "logs").rglob("*"), *(var / "log").glob("*.log")]:
+        if path.is_file():
+            texts[str(path)] = path.read_text(errors="replace")
+    conn = _airflow_db(state)
     with conn, conn.cursor() as cur:
         for table, column in (("xcom", "value"), ("rendered_task_instance_fields", "rendered_fields")):
             cur.execute(f"select {column}::text from {table}")  # noqa: S608 - fixed names
@@ -194,7 +200,6 @@ def _check_nothing_records_a_secret(var: Path, state: dict, s3) -> dict[str, int
 def _check_production_topology(var: Path, state: dict) -> None:
     """Airflow ran on the demo's PostgreSQL as four processes; the checkpoints are in the S3-compatible store."""
     import psutil
-    import psycopg2
 
     from localcloud.onprem import SeaweedS3
 
@@ -206,13 +211,7 @@ def _check_production_topology(var: Path, state: dict) -> None:
         # Airflow retitles its processes ("airflow api_server -- host:..."); either spelling names the component.
         title = " ".join(psutil.Process(pid).cmdline()).replace("-", "_")
         assert f"airflow {component.replace('-', '_')}" in title, f"no airflow {component} process: {title}"
-    conn = psycopg2.connect(
-        host="127.0.0.1",
-        port=state["postgres_port"],
-        user="airflow",
-        password=state["airflow_db_password"],
-        dbname="airflow",
-    )
+    conn = _airflow_db(state)
     with conn, conn.cursor() as cur:
         cur.execute("select dag_id, state from dag_run order by start_date")
         runs = cur.fetchall()
