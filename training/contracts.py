@@ -60,7 +60,10 @@ class CheckpointDir:
     FAILED = "FAILED"
     LOGS = "logs"
     LEASE = "LEASE"
+    PARTIAL = "partial"  # checkpoints inside an epoch: partial/EEEE-SSSSSSS/, named by partial.json
+    PARTIAL_JSON = "partial.json"
     EPOCH_DIGITS = 4
+    STEP_DIGITS = 7
 
     @classmethod
     def of_checkpoint(cls, checkpoint_uri: str) -> "CheckpointDir":
@@ -81,6 +84,14 @@ class CheckpointDir:
 
     def committed_marker(self, epoch: int) -> str:
         return st.join(self.epoch(epoch), self.COMMITTED)
+
+    def partial(self, epoch: int, step: int) -> str:
+        """Where the checkpoint after ``step`` steps of ``epoch`` (not yet committed) is written."""
+        return self.path(self.PARTIAL, f"{epoch:0{self.EPOCH_DIGITS}d}-{step:0{self.STEP_DIGITS}d}")
+
+    @property
+    def partial_json(self) -> str:
+        return self.path(self.PARTIAL_JSON)
 
     @property
     def best_json(self) -> str:
@@ -121,6 +132,10 @@ class CheckpointDir:
         if not store.exists(self.failed):
             return None
         return str(store.read_json(self.failed).get("reason") or "unknown reason")
+
+
+# Checkpoints inside an epoch: at ImageNet scale an epoch is hours; a kill should cost minutes.
+CHECKPOINT_EVERY_MINUTES = 10.0
 
 
 def pretrained_dir(path: str | Path) -> Path:

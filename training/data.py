@@ -69,9 +69,9 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.cond(u[2] < 0.5, lambda: tf.reverse(image, [1]), lambda: image)
 
 
-def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Dataset:
-    """Augment each ``(image, label, index)`` element with its own stateless seed (its position in the stream),
-    so every pass sees new variants and runs are reproducible.
+def augment_elements(ds: tf.data.Dataset, seed: int, load=None, start: int = 0) -> tf.data.Dataset:
+    """Augment each ``(image, label, index)`` element with its own stateless seed (its position in the stream,
+    counted from ``start``), so every pass sees new variants and runs are reproducible.
 
     ``load``, if given, first turns each element (a file index, a record) into ``(image, label, index)`` in the
     same map: decoding and augmenting then cost one function call per element.
@@ -81,7 +81,50 @@ def augment_elements(ds: tf.data.Dataset, seed: int, load=None) -> tf.data.Datas
         image, label, index = load(el) if load else el
         return augment_image(image, tf.stack([tf.cast(seed, tf.int64), k])), label, index
 
-    return ds.enumerate().map(augment, num_parallel_calls=AUTOTUNE)
+    return ds.enumerate(start=start).map(augment, num_parallel_calls=AUTOTUNE)
+
+
+def _permutation(n: tf.Tensor, seed: tf.Tensor, p: tf.Tensor) -> tf.Tensor:
+    """Pass ``p``'s order of ``n`` positions: a pure function of ``(seed, p)``."""
+    keys = tf.random.stateless_uniform(tf.reshape(n, [1]), seed=tf.stack([seed, p]))
+    return tf.cast(tf.argsort(keys), tf.int64)
+
+
+def pass_order(n, seed: int, start: int = 0) -> tf.data.Dataset:
+    """Positions ``0..n-1`` pass after pass, each pass a permutation drawn from ``(seed, pass)`` alone, beginning
+    at element ``start`` of that endless stream.
+
+    The order is a pure function of the position, so a run resumed at ``start`` sees exactly what the
+    interrupted run would have seen next; whole passes are skipped for free, and a full permutation replaces a
+    shuffle buffer (no window bias past the buffer's size)."""
+    n = tf.cast(n, tf.int64)
+    tf.debugging.assert_positive(n, "no training image of this shard could be read")
+    start = tf.constant(int(start), tf.int64)
+    seed = tf.constant(int(seed), tf.int64)
+
+    def one(p):
+        return tf.data.Dataset.from_tensor_slices(_permutation(n, seed, p))
+
+    return tf.data.Dataset.range(start // n, 2**62).flat_map(one).skip(start % n)
+
+
+def pass_prefix(n: int, seed: int, start: int) -> np.ndarray:
+    """The positions of ``start``'s pass that come before it (what a resumed stream's first pass lacks)."""
+    if n <= 0 or start % n == 0:
+        return np.zeros(0, np.int64)
+    perm = _permutation(tf.constant(n, tf.int64), tf.constant(int(seed), tf.int64), tf.constant(start // n, tf.int64))
+    return perm.numpy()[: start % n]
+
+
+def _passes_over_memory(loaded: tf.data.Dataset, n: int, seed: int, start: int) -> tf.data.Dataset:
+    """The training stream over decoded images held in memory (``--cache``): every image of the shard as one
+    tensor, then the same ``pass_order`` as the files, read by index."""
+
+    def stream(images, labels, indices):
+        order = pass_order(tf.shape(labels, out_type=tf.int64)[0], seed, start)
+        return order.map(lambda i: (images[i], labels[i], indices[i]))
+
+    return loaded.batch(max(1, n)).flat_map(stream)
 
 
 def load_elements(
@@ -90,24 +133,32 @@ def load_elements(
     training: bool,
     cache: bool,
     seed: int,
-    shuffle_buffer: int,
-    cached_shuffle_buffer: int | None = None,
+    shuffle_buffer: int = 10_000,
+    n: int | None = None,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """Sources (file indices, records) -> ``(image, label, index)`` elements, undecodable ones dropped.
 
-    Training without a cache shuffles the sources and repeats, then loads and augments in one map; otherwise
-    the loaded images are cached (if asked), and training shuffles, repeats and augments them after the cache,
-    so every pass gets new variants.
+    Training streams over ``n`` sources (file indices) follow ``pass_order`` from element ``start`` (a resume):
+    without a cache each index is loaded and augmented in one map, with one the decoded images are held in
+    memory and augmented as they are read. Records of unknown number (TFRecords) are shuffled in a buffer, the
+    loaded ones after a cache when asked; a resume there gets a new order seeded by its position. Augmentation
+    always follows the position, so every pass gets new variants.
     """
-    if training and not cache:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-        return augment_elements(ds, seed, load).ignore_errors()
+    if training and n is not None:
+        if not cache:
+            return augment_elements(pass_order(n, seed, start), seed, load, start).ignore_errors()
+        loaded = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
+        return augment_elements(_passes_over_memory(loaded, n, seed, start), seed, start=start)
+    if training and not cache:  # records of unknown number: no position to skip to, a new order from it
+        ds = ds.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True).repeat()
+        return augment_elements(ds, seed, load, start).ignore_errors()
     ds = ds.map(load, num_parallel_calls=AUTOTUNE).ignore_errors()
     if cache:
         ds = ds.cache()
     if training:
-        ds = ds.shuffle(cached_shuffle_buffer or shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        ds = augment_elements(ds.repeat(), seed)
+        ds = ds.shuffle(shuffle_buffer, seed=seed + start, reshuffle_each_iteration=True)
+        ds = augment_elements(ds.repeat(), seed, start=start)
     return ds
 
 
@@ -154,11 +205,13 @@ def make_dataset(
     seed: int = 0,
     cache: bool = False,
     drop_remainder: bool = False,
+    start: int = 0,
 ) -> tf.data.Dataset:
     """Elements: ``(uint8 images [B,H,W,3], int32 labels [B], int64 shard indices [B])``.
 
-    Training datasets repeat forever (each pass reshuffled); evaluation datasets make one pass in order.
-    ``cache`` keeps decoded, resized images in memory (small datasets, many epochs).
+    Training datasets repeat forever (each pass reshuffled) and begin at image ``start`` of that stream (a
+    resumed run); evaluation datasets make one pass in order. ``cache`` keeps decoded, resized images in memory
+    (small datasets, many epochs).
     """
     image_size = tuple(int(s) for s in image_size)
     n = len(split)
@@ -174,15 +227,7 @@ def make_dataset(
     opts.deterministic = True
     opts.experimental_optimization.map_parallelization = True
 
-    ds = load_elements(
-        tf.data.Dataset.range(n),
-        load,
-        training,
-        cache,
-        seed,
-        shuffle_buffer=min(n, 200_000),
-        cached_shuffle_buffer=min(n, 50_000),
-    )
+    ds = load_elements(tf.data.Dataset.range(n), load, training, cache, seed, n=n, start=start)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     return ds.with_options(opts).prefetch(AUTOTUNE)
 
@@ -190,9 +235,11 @@ def make_dataset(
 class SkipTracker:
     """Finds the files of a shard that never came out of the pipeline in a pass (undecodable)."""
 
-    def __init__(self, split: Split):
+    def __init__(self, split: Split, already_seen=()):
         self.split = split
         self.seen = np.zeros(len(split), dtype=bool)
+        # A stream resumed inside a pass: what its first pass lacks was trained before (``pass_prefix``).
+        self.seen[np.asarray(already_seen, dtype=np.int64)] = True
         self.reported: set[int] = set()
 
     def update(self, indices: np.ndarray) -> list[str]:

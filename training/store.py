@@ -225,6 +225,15 @@ class Store:
             Path(uri).unlink(missing_ok=True)
 
     # -- directories ---------------------------------------------------------------------------------
+    def delete_dir(self, uri: str) -> None:
+        """Remove everything below ``uri`` (nothing when it does not exist)."""
+        if not is_s3(uri):
+            shutil.rmtree(uri, ignore_errors=True)
+            return
+        bucket, prefix = split_s3(uri)
+        for rel, _ in list(self.walk_files(uri)):
+            self.s3.delete_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{rel}")
+
     def list_dirs(self, uri: str) -> list[str]:
         """Names of the immediate sub-"directories" of ``uri``."""
         if is_s3(uri):

@@ -121,8 +121,10 @@ def make_tfrecord_dataset(
     seed: int = 0,
     drop_remainder: bool = False,
     cache: bool = False,
+    start: int = 0,
 ):
-    """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s."""
+    """Elements ``(uint8 images, int32 labels, int64 zeros)``, the same shape as ``data.make_dataset``'s. A training
+    stream resumed at image ``start`` gets a new order seeded by it (records cannot be skipped to cheaply)."""
     import tensorflow as tf
 
     from training.data import AUTOTUNE, decode_and_resize, load_elements
@@ -145,7 +147,7 @@ def make_tfrecord_dataset(
     )
     if len(shards) < size:
         ds = ds.shard(size, rank)
-    ds = load_elements(ds, parse, training, cache, seed, shuffle_buffer=10_000)
+    ds = load_elements(ds, parse, training, cache, seed, shuffle_buffer=10_000, start=start)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 

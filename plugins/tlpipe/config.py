@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from training.contracts import (
     BASELINE_POLICIES,
+    CHECKPOINT_EVERY_MINUTES,
     DEFAULT_BASELINE_MARGIN,
     DEFAULT_BASELINE_POLICY,
     MODEL_ARCHS,
@@ -78,6 +79,8 @@ class CheckpointConfig(Section):
     root: str
     conn_id: str | None = None
     endpoint_url: str | None = None
+    every_minutes: float = Field(default=CHECKPOINT_EVERY_MINUTES, ge=0)  # inside an epoch; 0: at its end only
+    every_steps: int = Field(default=0, ge=0)
 
 
 class S3Config(Section):

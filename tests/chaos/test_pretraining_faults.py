@@ -22,6 +22,7 @@ from training.contracts import CheckpointDir, file_digests, file_problem
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 STEPS = ("--steps-per-epoch", "40", "--progress-seconds", "0.3")
+EVERY = 10  # steps between the checkpoints inside an epoch (--checkpoint-every-steps)
 MID_EPOCH_2 = re.compile(r"\[pretrain\] epoch 2 step (\d+)/")
 
 
@@ -87,6 +88,20 @@ def _mid_epoch_2(proc) -> int:
     return int(found[0].group(1)) if found else 0
 
 
+def _last_step_of_epoch_2(proc) -> int:
+    found = [m for line in list(proc.lines) if (m := MID_EPOCH_2.search(line))]
+    return int(found[-1].group(1)) if found else 0
+
+
+def _partial_of_epoch_2(ckpt: Path) -> int:
+    """The step of epoch 2 its checkpoint inside the epoch was taken at (0: none yet)."""
+    try:
+        pointer = json.loads((ckpt / CheckpointDir.PARTIAL_JSON).read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(pointer["step"]) if pointer["epoch"] == 2 else 0
+
+
 def _output(proc) -> str:
     proc.reader.join(30)
     return "".join(proc.lines)
@@ -105,14 +120,15 @@ def test_a_rank_or_the_launcher_killed_mid_epoch(tiny_manifest, tmp_path, chaos,
     chaos.fault(
         "pretraining",
         f"{sig.name} of {target} mid-epoch (local launcher, under its supervisor)",
-        "the run stops with every process of it; nothing committed is lost; the rerun resumes after the last commit",
+        "the run stops with every process of it; the rerun resumes inside the epoch, from its last checkpoint",
     )
     ckpt = tmp_path / "ckpt"
-    cmd = pretrain_cmd(tiny_manifest, ckpt, 2, *STEPS, "--lease-owner", "dag/run-1")
+    cmd = pretrain_cmd(tiny_manifest, ckpt, 2, *STEPS, "--checkpoint-every-steps", str(EVERY), "--lease-owner", "r-1")
     proc = _start(_supervised(cmd))
     try:
-        step = _wait_for(lambda: _mid_epoch_2(proc), proc, 300, "step of epoch 2")
-        commit_at = (ckpt / "epochs" / "0001" / "COMMITTED").stat().st_mtime
+        # Killed between two checkpoints inside epoch 2: after the first, before the next is due.
+        saved = _wait_for(lambda: _partial_of_epoch_2(ckpt), proc, 300, "checkpoint inside epoch 2")
+        _wait_for(lambda: _last_step_of_epoch_2(proc) > saved, proc, 120, "step past the checkpoint")
         if target == "horovodrun":
             victim = next(p for p in _training_processes(str(ckpt)) if "horovodrun" in " ".join(p.cmdline()[:2]))
         else:
@@ -128,17 +144,22 @@ def test_a_rank_or_the_launcher_killed_mid_epoch(tiny_manifest, tmp_path, chaos,
     assert proc.returncode != 0
     assert _committed(ckpt) == [1] and not (ckpt / "COMPLETE").exists()
     assert _best_is_whole(ckpt) == 1
+    resume_at, reached = _partial_of_epoch_2(ckpt), _last_step_of_epoch_2(proc)
+    assert 0 < resume_at < 40, resume_at
     chaos.figure("run stopped after (s)", stopped_in)
-    chaos.figure("work lost (s since the last commit)", killed_at - commit_at)
-    chaos.figure("work lost (steps, at least)", step)
+    chaos.figure("checkpoint every (steps)", EVERY)
+    chaos.figure("work lost (steps, at least)", max(0, reached - resume_at))
     chaos.figure("processes left", 0)
 
     started = time.monotonic()
     rerun = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "resuming after epoch 1 " in rerun.stdout
+    assert f"resuming epoch 2 at step {resume_at + 1} from " in rerun.stdout
     assert re.findall(r"\[0\]<stdout>:\[pretrain\] epoch (\d)/2 ", rerun.stdout) == ["2"]
+    metrics = json.loads((ckpt / "epochs" / "0002" / "metrics.json").read_text())
+    assert metrics["resumed_at_step"] == resume_at
     assert _committed(ckpt) == [1, 2] and (ckpt / "COMPLETE").exists()
+    assert not (ckpt / CheckpointDir.PARTIAL_JSON).exists() and not list((ckpt / CheckpointDir.PARTIAL).iterdir())
     _best_is_whole(ckpt)
     chaos.figure("rerun to completion (s)", time.monotonic() - started)
 

@@ -160,11 +160,6 @@ def test_hostile_requests_get_4xx_and_the_server_stays_up(loaded, world, chaos):
     chaos.figure("server restarts", 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this suite, not yet mended: on SIGTERM the server answers requests already accepted 503 or "
-    "resets their connections instead of serving them",
-)
 @pytest.mark.parametrize("keep_alive", [False, True])
 def test_sigterm_under_load_answers_every_request_in_flight(chaos_model_dir, world, chaos, keep_alive):
     chaos.fault(

@@ -141,3 +141,43 @@ def test_training_pipeline_is_reproducible_and_augmented(tiny_manifest):
     # Augmented images are transformed copies of the plain ones, not the plain ones themselves.
     batch = first(1, True)
     assert sum(any(np.array_equal(img, p) for p in plain) for img in batch) < len(batch)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_stream_resumed_at_a_position_continues_exactly(tmp_path, cache):
+    """A run resumed inside an epoch sees the very batches (images, augmentations, order) that the interrupted
+    run would have seen next, across pass boundaries and with the decoded images cached or not."""
+    paths = []
+    for i in range(13):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (20, 20), (i * 19, 3 * i, 255 - i * 9)).save(path)
+        paths.append(str(path))
+    split = tdata.Split(paths, [i % 3 for i in range(13)], ["a", "b", "c"])
+
+    def batches(start, count):
+        ds = tdata.make_dataset(
+            split, (16, 16), 4, training=True, seed=7, cache=cache, drop_remainder=True, start=start
+        )
+        return [tuple(t.numpy() for t in b) for b in ds.take(count)]
+
+    whole = batches(0, 10)
+    for done in (1, 3, 7):  # inside the first pass, at its end, two passes on
+        resumed = batches(4 * done, 10 - done)
+        assert all(all(np.array_equal(a, b) for a, b in zip(x, y)) for x, y in zip(whole[done:], resumed)), done
+    order = np.concatenate([b[2] for b in whole])
+    # Each pass is a permutation of the shard, and the next pass another one.
+    assert sorted(order[:13]) == list(range(13)) and sorted(order[13:26]) == list(range(13))
+    assert not np.array_equal(order[:13], order[13:26])
+
+
+def test_a_resumed_partial_pass_reports_only_what_is_missing(tmp_path):
+    split = tdata.Split([str(tmp_path / f"{i}.png") for i in range(5)], [0] * 5, ["a"])
+    order = [int(i) for i in tdata.pass_order(5, 3, 0).take(20)]
+    assert list(tdata.pass_prefix(5, 3, 7)) == order[5:7]
+    # Resumed at position 7 (two positions into the second pass); one file is undecodable and never arrives.
+    lost = order[8]
+    tracker = tdata.SkipTracker(split, already_seen=tdata.pass_prefix(5, 3, 7))
+    found = []
+    for i in [j for j in order[7:] if j != lost]:
+        found += tracker.update(np.array([i]))
+    assert found == [split.paths[lost]]  # once, not for the partial pass

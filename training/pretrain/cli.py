@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from training import store as st
-from training.contracts import PRETRAIN_KNOBS, CheckpointDir
+from training.contracts import CHECKPOINT_EVERY_MINUTES, PRETRAIN_KNOBS, CheckpointDir
 from training.pretrain.checkpoints import utcnow
 
 
@@ -71,6 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=600.0,
         help="how long rank 0 waits out an unreachable checkpoint store (a restart, a failover) before failing",
     )
+    p.add_argument(
+        "--checkpoint-every-minutes",
+        type=float,
+        default=CHECKPOINT_EVERY_MINUTES,
+        help="rank 0 also checkpoints inside an epoch this often, so a kill loses at most that (0: off)",
+    )
+    p.add_argument("--checkpoint-every-steps", type=int, default=0, help="and/or every this many steps (0: off)")
     p.add_argument("--tfrecords", default=None, help="read the splits from this training.tfrecords directory")
     p.add_argument("--s3-endpoint-url", default=None)
     p.add_argument("--fail-at-epoch", type=int, default=0, help=argparse.SUPPRESS)  # for failure-path tests

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from training import store as st
 
@@ -20,10 +22,12 @@ class Inputs:
     val_all: object
     train_split: object  # this rank's shard
     val_split: object
-    train_ds: object  # (image, label, index) batches, repeating
+    train_from: Callable  # image position in this rank's stream -> (image, label, index) batches from there
     val_ds: object  # one pass
     image_size: tuple[int, int]
     steps_per_epoch: int
+    batch_size: int  # per rank
+    seed: int  # this rank's training stream (its order and augmentations)
     global_batch: int
     cache: bool
 
@@ -40,40 +44,43 @@ def _manifest_dir(args, manifest: dict, store: st.Store, workdir: Path) -> Path:
     return manifest_dir
 
 
-def _datasets(args, train_split, val_split, class_names, image_size, rank: int, size: int, cache: bool):
+def _seed(args, rank: int) -> int:
+    return args.seed * 1000 + rank
+
+
+def _train_dataset(args, train_split, class_names, image_size, rank: int, size: int, cache: bool, start: int = 0):
     from training import data as tdata
 
     if args.tfrecords:
         from training.tfrecords import make_tfrecord_dataset, tfrecord_split
 
         train_shards, names, _ = tfrecord_split(args.tfrecords, "train")
-        val_shards, _, _ = tfrecord_split(args.tfrecords, "val")
         if names != class_names:
             raise ValueError(f"{args.tfrecords} was converted from another manifest (class names differ)")
-        train_ds = make_tfrecord_dataset(
-            train_shards,
-            image_size,
-            args.batch_size,
-            True,
-            rank,
-            size,
-            seed=args.seed * 1000 + rank,
-            drop_remainder=True,
-            cache=cache,
+        return make_tfrecord_dataset(
+            train_shards, image_size, args.batch_size, True, rank, size, _seed(args, rank), True, cache, start
         )
-        val_ds = make_tfrecord_dataset(val_shards, image_size, args.batch_size, False, rank, size, cache=cache)
-        return train_ds, val_ds
-    train_ds = tdata.make_dataset(
+    return tdata.make_dataset(
         train_split,
         image_size,
         args.batch_size,
         training=True,
-        seed=args.seed * 1000 + rank,
+        seed=_seed(args, rank),
         cache=cache,
         drop_remainder=True,
+        start=start,
     )
-    val_ds = tdata.make_dataset(val_split, image_size, args.batch_size, training=False, cache=cache)
-    return train_ds, val_ds
+
+
+def _val_dataset(args, val_split, image_size, rank: int, size: int, cache: bool):
+    from training import data as tdata
+
+    if args.tfrecords:
+        from training.tfrecords import make_tfrecord_dataset, tfrecord_split
+
+        val_shards, _, _ = tfrecord_split(args.tfrecords, "val")
+        return make_tfrecord_dataset(val_shards, image_size, args.batch_size, False, rank, size, cache=cache)
+    return tdata.make_dataset(val_split, image_size, args.batch_size, training=False, cache=cache)
 
 
 def load_inputs(args, store: st.Store, workdir: Path, rank: int, size: int) -> Inputs:
@@ -89,7 +96,7 @@ def load_inputs(args, store: st.Store, workdir: Path, rank: int, size: int) -> I
     image_size = (args.image_size, args.image_size)
     global_batch = args.batch_size * size
     cache = args.cache == "on" or (args.cache == "auto" and len(train_split) * args.image_size**2 * 3 < 2 * 2**30)
-    train_ds, val_ds = _datasets(args, train_split, val_split, train_all.class_names, image_size, rank, size, cache)
+    train_from = partial(_train_dataset, args, train_split, train_all.class_names, image_size, rank, size, cache)
     return Inputs(
         manifest=manifest,
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
@@ -98,10 +105,12 @@ def load_inputs(args, store: st.Store, workdir: Path, rank: int, size: int) -> I
         val_all=val_all,
         train_split=train_split,
         val_split=val_split,
-        train_ds=train_ds,
-        val_ds=val_ds,
+        train_from=train_from,
+        val_ds=_val_dataset(args, val_split, image_size, rank, size, cache),
         image_size=image_size,
         steps_per_epoch=args.steps_per_epoch or max(1, len(train_all) // global_batch),
+        batch_size=args.batch_size,
+        seed=_seed(args, rank),
         global_batch=global_batch,
         cache=cache,
     )

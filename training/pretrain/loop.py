@@ -14,11 +14,11 @@ from pathlib import Path
 
 from training import store as st
 from training.contracts import CheckpointDir
-from training.pretrain.checkpoints import _local_copy, check_writable, commit_epoch, resume_state, utcnow
+from training.pretrain.checkpoints import _local_copy, check_writable, resume_state, utcnow
+from training.pretrain.chief import ChiefWriter
 from training.pretrain.inputs import Inputs, load_inputs
 from training.pretrain.lease import Lease
-
-SUMMARY_SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second")
+from training.pretrain.partial import position, resume_partial
 
 
 def bind_to_cores(local_rank: int, local_size: int) -> set[int]:
@@ -56,18 +56,20 @@ def init_horovod(args):
 
 
 def model_and_optimizer(
-    args, data: Inputs, start: int, store: st.Store, run_dir: CheckpointDir, workdir: Path, size: int, log
+    args, data: Inputs, start: int, store: st.Store, run_dir: CheckpointDir, workdir: Path, size: int, log, inside=None
 ):
-    """(model, optimizer, blocks): restored from epoch ``start`` when resuming, else built and compiled."""
+    """(model, optimizer, blocks): restored from the checkpoint ``inside`` an epoch, or from epoch ``start``,
+    when resuming; else built and compiled."""
     import keras
 
     from training.model import WarmupCosine, build_model
 
     total_steps = data.steps_per_epoch * args.epochs
-    if start:
-        src = _local_copy(store, run_dir.epoch(start), workdir / "resume")
+    if start or inside:
+        uri = inside or run_dir.epoch(start)
+        src = _local_copy(store, uri, workdir / "resume")
         model = keras.models.load_model(src / "model.keras")
-        log(f"resuming after epoch {start} from {run_dir.epoch(start)}")
+        log(f"resuming after epoch {start} from {uri}")
         blocks = getattr(model, "blocks", None) or json.loads((src / "meta.json").read_text())["blocks"]
         return model, model.optimizer, blocks
     model = build_model(len(data.class_names), data.image_size, args.model, args.dropout, args.width)
@@ -117,23 +119,27 @@ def make_steps(args, hvd, model, optimizer, num_classes: int):
 class EpochRunner:
     """One epoch: this rank's training steps, the BatchNorm sync, validation, and the metrics summed over ranks."""
 
-    def __init__(self, args, hvd, model, optimizer, data: Inputs, rank: int, size: int):
+    def __init__(self, args, hvd, model, optimizer, data: Inputs, rank: int, size: int, start: int = 0, on_step=None):
         from training import data as tdata
 
         self.args, self.hvd, self.model, self.optimizer, self.data = args, hvd, model, optimizer, data
-        self.rank, self.size = rank, size
+        self.rank, self.size, self.on_step = rank, size, on_step
         self.train_step, self.eval_step = make_steps(args, hvd, model, optimizer, len(data.class_names))
-        self.train_iter = iter(data.train_ds)
+        # The stream begins where the run left off (``start`` images into this rank's stream).
+        self.train_iter = iter(data.train_from(start))
         # Skipped files are named from the file lists; TFRecord readers only count them (val images seen).
         self.track = not args.tfrecords
-        self.train_skips = tdata.SkipTracker(data.train_split)
+        done = tdata.pass_prefix(len(data.train_split), data.seed, start) if self.track else ()
+        self.train_skips = tdata.SkipTracker(data.train_split, already_seen=done)
         self.skipped_total = 0
 
-    def _train(self, epoch: int) -> tuple[float, float, float]:
-        loss_sum = correct_sum = seen = 0.0
+    def _train(self, epoch: int, first_step: int = 1, sums: dict | None = None) -> tuple[float, float, float, float]:
+        """This rank's steps ``first_step``.. of ``epoch``, continuing the running ``sums`` of a checkpoint."""
+        sums = sums or {}
+        loss_sum, correct_sum, seen = sums.get("loss_sum", 0.0), sums.get("correct_sum", 0.0), sums.get("seen", 0.0)
         steps, every = self.data.steps_per_epoch, getattr(self.args, "progress_seconds", 0) if self.rank == 0 else 0
-        start = last_report = time.perf_counter()
-        for step in range(1, steps + 1):
+        start = last_report = time.perf_counter() - sums.get("train_seconds", 0.0)
+        for step in range(first_step, steps + 1):
             images, labels, idx = next(self.train_iter)
             loss, correct = self.train_step(images, labels)
             loss_sum += float(loss)
@@ -151,7 +157,10 @@ class EpochRunner:
             for path in self.train_skips.update(idx.numpy()) if self.track else []:
                 self.skipped_total += 1
                 print(f"[pretrain] rank {self.rank}: skipped undecodable file {path}", flush=True)
-        return loss_sum, correct_sum, seen
+            if self.on_step is not None:
+                running = {"loss_sum": loss_sum, "correct_sum": correct_sum, "seen": seen}
+                self.on_step(epoch, step, {**running, "train_seconds": time.perf_counter() - start})
+        return loss_sum, correct_sum, seen, time.perf_counter() - start
 
     def _validate(self) -> tuple[float, float, float, int]:
         from training import data as tdata
@@ -167,13 +176,12 @@ class EpochRunner:
                 val_skips.update(idx.numpy())
         return v_loss, v_correct, v_n, len(val_skips.finish()) if self.track else 0
 
-    def run(self, epoch: int) -> dict:
+    def run(self, epoch: int, first_step: int = 1, sums: dict | None = None) -> dict:
         import keras
         import tensorflow as tf
 
         hvd, t0 = self.hvd, time.perf_counter()
-        loss_sum, correct_sum, seen = self._train(epoch)
-        train_time = time.perf_counter() - t0
+        loss_sum, correct_sum, seen, train_time = self._train(epoch, first_step, sums)
         # Horovod: BatchNorm moving statistics are per rank (each sees its own shard); average them so every
         # rank holds the same model and evaluates the same network.
         if self.size > 1:
@@ -209,7 +217,8 @@ class EpochRunner:
             "images_per_second": totals[2] / train_time,
             "train_images": int(totals[2]),
             "train_seconds": round(train_time, 4),
-            "epoch_seconds": round(time.perf_counter() - t0, 3),
+            "epoch_seconds": round(time.perf_counter() - t0 + (sums or {}).get("train_seconds", 0.0), 3),
+            "resumed_at_step": first_step - 1,
             "finished_at": utcnow(),
         }
 
@@ -250,75 +259,6 @@ def checkpoint_uri(checkpoint_dir: str) -> str:
     return checkpoint_dir.rstrip("/") if st.is_s3(checkpoint_dir) else str(Path(checkpoint_dir).resolve())
 
 
-class ChiefWriter:
-    """Rank 0's side effects: the log, the epoch commit, TensorBoard (uploaded next to S3 checkpoints)."""
-
-    def __init__(
-        self, is_chief: bool, store: st.Store, run_dir: CheckpointDir, workdir: Path, lease=None, outage_seconds=0.0
-    ):
-        import tensorflow as tf
-
-        self.is_chief, self.store, self.run_dir, self.workdir = is_chief, store, run_dir, workdir
-        self.lease, self.outage_seconds = lease, outage_seconds
-        self.remote = st.is_s3(run_dir.uri)
-        # TensorBoard writes locally; for an s3:// checkpoint dir the files are uploaded after each epoch.
-        tb_dir = workdir / run_dir.LOGS if self.remote else Path(run_dir.logs_dir)
-        self.tb = tf.summary.create_file_writer(str(tb_dir)) if is_chief else None
-
-    def log(self, msg: str) -> None:
-        if self.is_chief:
-            print(f"[pretrain] {msg}", flush=True)
-
-    def epoch_done(self, model, metrics: dict, meta: dict, best: dict | None, epochs: int) -> dict | None:
-        if not self.is_chief:
-            return best
-        import tensorflow as tf
-
-        if self.lease is not None:
-            self.lease.check()  # another run took the directory over: commit nothing more
-        # A store restarting or failing over mid-run is waited out (the other ranks wait at the next allreduce);
-        # the commit is safe to repeat: its pointer is written last.
-        best = st.riding_out(
-            lambda: commit_epoch(self.store, self.run_dir, model, metrics, meta, best, self.workdir),
-            self.outage_seconds,
-            f"committing epoch {metrics['epoch']}",
-            self.log,
-        )
-        with self.tb.as_default(step=metrics["epoch"]):
-            for key in SUMMARY_SCALARS:
-                tf.summary.scalar(key, metrics[key])
-        self.tb.flush()
-        if self.remote:
-            st.riding_out(
-                lambda: self.store.upload_dir(self.workdir / self.run_dir.LOGS, self.run_dir.logs_dir),
-                self.outage_seconds,
-                "uploading the TensorBoard logs",
-                self.log,
-            )
-        self.log(
-            f"epoch {metrics['epoch']}/{epochs} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-            f"val_loss {metrics['val_loss']:.4f} val_acc {metrics['val_accuracy']:.4f} "
-            f"lr {metrics['learning_rate']:.2e} {metrics['images_per_second']:.0f} img/s "
-            f"{metrics['epoch_seconds']:.1f}s skipped {metrics['skipped_files']} "
-            f"best {best['epoch']}:{best['val_accuracy']:.4f}"
-        )
-        return best
-
-    def complete(self, epochs: int, best: dict | None) -> None:
-        if self.is_chief:
-            record = {"epochs": epochs, "best_epoch": best and best["epoch"], "finished_at": utcnow()}
-            st.riding_out(
-                lambda: self.store.write_json(self.run_dir.complete, record),
-                self.outage_seconds,
-                "writing COMPLETE",
-                self.log,
-            )
-            self.log(
-                f"complete: best epoch {best['epoch']} val_accuracy {best['val_accuracy']:.4f} -> "
-                f"{best['path']} (best.json)"
-            )
-
-
 def train(args) -> int:
     """The run: rank 0 checks the store and takes the directory's lease (one writer), then every rank trains."""
     hvd = init_horovod(args)
@@ -342,6 +282,11 @@ def train(args) -> int:
             lease.release()
 
 
+def start_inside(args, state: dict) -> bool:
+    """Whether the run resumes inside its next epoch (a partial checkpoint of it, and epochs left to train)."""
+    return bool(state.get("partial")) and state["resume_from"] < args.epochs
+
+
 def _train(args, hvd, rank, size, store, run_dir, workdir, lease) -> int:
     import keras
 
@@ -353,28 +298,38 @@ def _train(args, hvd, rank, size, store, run_dir, workdir, lease) -> int:
     data = load_inputs(args, store, workdir, rank, size)
 
     # Horovod: rank 0 reads the checkpoint directory; every rank resumes from what it found.
-    state = resume_state(store, run_dir, workdir, chief.log) if is_chief else {"resume_from": 0, "best": None}
+    state = {"resume_from": 0, "best": None, "partial": None}
+    if is_chief:
+        state = resume_state(store, run_dir, workdir, chief.log)
+        state["partial"] = resume_partial(store, run_dir, state["resume_from"], data, workdir, chief.log)
     state = hvd.broadcast_object(state, root_rank=0, name="resume_state")
-    start, best = state["resume_from"], state["best"]
-    model, optimizer, blocks = model_and_optimizer(args, data, start, store, run_dir, workdir, size, chief.log)
+    start, best, partial = state["resume_from"], state["best"], state["partial"] if start_inside(args, state) else None
+    model, optimizer, blocks = model_and_optimizer(
+        args, data, start, store, run_dir, workdir, size, chief.log, partial and partial["path"]
+    )
     optimizer.build(model.trainable_variables)
     # Horovod: every rank starts from rank 0's variables (weights, BatchNorm statistics, optimizer slots).
     hvd.broadcast_variables([v.value for v in model.variables], root_rank=0)
     hvd.broadcast_variables([v.value for v in optimizer.variables], root_rank=0)
-    runner = EpochRunner(args, hvd, model, optimizer, data, rank, size)
     meta_base = model_meta(args, data, blocks)
+    done_steps = partial["step"] if partial else 0
+    on_step = chief.keep_partials(args, data, model, meta_base)  # rank 0's checkpoints inside an epoch
+    runner = EpochRunner(args, hvd, model, optimizer, data, rank, size, position(data, start, done_steps), on_step)
 
     chief.log(
         f"{size} worker(s), {len(data.train_all)} train / {len(data.val_all)} val images, "
         f"{len(data.class_names)} classes, {data.steps_per_epoch} steps/epoch of {data.global_batch}, "
         f"epochs {start + 1}..{args.epochs}, model {args.model}, cache {'on' if data.cache else 'off'}"
     )
+    if partial:
+        chief.log(f"resuming epoch {start + 1} at step {done_steps + 1} from {partial['path']}")
     if start >= args.epochs:
         chief.log(f"nothing to do: {start} epochs already committed")
     if is_chief and start < args.epochs and store.exists(run_dir.complete):
         store.delete(run_dir.complete)
     for epoch in range(start + 1, args.epochs + 1):
-        metrics = runner.run(epoch)
+        first = (done_steps + 1, partial["sums"]) if partial and epoch == start + 1 else (1, None)
+        metrics = runner.run(epoch, *first)
         if args.fail_at_epoch and epoch == args.fail_at_epoch:
             raise RuntimeError(f"injected failure at epoch {epoch}")
         best = chief.epoch_done(model, metrics, {**meta_base, "epoch": epoch}, best, args.epochs)

@@ -35,8 +35,11 @@ past ``--max-connections`` open connections a new one gets 503 and is closed. It
 ``--host`` says otherwise; the image's ``serve`` entrypoint binds 0.0.0.0, as SageMaker's container contract
 needs.
 
-SIGTERM (or SIGINT) stops cleanly: ``/ping`` turns 503, the listener closes, requests in flight finish (up
-to ``--grace-seconds``), then the process exits 0.
+SIGTERM (or SIGINT) stops without failing a request it has accepted: ``/ping`` turns 503 (SageMaker and a
+Kubernetes readiness probe stop routing), the connections already in the listen backlog are accepted and the
+listener closes (a new client is refused, never reset), every request that reached the server is answered with
+``Connection: close``, kept-alive connections close once idle for a second, and once all are closed (or after
+``--grace-seconds``) the process exits 0.
 """
 
 from training.serve.batching import MicroBatcher

@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     accept.start()
     while not server.stopping.wait(0.5):
         pass
-    server.shutdown()  # no new connections
+    server.shutdown()
+    server.stop_listening()  # the backlog is served; new connections are refused
     drained = server.drain(args.grace_seconds)
     if server.batcher:
         server.batcher.close()

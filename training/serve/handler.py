@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import select
 import socket
 import sys
 import time
@@ -28,6 +29,8 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
+        if self._handler.awaiting_request() and not self._request_comes(self._handler.server):
+            return 0  # stopping and the client sent nothing more: close the kept-alive connection cleanly
         self._sock.settimeout(self._handler.timeout_now())
         try:
             n = self._sock.recv_into(buffer)
@@ -35,6 +38,25 @@ class _DeadlineReader(io.RawIOBase):
             raise TimeoutError("client too slow") from None
         self._handler.received()
         return n
+
+    def _request_comes(self, server: "Server") -> bool:
+        """Between requests, wait for the next one's first byte in short slices, up to ``--idle-timeout``. Once
+        the server is stopping, a client gets ``STOP_IDLE_GRACE`` more seconds to send one (it is served, with
+        ``Connection: close``); then the connection closes with no byte of an answer on it, which HTTP clients
+        retry on a new connection."""
+        idle_deadline = time.monotonic() + server.args.idle_timeout
+        stop_deadline = None
+        poller = select.poll()  # not select(): descriptors past 1024 are common with --max-connections
+        poller.register(self._sock, select.POLLIN)
+        while not poller.poll(100):
+            now = time.monotonic()
+            if now >= idle_deadline:
+                raise TimeoutError("client idle")
+            if server.stopping.is_set():
+                stop_deadline = stop_deadline or now + server.STOP_IDLE_GRACE
+                if now >= stop_deadline:
+                    return False
+        return True
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,6 +84,9 @@ class Handler(BaseHTTPRequestHandler):
             self._between_requests = False
 
     _between_requests = True
+
+    def awaiting_request(self) -> bool:
+        return self._between_requests and self._header_deadline is None
 
     def handle_one_request(self):
         self._between_requests, self._header_deadline = True, None
@@ -126,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404 if path != "/ping" else 405, f"no route POST {path}")
             return
         server = self.server
-        if not server.ready.is_set() or server.stopping.is_set():
+        if not server.ready.is_set():  # while stopping, a request that reached a handler is still served
             self._discard_body()
             self._error(503, "model not loaded" if not server.stopping.is_set() else "stopping")
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 import time
 import traceback
@@ -49,6 +50,7 @@ class Server(ThreadingHTTPServer):
         self._last_request: dict[int, float] = {}  # connection -> when it last sent a predict request
 
     RECENT = 1.0  # seconds: a connection that sent a request this recently counts as an active client
+    STOP_IDLE_GRACE = 1.0  # seconds a kept-alive connection may still send one request once stopping
 
     def verify_request(self, request, client_address) -> bool:
         """Past ``--max-connections`` a new connection gets 503 and is closed, before a thread is spent on it."""
@@ -90,14 +92,23 @@ class Server(ThreadingHTTPServer):
             self._inflight -= 1
             self._inflight_cv.notify_all()
 
+    def stop_listening(self) -> None:
+        """Stop accepting without dropping a client: the connections already queued in the listen backlog are
+        accepted and served, then the listener closes, so a new client is refused (and a load balancer retries
+        it elsewhere) rather than accepted and reset. Call after ``shutdown()``."""
+        while select.select([self.socket], [], [], 0)[0]:
+            self._handle_request_noblock()
+        self.socket.close()
+
     def drain(self, timeout: float) -> bool:
+        """Wait until every accepted connection has been answered and closed (kept-alive ones close after
+        their next answer, or ``STOP_IDLE_GRACE`` seconds idle); False if ``timeout`` passes first."""
         deadline = time.monotonic() + timeout
-        with self._inflight_cv:
-            while self._inflight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._inflight_cv.wait(remaining)
+        while self.open_connections() > 0 or self._inflight > 0:
+            if time.monotonic() >= deadline:
+                return False
+            with self._inflight_cv:
+                self._inflight_cv.wait(0.05)
         return True
 
     def load(self) -> None:

@@ -55,6 +55,9 @@ class TrainingSpec(BaseModel):
     threads: int = Field(default=0, ge=0)
     # Who may write the checkpoint directory (its lease): the Airflow run, so a retry of it takes over.
     lease_owner: str | None = None
+    # Checkpoints inside an epoch (config ``checkpoints.every_minutes`` / ``every_steps``).
+    checkpoint_every_minutes: float | None = Field(default=None, ge=0)
+    checkpoint_every_steps: int = Field(default=0, ge=0)
     extra_args: tuple[str, ...] = ()
 
     @model_validator(mode="after")
@@ -112,6 +115,10 @@ class TrainingSpec(BaseModel):
             argv += ["--threads", str(self.threads)]
         if self.lease_owner:
             argv += ["--lease-owner", self.lease_owner]
+        if self.checkpoint_every_minutes is not None:
+            argv += ["--checkpoint-every-minutes", f"{self.checkpoint_every_minutes:g}"]
+        if self.checkpoint_every_steps:
+            argv += ["--checkpoint-every-steps", str(self.checkpoint_every_steps)]
         return argv + list(self.extra_args)
 
     def argv(self) -> list[str]:

@@ -175,6 +175,8 @@ def prepare_run(cfg: PipelineConfig, params: dict, dag_id: str, run_id: str) -> 
         s3_endpoint_url=_checkpoint_endpoint(cfg),
         threads=cfg.training.threads_per_worker,
         lease_owner=f"{dag_id}/{run_id}",
+        checkpoint_every_minutes=cfg.checkpoints.every_minutes,
+        checkpoint_every_steps=cfg.checkpoints.every_steps,
         extra_args=cfg.training.extra_args,
     )
     mpijob_name = k8s_name("pretrain", dag_id, run_id)
