@@ -251,6 +251,19 @@ def shell(args) -> int:
     return subprocess.run(argv, cwd=ROOT, env={**env, "PS1": "(tlpipe-demo) \\w$ "}).returncode
 
 
+def restart(args) -> int:
+    """Restart Airflow components of the running demo (stopped first if they are alive), as ``up`` starts them:
+    what an operator does after a crash, and what the fault suite does after killing them."""
+    if not STATE.exists():
+        raise SystemExit("no demo on this machine yet: run `make demo` first")
+    env = airflow_env(json.loads(STATE.read_text()))
+    for component in args.components:
+        stop(f"airflow-{component}")
+        start(f"airflow-{component}", [str(BIN / "airflow"), component], env)
+        say(f"airflow-{component} started again", "ok")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -265,8 +278,10 @@ def main(argv=None) -> int:
     sub.add_parser("status")
     sh = sub.add_parser("shell", help="a shell with the demo's Airflow environment")
     sh.add_argument("-c", dest="command", default=None, help="run this command instead of an interactive shell")
+    r = sub.add_parser("restart", help="restart Airflow components of the running demo")
+    r.add_argument("components", nargs="+", choices=AIRFLOW_COMPONENTS)
     args = p.parse_args(argv)
-    return {"up": up, "down": down, "status": status, "shell": shell}[args.cmd](args)
+    return {"up": up, "down": down, "status": status, "shell": shell, "restart": restart}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def outage_seconds() -> float:
 class Scenario:
     def __init__(self, test_id: str):
         self.entry: dict = {"id": test_id, "figures": {}}
+        self.others: list[Scenario] = []
 
     def fault(self, area: str, fault: str, holds: str) -> "Scenario":
         self.entry.update(area=area, fault=fault, holds=holds)
@@ -42,6 +43,12 @@ class Scenario:
 
     def figure(self, name: str, value) -> None:
         self.entry["figures"][name] = round(value, 3) if isinstance(value, float) else value
+
+    def another(self, name: str) -> "Scenario":
+        """A second scenario injected by the same test (a long run that takes two faults), recorded beside it."""
+        other = Scenario(f"{self.entry['id']}#{name}")
+        self.others.append(other)
+        return other
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -57,10 +64,11 @@ def chaos(request):
     scenario = Scenario(request.node.nodeid)
     started = time.monotonic()
     yield scenario
-    if "fault" in scenario.entry:
-        scenario.entry["passed"] = bool(getattr(request.node, "chaos_passed", False))
-        scenario.entry["test_seconds"] = round(time.monotonic() - started, 1)
-        _SCENARIOS.append(scenario.entry)
+    for one in (scenario, *scenario.others):
+        if "fault" in one.entry:
+            one.entry["passed"] = bool(getattr(request.node, "chaos_passed", False))
+            one.entry["test_seconds"] = round(time.monotonic() - started, 1)
+            _SCENARIOS.append(one.entry)
 
 
 def pytest_sessionfinish(session):

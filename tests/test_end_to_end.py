@@ -8,9 +8,11 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -44,25 +46,38 @@ def test_raw_images_to_a_live_endpoint(demo_dir, chaos):
         "a whole demo run searched for its secrets (database, store, localcloud, Airflow passwords and keys)",
         "none in the task logs, the service logs, XComs, rendered templates, the lineage record or its artifacts",
     )
+    crash = chaos.another("scheduler-and-triggerer").fault(
+        "deploy",
+        "the scheduler and the triggerer SIGKILLed (with their process groups) while the fine-tune's SageMaker "
+        "wait is deferred, started again 10 s later",
+        "the deferred wait is picked up again and the run finishes with the endpoint live",
+    )
     var = demo_dir / "var"
     env = _clean_env(var)
     demo = [sys.executable, str(ROOT / "scripts" / "demo.py")]
     try:
-        r = subprocess.run(
+        up = subprocess.Popen(
             [*demo, "up", "--no-wait", "--no-report", "--localcloud-port", "0", "--airflow-port", "0"]
             + ["--postgres-port", "0"],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=1800,
         )
-        out = r.stdout + r.stderr
-        assert r.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow-scheduler.log")
+        lines, back_at = [], None
+        for line in up.stdout:  # the SageMaker waits go through the triggerer: crash it and the scheduler then
+            lines.append(line)
+            if back_at is None and "transfer_learning_deploy: finetune -> deferred" in line:
+                back_at = _crash_and_restart(demo, env, var, ("scheduler", "triggerer"), down_for=10)
+        up.wait(1800)
+        out = "".join(lines)
+        assert up.returncode == 0, out[-6000:] + _tail(var / "log" / "airflow-scheduler.log")
         assert "general_pretraining success, transfer_learning_deploy success" in out
         assert "pretrain epoch 6:" in out
-        # The SageMaker waits went through the triggerer.
-        assert "transfer_learning_deploy: finetune -> deferred" in out
+        assert "transfer_learning_deploy: finetune -> deferred" in out and back_at is not None
+        crash.figure("components down (s)", 10.0)
+        crash.figure("run finished after they were back (s)", time.monotonic() - back_at)
 
         state = json.loads((var / "run" / "demo.json").read_text())
         _check_demo_secrets_and_binds(var, state, out)
@@ -109,6 +124,17 @@ def test_raw_images_to_a_live_endpoint(demo_dir, chaos):
     finally:
         subprocess.run([*demo, "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert not list((var / "run").glob("*.pid")), "demo-down left services running"
+
+
+def _crash_and_restart(demo: list[str], env: dict, var: Path, components, down_for: float) -> float:
+    """SIGKILL the components' process groups (a node lost under them), wait, start them again; when they are back."""
+    for name in components:
+        pid = int((var / "run" / f"airflow-{name}.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+    time.sleep(down_for)
+    r = subprocess.run([*demo, "restart", *components], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return time.monotonic()
 
 
 def _check_demo_secrets_and_binds(var: Path, state: dict, out: str) -> None:

@@ -107,7 +107,9 @@ def s3_client(endpoint_url: str | None = None):
     from botocore.config import Config
 
     endpoint_url = endpoint_url or os.environ.get("TLPIPE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client(
+    # A session of its own: boto3's default session keeps the first credentials it resolved for the process,
+    # and a store's may differ from them (or be rotated in the environment since).
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url or None,
         config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, max_pool_connections=32),
