@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+AREAS = ("pretraining", "serving", "deploy", "security")  # the table's order
 
 
 def figures(entry: dict) -> str:
@@ -17,7 +18,8 @@ def figures(entry: dict) -> str:
 
 def table(record: dict) -> str:
     lines = ["| area | fault | what holds | figures | test |", "|---|---|---|---|---|"]
-    for s in record["scenarios"]:
+    order = sorted(record["scenarios"], key=lambda s: (AREAS.index(s["area"]) if s["area"] in AREAS else 9, s["id"]))
+    for s in order:
         outcome = "passed" if s.get("passed") else "**failed**"
         lines.append(f"| {s['area']} | {s['fault']} | {s['holds']} | {figures(s)} | {outcome} |")
     return "\n".join(lines)
