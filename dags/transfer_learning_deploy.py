@@ -17,7 +17,9 @@ job or waits on its running one; killing the task stops the job), or with Param 
 job's model goes on) → `read_metrics` (FinalMetricDataList) →
 `acquire_endpoint_lock` → `quality_gate` (validation accuracy ≥ `quality_threshold` and ≥ the live model's
 `tlpipe:accuracy` tag, and the job's scratch baseline judged by `baseline_policy`, else `skip_deployment` with
-the reason) → `deploy.*` (model tagged with its accuracy
+the reason) → `registration_request` → `register_model` (a Model Registry version of the endpoint's model
+package group, approved by the gate's verdict; rejected with its reason) → `approval` → `wait_for_approval`
+(Param `approval: manual`: until a person approves the version) → `deploy.*` (model tagged with its accuracy
 and lineage → a new endpoint config → create the endpoint, or update it when it exists → verify it is
 InService on the new config → smoke test with validation images) → `record_lineage` (S3) →
 `apply_retention`. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
@@ -47,7 +49,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from plugins.tlpipe import aws
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
-from plugins.tlpipe.deploy import closing, steps
+from plugins.tlpipe.deploy import closing, registry, steps
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
@@ -55,9 +57,11 @@ from plugins.tlpipe.deploy.operators import (
     DeployModelOperator,
     FinetuneTrainingOperator,
     FinetuneTuningOperator,
+    RegisterModelVersionOperator,
 )
 from plugins.tlpipe.deploy.params import deploy_params
 from plugins.tlpipe.deploy.run_record import SOURCES, DeployRunResults
+from plugins.tlpipe.deploy.sensors import ModelApprovalSensor
 from training.contracts import PRIMARY_METRIC
 
 cfg = get_config()
@@ -142,8 +146,8 @@ def release_endpoint_lock(endpoint: str, dag_run=None) -> bool:
     return closing.endpoint_lock(get_config(), endpoint, _owner(dag_run)).release()
 
 
-@task.branch
-def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
+@task
+def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> dict:
     try:
         gate = steps.gate_deployment(
             _sagemaker(),
@@ -156,11 +160,33 @@ def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> str:
     except decide.MissingMetric as err:
         raise AirflowFailException(str(err)) from None
     ti.xcom_push(key="gate", value=gate)
-    return BUILD if gate["deploy"] else "skip_deployment"
+    return gate
+
+
+@task
+def registration_request(prepared: dict, outcome: dict, gate: dict, params: dict, dag_run=None) -> dict:
+    try:
+        return steps.registration_request(
+            get_config(),
+            params,
+            prepared=prepared,
+            outcome=outcome,
+            gate=gate,
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+        )
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from None
+
+
+@task.branch
+def approval(version_arn: str, gate: dict, ti=None) -> str:
+    ti.xcom_push(key="version", value=steps.settle_approval(_sagemaker(), version_arn, gate))
+    return "wait_for_approval" if gate["deploy"] else "skip_deployment"
 
 
 @task(multiple_outputs=True)
-def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run=None) -> dict:
+def build_requests(prepared: dict, outcome: dict, version_arn: str, params: dict, ti=None, dag_run=None) -> dict:
     try:
         return steps.deploy_requests(
             get_config(),
@@ -168,6 +194,7 @@ def build_requests(prepared: dict, outcome: dict, params: dict, ti=None, dag_run
             prepared=prepared,
             outcome=outcome,
             gate=ti.xcom_pull(task_ids="quality_gate", key="gate"),
+            version=registry.approved_version(_sagemaker(), version_arn),
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
         )
@@ -295,10 +322,22 @@ def transfer_learning_deploy():
 
     lock = acquire_endpoint_lock(prepared["endpoint"])
     gate = quality_gate(outcome, prepared["endpoint"])
+    register = RegisterModelVersionOperator(
+        task_id="register_model", config=registration_request(prepared, outcome, gate), **AWS
+    )
+    approve = approval(register.output, gate)
+    approved = ModelApprovalSensor(
+        task_id="wait_for_approval",
+        model_package_arn=register.output,
+        poke_interval=POLL,
+        timeout=cfg.sagemaker.registry.approval_timeout_minutes * 60,
+        deferrable=DEFERRABLE,
+        **AWS,
+    )
     skip = EmptyOperator(task_id="skip_deployment")
 
     with TaskGroup("deploy"):
-        requests = build_requests(prepared, outcome)
+        requests = build_requests(prepared, outcome, approved.output)
         model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
         endpoint_config = DeployEndpointConfigOperator(
             task_id="create_endpoint_config", config=requests["endpoint_config"], **AWS
@@ -322,7 +361,8 @@ def transfer_learning_deploy():
     undo = rollback(prepared, outcome)
     unlock = release_endpoint_lock(prepared["endpoint"])
 
-    outcome >> lock >> gate >> [requests, skip]
+    outcome >> lock >> gate
+    approve >> [approved, skip]
     [smoked, skip] >> lineage >> retention
     [endpoint, verified, smoked] >> undo
     [retention, undo] >> unlock

@@ -23,6 +23,7 @@ from . import validation as checks
 from .endpoints import Endpoints, not_found_message
 from .errors import AwsError, arn, not_found, validation
 from .jobs import TrainingJobs
+from .registry import ModelRegistry
 from .responses import decode_token, encode_token, error_response, json_response, listing, page, render, request_region
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB
@@ -42,6 +43,7 @@ class SageMaker:
         self.jobs = jobs
         self.tuning = tuning
         self.endpoints = endpoints
+        self.registry = ModelRegistry(self.state)
         self.model = checks.service_model("sagemaker")
         self.runtime_model = checks.service_model("sagemaker-runtime")
         self.actions = {
@@ -66,6 +68,14 @@ class SageMaker:
             "DescribeEndpoint": self.describe_endpoint,
             "DeleteEndpoint": self.delete_endpoint,
             "ListEndpoints": self.list_endpoints,
+            "CreateModelPackageGroup": self.registry.create_group,
+            "DescribeModelPackageGroup": self.registry.describe_group,
+            "ListModelPackageGroups": self.registry.list_groups,
+            "DeleteModelPackageGroup": self.registry.delete_group,
+            "CreateModelPackage": self.registry.create_package,
+            "DescribeModelPackage": self.registry.describe_package,
+            "UpdateModelPackage": self.registry.update_package,
+            "ListModelPackages": self.registry.list_packages,
             "AddTags": self.add_tags,
             "ListTags": self.list_tags,
             "DeleteTags": self.delete_tags,
@@ -186,6 +196,9 @@ class SageMaker:
         if len(containers) > 1:
             raise validation("localcloud serves single-container models: Containers may hold one container.")
         container = body.get("PrimaryContainer") or containers[0]
+        if container.get("ModelPackageName"):  # a registered version: its inference container
+            package = self.registry.package(container["ModelPackageName"], region)
+            container = {**package["InferenceSpecification"]["Containers"][0], **container}
         if container.get("Mode") == "MultiModel":
             raise validation("localcloud serves SingleModel containers only.")
         image = container.get("Image")
@@ -208,7 +221,9 @@ class SageMaker:
         doc.update({"ModelArn": model_arn, "CreationTime": now})
         doc.setdefault("EnableNetworkIsolation", False)
         if doc.get("PrimaryContainer") is not None:
-            doc["PrimaryContainer"] = {"Mode": "SingleModel", **doc["PrimaryContainer"]}
+            doc["PrimaryContainer"] = {"Mode": "SingleModel", **container}
+        else:
+            doc["Containers"] = [container]
         if not self.state.insert(MODEL, name, model_arn, now, doc):
             raise validation(f'Cannot create already existing model "{model_arn}".')
         if body.get("Tags"):

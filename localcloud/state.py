@@ -42,7 +42,9 @@ MODEL = "model"
 ENDPOINT_CONFIG = "endpoint-config"
 ENDPOINT = "endpoint"
 TUNING_JOB = "hyper-parameter-tuning-job"
-KINDS = (TRAINING_JOB, MODEL, ENDPOINT_CONFIG, ENDPOINT, TUNING_JOB)
+MODEL_PACKAGE_GROUP = "model-package-group"
+MODEL_PACKAGE = "model-package"  # keyed <group>/<version>
+KINDS = (TRAINING_JOB, MODEL, ENDPOINT_CONFIG, ENDPOINT, TUNING_JOB, MODEL_PACKAGE_GROUP, MODEL_PACKAGE)
 
 
 class State:

@@ -123,8 +123,11 @@ SAGEMAKER_RESOURCES = {
     "ModelName": "model",
     "EndpointConfigName": "endpoint-config",
     "EndpointName": "endpoint",
+    "ModelPackageGroupName": "model-package-group",
 }
+SAGEMAKER_ARN_MEMBERS = ("ResourceArn", "ModelPackageName", "ModelPackageArn")  # members that hold an ARN
 SAGEMAKER_NO_RESOURCE = re.compile(r"^(List|Search)")
+SAGEMAKER_STAR_ONLY = {"ListModelPackages", "ListModelPackageGroups"}  # no resource-level permissions
 LOG_GROUP_ACTIONS = {"DescribeLogStreams", "FilterLogEvents", "CreateLogGroup", "CreateLogStream", "DescribeLogGroups"}
 LOG_STREAM_ACTIONS = {"GetLogEvents", "PutLogEvents"}
 NO_PERMISSION = {("sts", "GetCallerIdentity")}  # answered for any valid credentials
@@ -167,10 +170,13 @@ def iam_requests(call: Call, *, account: str, region: str) -> list[IamRequest]:
             for key, kind in SAGEMAKER_RESOURCES.items()
             if isinstance(p.get(key), str)
         ]
-        if "ResourceArn" in p:
-            # An ARN a stand-in service returned carries its account: the request is made in ``account``.
-            parts = p["ResourceArn"].split(":", 5)
-            arns.append(":".join([*parts[:3], region, account, parts[5]]).lower())
+        for member in SAGEMAKER_ARN_MEMBERS:
+            if isinstance(p.get(member), str) and p[member].startswith("arn:"):
+                # An ARN a stand-in service returned carries its account: the request is made in ``account``.
+                parts = p[member].split(":", 5)
+                arns.append(":".join([*parts[:3], region, account, parts[5]]).lower())
+        if op in SAGEMAKER_STAR_ONLY:
+            arns = []
         if not arns:
             if not SAGEMAKER_NO_RESOURCE.match(op):
                 raise KeyError(f"no resource for {origin}")

@@ -231,6 +231,14 @@ class TuningConfig(Section):
     ranges: dict[str, TuningRange] = {}
 
 
+class RegistryConfig(Section):
+    """The SageMaker Model Registry: every fine-tuned model becomes a version of a model package group."""
+
+    model_package_group: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+    approval: Literal["auto", "manual"] = "auto"  # auto: the quality gate approves; manual: a person does
+    approval_timeout_minutes: float = Field(default=1440, gt=0)
+
+
 class SageMakerConfig(Section):
     role_arn: str = Field(pattern=r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
     training_image_uri: str
@@ -255,6 +263,11 @@ class SageMakerConfig(Section):
     hyperparameters: dict[str, str | int | float | bool] = {}
     tuning: TuningConfig = TuningConfig()
     serving_batching: ServingBatchingConfig = ServingBatchingConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    def package_group(self, endpoint: str) -> str:
+        """The model package group of an endpoint's versions (default: named after the endpoint)."""
+        return self.registry.model_package_group or endpoint
 
     @property
     def serving_image_is_managed_tfs(self) -> bool:

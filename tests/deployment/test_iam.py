@@ -26,6 +26,7 @@ NO_RESOURCE_LEVEL = {
     "sagemaker:ListModels",
     "sagemaker:ListEndpointConfigs",
     "sagemaker:ListEndpoints",
+    "sagemaker:ListModelPackages",
     "ecr:GetAuthorizationToken",
     "cloudwatch:PutMetricData",
 }

@@ -183,6 +183,7 @@ def _record(
         smoke_test=results.smoke,
         rollback=rollback,
         tuning=outcome.get("tuning"),
+        model_package=results.registration,
     )
     if checkpoint_store is not None:
         key = decide.run_artifacts_key(exporter.cfg.key, prepared["endpoint"], outcome["job"])

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerBaseOperator,
     SageMakerEndpointConfigOperator,
     SageMakerEndpointOperator,
     SageMakerModelOperator,
@@ -232,6 +233,31 @@ class FinetuneTuningOperator(SageMakerTuningOperator):
     def on_kill(self) -> None:
         if self._job_name:
             stop_job(self.hook.conn, "tuning", self._job_name, self.log)
+
+
+class RegisterModelVersionOperator(SageMakerBaseOperator):
+    """Registers the fine-tuned model as a new version of its model package group (``config``: the
+    CreateModelPackage request), creating the group first with the provider hook's
+    ``create_model_package_group``; returns the version's ARN. A retry of the run finds the version its earlier
+    try registered (same training job in its metadata) instead of registering a second one."""
+
+    RECENT_VERSIONS = 20
+
+    def execute(self, context) -> str:
+        group = self.config["ModelPackageGroupName"]
+        self.hook.create_model_package_group(group, f"models deployed to the endpoint {group}")
+        job = (self.config.get("CustomerMetadataProperties") or {}).get("training-job")
+        listed = self.hook.conn.list_model_packages(
+            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending", MaxResults=self.RECENT_VERSIONS
+        )["ModelPackageSummaryList"]
+        for summary in listed:
+            found = self.hook.conn.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+            if job and (found.get("CustomerMetadataProperties") or {}).get("training-job") == job:
+                self.log.info("%s already registers training job %s: reusing it", found["ModelPackageArn"], job)
+                return found["ModelPackageArn"]
+        arn = self.hook.conn.create_model_package(**self.config)["ModelPackageArn"]
+        self.log.info("registered %s (%s)", arn, self.config["ModelApprovalStatus"])
+        return arn
 
 
 class DeployModelOperator(SageMakerModelOperator):

@@ -77,6 +77,13 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             description=f"fine-tune as a SageMaker hyperparameter tuning job ({sm.tuning.strategy}, up to "
             f"{sm.tuning.max_jobs} training jobs over {', '.join(sm.tuning.ranges) or 'no ranges'}) and deploy the best",
         ),
+        "approval": Param(
+            sm.registry.approval,
+            type="string",
+            enum=["auto", "manual"],
+            description="who approves the new Model Registry version: the quality gate (auto), or a person "
+            "(manual: the run waits for UpdateModelPackage ModelApprovalStatus=Approved)",
+        ),
         "hyperparameters": Param(
             dict(sm.hyperparameters),
             type="object",

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 SOURCES: dict[str, tuple[str, str]] = {
     "training": ("read_metrics", "return_value"),
     "gate": ("quality_gate", "gate"),
+    "registration": ("approval", "version"),
     "requests": ("deploy.build_requests", "return_value"),
     "model": ("deploy.create_model", "return_value"),
     "endpoint_config": ("deploy.create_endpoint_config", "return_value"),
@@ -29,6 +30,7 @@ class DeployRunResults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     training: dict[str, Any] | None = None
     gate: dict[str, Any] | None = None
+    registration: dict[str, Any] | None = None  # the Model Registry version, as the gate left it
     requests: dict[str, Any] | None = None
     model: dict[str, Any] | None = None
     endpoint_config: dict[str, Any] | None = None

@@ -166,17 +166,15 @@ def training_job_request(
     }
 
 
-def model_request(sm: SageMakerConfig, *, model_name: str, model_data_url: str, tag_values: Mapping[str, Any]) -> dict:
-    """CreateModel: the serving image on the fine-tuned artifact, tagged with its accuracy and lineage. On
-    SageMaker's managed TensorFlow Serving image the container carries its batching environment."""
-    container = {"Image": sm.serving_image_uri, "ModelDataUrl": model_data_url, "Mode": "SingleModel"}
-    environment = sm.serving_batching.container_environment() if sm.serving_image_is_managed_tfs else {}
-    if environment:
-        container["Environment"] = environment
+def model_request(
+    sm: SageMakerConfig, *, model_name: str, container: Mapping[str, Any], tag_values: Mapping[str, Any]
+) -> dict:
+    """CreateModel: the inference container of an approved Model Registry version (``serving_container`` when
+    it was registered), tagged with its accuracy, its version and its lineage."""
     return {
         "ModelName": model_name,
         "ExecutionRoleArn": sm.role_arn,
-        "PrimaryContainer": container,
+        "PrimaryContainer": {**container, "Mode": "SingleModel"},
         "Tags": tags(tag_values),
     }
 

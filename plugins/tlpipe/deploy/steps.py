@@ -4,7 +4,9 @@
 
     prepare_finetune     Params + triggering event -> inputs, resource names, the CreateTrainingJob request
     gate_deployment      live endpoint state + training metrics -> deploy or not, and the rollback target
-    deploy_requests      CreateModel / CreateEndpointConfig / CreateEndpoint requests of this run
+    registration_request the CreateModelPackage request: a Model Registry version, approved by the gate's verdict
+    settle_approval      a rejected version gets the gate's reason; the branch to wait for approval or skip
+    deploy_requests      CreateModel (from the approved version) / CreateEndpointConfig / CreateEndpoint requests
     verify_endpoint      the endpoint is InService on this run's config
     smoke_test_endpoint  validation images through sagemaker-runtime
 
@@ -21,8 +23,8 @@ from plugins.tlpipe import aws
 from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
+from plugins.tlpipe.deploy import registry, tuning
 from plugins.tlpipe.deploy import sagemaker_requests as requests
-from plugins.tlpipe.deploy import tuning
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +211,20 @@ def gate_deployment(
     }
 
 
-# -- deploying ------------------------------------------------------------------------------------------------
-def deploy_requests(
+# -- the Model Registry ---------------------------------------------------------------------------------------
+def _lineage_tags(prepared: Mapping[str, Any], outcome: Mapping[str, Any], dag_id: str, run_id: str) -> dict:
+    inputs = prepared["inputs"]
+    return {
+        decide.ENDPOINT_TAG: prepared["endpoint"],
+        "training-job": outcome["job"],
+        "dag-id": dag_id,
+        "run-id": run_id,
+        "pretrained-sha256": inputs.get("model_sha256"),
+        "dataset-fingerprint": inputs.get("dataset_fingerprint"),
+    }
+
+
+def registration_request(
     cfg: PipelineConfig,
     params: Mapping[str, Any],
     *,
@@ -220,18 +234,48 @@ def deploy_requests(
     dag_id: str,
     run_id: str,
 ) -> dict:
-    names, inputs, endpoint = prepared["names"], prepared["inputs"], prepared["endpoint"]
+    status = registry.approval_status(gate["deploy"], params["approval"])
+    log.info("registering the model as %s (approval %s): %s", status, params["approval"], gate["reason"])
+    return registry.model_package_request(
+        cfg.sagemaker,
+        group=cfg.sagemaker.package_group(prepared["endpoint"]),
+        model_data_url=outcome["model_artifacts"],
+        status=status,
+        metrics=outcome["metrics"],
+        lineage=_lineage_tags(prepared, outcome, dag_id, run_id),
+        description=gate["reason"],
+    )
+
+
+def settle_approval(client, version_arn: str, gate: Mapping[str, Any]) -> dict:
+    """The version as the gate leaves it: rejected ones carry the gate's reason."""
+    if not gate["deploy"]:
+        return registry.settle_rejection(client, version_arn, gate["reason"])
+    return registry.version_summary(client.describe_model_package(ModelPackageName=version_arn))
+
+
+# -- deploying ------------------------------------------------------------------------------------------------
+def deploy_requests(
+    cfg: PipelineConfig,
+    params: Mapping[str, Any],
+    *,
+    prepared: Mapping[str, Any],
+    outcome: Mapping[str, Any],
+    gate: Mapping[str, Any],
+    version: Mapping[str, Any],
+    dag_id: str,
+    run_id: str,
+) -> dict:
+    """``version``: the approved Model Registry version (``registry.approved_version``) whose container is
+    deployed."""
+    names, endpoint = prepared["names"], prepared["endpoint"]
     model_tags = {
         decide.ACCURACY_TAG: gate["decision"]["accuracy"],
-        decide.ENDPOINT_TAG: endpoint,
-        "training-job": outcome["job"],
-        "dag-id": dag_id,
-        "run-id": run_id,
-        "pretrained-sha256": inputs.get("model_sha256"),
-        "dataset-fingerprint": inputs.get("dataset_fingerprint"),
+        **_lineage_tags(prepared, outcome, dag_id, run_id),
+        "model-package": version["arn"],
     }
     model = requests.model_request(
-        cfg.sagemaker, model_name=names["model"], model_data_url=outcome["model_artifacts"], tag_values=model_tags
+        cfg.sagemaker, model_name=names["model"], container=version["container"], tag_values=model_tags
     )
     config = requests.endpoint_config_request(
         config_name=names["endpoint_config"],

@@ -8,8 +8,8 @@ import pytest
 from botocore.validate import ParamValidator
 
 from plugins.tlpipe.config import load_config
+from plugins.tlpipe.deploy import registry, steps
 from plugins.tlpipe.deploy import sagemaker_requests as req
-from plugins.tlpipe.deploy import steps
 from training.finetune import CHANNELS, METRIC_DEFINITIONS, PRIMARY_METRIC
 
 RUN_ID = "asset_triggered__2025-06-01T12:00:00.123456+00:00"
@@ -62,8 +62,20 @@ def built_requests(profile: str, environ: dict | None = None) -> dict[str, dict]
         "decision": {"accuracy": 0.9},
         "endpoint_plan": {"previous_config": "tlpipe-ft-000000000000-config", "action": "update"},
     }
+    # The approved Model Registry version the run deploys (what registry.approved_version returns).
+    version = {
+        "arn": f"arn:aws:sagemaker:us-east-1:123456789012:model-package/{prepared['endpoint']}/1",
+        "container": registry.serving_container(cfg.sagemaker, outcome["model_artifacts"]),
+    }
     deploy = steps.deploy_requests(
-        cfg, params, prepared=prepared, outcome=outcome, gate=gate, dag_id="transfer_learning_deploy", run_id=RUN_ID
+        cfg,
+        params,
+        prepared=prepared,
+        outcome=outcome,
+        gate=gate,
+        version=version,
+        dag_id="transfer_learning_deploy",
+        run_id=RUN_ID,
     )
     return {
         "CreateTrainingJob": prepared["training_request"],

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 
 import pytest
 from airflow_env import (
@@ -88,6 +90,7 @@ def test_dag_shape(dag):
         "baseline_policy",
         "baseline_margin",
         "tuning",
+        "approval",
         "hyperparameters",
     }
     assert dag.params["endpoint_name"] == cfg.sagemaker.endpoint_name
@@ -103,7 +106,12 @@ def test_task_graph(dag):
     assert down("choose_finetune") == {"finetune", "tune"}
     assert down("finetune") == {"read_metrics"} and down("tune") == {"read_metrics"}
     assert down("acquire_endpoint_lock") == {"quality_gate", "release_endpoint_lock"}
-    assert down("quality_gate") == {"deploy.build_requests", "skip_deployment"}
+    # Every model becomes a Model Registry version; only an approved one is deployed.
+    assert down("quality_gate") >= {"registration_request", "approval"}
+    assert down("registration_request") == {"register_model"}
+    assert down("register_model") >= {"approval", "wait_for_approval"}
+    assert down("approval") == {"wait_for_approval", "skip_deployment"}
+    assert down("wait_for_approval") == {"deploy.build_requests"}
     assert down("deploy.create_model") == {"deploy.create_endpoint_config"}
     assert down("deploy.create_endpoint_config") == {"deploy.create_or_update_endpoint"}
     assert down("deploy.create_or_update_endpoint") == {"deploy.verify_endpoint", "rollback"}
@@ -292,6 +300,16 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         tags = tag_dict(sm.list_tags(ResourceArn=model["ModelArn"])["Tags"])
         assert tags["accuracy"] == "0.9" and tags["pretrained-sha256"] == latest["model_sha256"]
         assert tags["dataset-fingerprint"] == FINGERPRINT and tags["training-job"] == prepared["names"]["job"]
+        # The deployed model is the registered version's container, approved by the gate.
+        version = sm.describe_model_package(ModelPackageName=tags["model-package"])
+        assert (version["ModelPackageGroupName"], version["ModelApprovalStatus"]) == ("tl-a", "Approved")
+        assert version["CustomerMetadataProperties"]["metric:validation:accuracy"] == "0.9"
+        assert version["CustomerMetadataProperties"]["training-job"] == prepared["names"]["job"]
+        assert (
+            version["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+            == (model["PrimaryContainer"]["ModelDataUrl"])
+        )
+        assert summary["model_package"] == version["ModelPackageArn"] and summary["model_approval"] == "Approved"
         record = _object(moto_server, summary["lineage_uri"])
         assert record["status"] == "deployed" and record["dataset"]["fingerprint"] == FINGERPRINT
         assert record["pretrained"]["model_sha256"] == latest["model_sha256"]
@@ -317,6 +335,8 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         rejected = second.xcom("record_lineage", "summary")
         assert rejected["status"] == "rejected" and "below the live model" in rejected["reason"]
         assert rejected["live_accuracy"] == 0.9
+        refused = sm.describe_model_package(ModelPackageName=rejected["model_package"])
+        assert refused["ModelApprovalStatus"] == "Rejected" and "below the live model" in refused["ApprovalDescription"]
         assert len(hooks.sent("CreateModel")) == created
         assert sm.describe_endpoint(EndpointName="tl-a")["EndpointConfigName"] == live["EndpointConfigName"]
 
@@ -354,3 +374,47 @@ def test_deploys_then_rejects_a_worse_model_then_rolls_back_a_failed_smoke_test(
         "DeleteEndpoint",
         "ListTags",
     }
+
+
+def test_a_manual_approval_lets_the_waiting_run_deploy(dag, moto_server, monkeypatch):
+    """With Param approval=manual the gate's pass registers the version PendingManualApproval and the run waits;
+    a person's UpdateModelPackage to Approved lets it deploy that version."""
+    _publish_latest(moto_server)
+    sm = moto_server.client("sagemaker")
+    approved_at: list[float] = []
+
+    def approve_when_pending():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not approved_at:
+            try:
+                listed = sm.list_model_packages(
+                    ModelPackageGroupName="tl-m", ModelApprovalStatus="PendingManualApproval"
+                )
+            except Exception:  # noqa: BLE001 - the group does not exist yet
+                listed = {"ModelPackageSummaryList": []}
+            for pending in listed["ModelPackageSummaryList"]:
+                time.sleep(3)  # the run is waiting on it by now
+                sm.update_model_package(
+                    ModelPackageArn=pending["ModelPackageArn"],
+                    ModelApprovalStatus="Approved",
+                    ApprovalDescription="read the report: approved",
+                )
+                approved_at.append(time.monotonic())
+            time.sleep(0.5)
+
+    with sagemaker_hooks(monkeypatch) as hooks:
+        hooks.metrics = {"validation:accuracy": 0.9, "validation:loss": 0.3}
+        moto_server.queue_predictions(["blue", "red", "blue", "red"])
+        approver = threading.Thread(target=approve_when_pending, daemon=True)
+        approver.start()
+        run = run_dag(dag, {"endpoint_name": "tl-m", "approval": "manual"})
+        approver.join(10)
+    assert approved_at, "the run never registered a pending version"
+    assert run.state == "success", run.tasks
+    assert run.tasks["wait_for_approval"] == "success" and run.tasks["deploy.smoke_test"] == "success"
+    summary = run.xcom("record_lineage", "summary")
+    version = sm.describe_model_package(ModelPackageName=summary["model_package"])
+    assert (
+        version["ModelApprovalStatus"] == "Approved" and version["ApprovalDescription"] == "read the report: approved"
+    )
+    assert sm.describe_endpoint(EndpointName="tl-m")["EndpointStatus"] == "InService"

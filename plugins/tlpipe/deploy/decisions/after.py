@@ -138,6 +138,7 @@ def lineage_record(
     smoke_test: Mapping[str, Any] | None = None,
     rollback: Mapping[str, Any] | None = None,
     tuning: Mapping[str, Any] | None = None,
+    model_package: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> dict:
     """One run's record: what the model came from, where it went, and how it measured."""
@@ -177,6 +178,7 @@ def lineage_record(
             "tuning_job": dict(tuning) if tuning else None,  # the search the job won, and every candidate
         },
         "model": {"name": deployment.get("model"), "arn": deployment.get("model_arn")},
+        "model_package": {k: v for k, v in (model_package or {}).items() if k != "container"} or None,
         "endpoint_config": {
             "name": deployment.get("endpoint_config"),
             "arn": deployment.get("endpoint_config_arn"),
@@ -205,6 +207,8 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
         "endpoint": record["endpoint"]["name"],
         "endpoint_config": record["endpoint_config"]["name"],
         "training_job": record["training_job"]["name"],
+        "model_package": (record.get("model_package") or {}).get("arn"),
+        "model_approval": (record.get("model_package") or {}).get("status"),
         "accuracy": gate.get("accuracy"),
         "threshold": gate.get("threshold"),
         "live_accuracy": gate.get("live_accuracy"),
