@@ -128,9 +128,11 @@ def choose_finetune(prepared: dict) -> str:
 
 
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-def read_metrics(ti=None) -> dict:
+def read_metrics(prepared: dict, ti=None) -> dict:
     training, tuned = ti.xcom_pull(task_ids="finetune"), ti.xcom_pull(task_ids="tune")
     try:
+        if prepared.get("model_package_arn"):
+            return steps.version_outcome(_sagemaker(), prepared["model_package_arn"])
         return steps.training_outcome(training, tuned, _sagemaker())
     except ValueError as err:  # a tuning job with no usable training job: nothing to deploy
         raise AirflowFailException(str(err)) from None
@@ -156,6 +158,7 @@ def quality_gate(outcome: dict, endpoint: str, params: dict, ti=None) -> dict:
             threshold=params["quality_threshold"],
             baseline_policy=params["baseline_policy"],
             baseline_margin=params["baseline_margin"],
+            named_version=outcome.get("model_package_arn"),
         )
     except decide.MissingMetric as err:
         raise AirflowFailException(str(err)) from None
@@ -219,7 +222,7 @@ def smoke_test(request: dict, outcome: dict, prepared: dict, ti=None) -> dict:
         aws.runtime_client(conn),
         aws.s3_client(conn),
         endpoint=request["EndpointName"],
-        validation_uri=prepared["inputs"]["domain_validation_uri"],
+        validation_uri=outcome.get("domain_validation_uri") or prepared["inputs"]["domain_validation_uri"],
         training_accuracy=outcome["metrics"][PRIMARY_METRIC],
     )
     ti.xcom_push(key="result", value=report)
@@ -317,8 +320,9 @@ def transfer_learning_deploy():
         **AWS,
     )
     choice = choose_finetune(prepared)
-    outcome = read_metrics()
+    outcome = read_metrics(prepared)
     choice >> [finetune, tune] >> outcome
+    choice >> outcome  # a named Model Registry version: no fine-tune
 
     lock = acquire_endpoint_lock(prepared["endpoint"])
     gate = quality_gate(outcome, prepared["endpoint"])

@@ -244,6 +244,8 @@ class RegisterModelVersionOperator(SageMakerBaseOperator):
     RECENT_VERSIONS = 20
 
     def execute(self, context) -> str:
+        if "ModelPackageArn" in self.config:  # the run deploys a version registered before
+            return self.config["ModelPackageArn"]
         group = self.config["ModelPackageGroupName"]
         self.hook.create_model_package_group(group, f"models deployed to the endpoint {group}")
         job = (self.config.get("CustomerMetadataProperties") or {}).get("training-job")

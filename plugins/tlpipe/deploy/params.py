@@ -19,6 +19,9 @@ PREFIX_URI = whole(rf"^$|^s3://{S3_BUCKET}/.+/$")
 ENDPOINT_NAME = whole(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 INSTANCE_TYPE = whole(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 HYPERPARAMETER_KEY = whole(r"^[a-z][a-z0-9_]{0,63}$")
+MODEL_PACKAGE_ARN = whole(
+    r"^$|^arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]+:\d{12}:model-package/[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}/\d+$"
+)
 
 
 def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
@@ -83,6 +86,14 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             enum=["auto", "manual"],
             description="who approves the new Model Registry version: the quality gate (auto), or a person "
             "(manual: the run waits for UpdateModelPackage ModelApprovalStatus=Approved)",
+        ),
+        "model_package_arn": Param(
+            "",
+            type="string",
+            pattern=MODEL_PACKAGE_ARN,
+            title="Model Registry version",
+            description="deploy this approved version (arn:…:model-package/<group>/<n>) instead of fine-tuning: "
+            "how a person rolls back to an older model; empty: fine-tune a new one",
         ),
         "hyperparameters": Param(
             dict(sm.hyperparameters),

@@ -73,6 +73,11 @@ def model_package_request(
     return request
 
 
+def recorded_metrics(metadata: Mapping[str, str]) -> dict[str, float]:
+    """The job's metrics a version carries (``metric:<name>`` entries of its customer metadata)."""
+    return {k[len("metric:") :]: float(v) for k, v in metadata.items() if k.startswith("metric:")}
+
+
 def version_summary(package: Mapping[str, Any]) -> dict:
     """What the run records of a version (DescribeModelPackage)."""
     return {

@@ -25,6 +25,7 @@ from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy import registry, tuning
 from plugins.tlpipe.deploy import sagemaker_requests as requests
+from training.contracts import PRIMARY_METRIC
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ def prepare_finetune(
         },
         "training_request": request,
         "tuning_request": tuning_request,
+        # A named, approved Model Registry version to deploy instead of fine-tuning (a rollback by hand).
+        "model_package_arn": params.get("model_package_arn") or None,
     }
 
 
@@ -113,8 +116,31 @@ def check_before_any_job(params: Mapping[str, Any], names, training_request: Map
 
 
 def finetune_task(prepared: Mapping[str, Any]) -> str:
-    """The task that runs this run's fine-tune: one training job, or a tuning job when the run asked for one."""
+    """The task that runs this run's fine-tune: one training job, or a tuning job when the run asked for one;
+    none when the run deploys a named Model Registry version."""
+    if prepared.get("model_package_arn"):
+        return "read_metrics"
     return "tune" if prepared.get("tuning_request") else "finetune"
+
+
+def version_outcome(client, arn: str) -> dict:
+    """A named Model Registry version as ``training_outcome`` describes a fresh job: its artifact, the metrics
+    and the training job recorded when it was registered. It must be Approved."""
+    version = registry.approved_version(client, arn)
+    metadata = client.describe_model_package(ModelPackageName=arn).get("CustomerMetadataProperties") or {}
+    job = metadata.get("training-job")
+    described = describe_or_none(client.describe_training_job, TrainingJobName=job) if job else None
+    log.info("deploying the named version %s (training job %s), no fine-tune", arn, job)
+    return {
+        "job": job,
+        "status": (described or {}).get("TrainingJobStatus"),
+        "model_artifacts": version["container"].get("ModelDataUrl"),
+        "metrics": registry.recorded_metrics(metadata),
+        "tuning": None,
+        "training_job": dict(described or {}),
+        "model_package_arn": arn,
+        "domain_validation_uri": metadata.get("domain-validation-uri"),
+    }
 
 
 def training_outcome(training: Mapping[str, Any] | None, tuned: Mapping[str, Any] | None = None, client=None) -> dict:
@@ -191,9 +217,16 @@ def gate_deployment(
     threshold: float,
     baseline_policy: str = decide.DEFAULT_BASELINE_POLICY,
     baseline_margin: float = decide.DEFAULT_BASELINE_MARGIN,
+    named_version: str | None = None,
 ) -> dict:
     state = inspect_endpoint(client, endpoint)
     log.info(state["plan"]["reason"])
+    if named_version:  # approved already, and named by a person: not judged against the live model again
+        reason = f"deploying the named approved version {named_version}"
+        log.info(reason)
+        decision = {"deploy": True, "reason": reason, "accuracy": metrics.get(PRIMARY_METRIC)}
+        decision.update(threshold=threshold, live_accuracy=state["live_accuracy"], named_version=named_version)
+        return {"deploy": True, "reason": reason, "decision": decision, "endpoint_plan": state["plan"]}
     decision = decide.quality_gate(
         metrics,
         threshold,
@@ -221,6 +254,7 @@ def _lineage_tags(prepared: Mapping[str, Any], outcome: Mapping[str, Any], dag_i
         "run-id": run_id,
         "pretrained-sha256": inputs.get("model_sha256"),
         "dataset-fingerprint": inputs.get("dataset_fingerprint"),
+        "domain-validation-uri": inputs.get("domain_validation_uri"),
     }
 
 
@@ -234,6 +268,8 @@ def registration_request(
     dag_id: str,
     run_id: str,
 ) -> dict:
+    if outcome.get("model_package_arn"):  # a named version is registered already
+        return {"ModelPackageArn": outcome["model_package_arn"]}
     status = registry.approval_status(gate["deploy"], params["approval"])
     log.info("registering the model as %s (approval %s): %s", status, params["approval"], gate["reason"])
     return registry.model_package_request(

@@ -91,6 +91,7 @@ def test_dag_shape(dag):
         "baseline_margin",
         "tuning",
         "approval",
+        "model_package_arn",
         "hyperparameters",
     }
     assert dag.params["endpoint_name"] == cfg.sagemaker.endpoint_name
@@ -103,7 +104,7 @@ def test_task_graph(dag):
         return dag.get_task(task_id).downstream_task_ids
 
     assert down("prepare") >= {"choose_finetune"}
-    assert down("choose_finetune") == {"finetune", "tune"}
+    assert down("choose_finetune") == {"finetune", "tune", "read_metrics"}
     assert down("finetune") == {"read_metrics"} and down("tune") == {"read_metrics"}
     assert down("acquire_endpoint_lock") == {"quality_gate", "release_endpoint_lock"}
     # Every model becomes a Model Registry version; only an approved one is deployed.
@@ -418,3 +419,40 @@ def test_a_manual_approval_lets_the_waiting_run_deploy(dag, moto_server, monkeyp
         version["ModelApprovalStatus"] == "Approved" and version["ApprovalDescription"] == "read the report: approved"
     )
     assert sm.describe_endpoint(EndpointName="tl-m")["EndpointStatus"] == "InService"
+
+
+def test_a_named_approved_version_is_deployed_without_fine_tuning(dag, moto_server, monkeypatch):
+    """Param model_package_arn deploys an approved version registered by an earlier run, with no training job:
+    how a person rolls back to an older model through the REST API."""
+    from plugins.tlpipe.deploy.sagemaker_requests import tag_dict
+
+    _publish_latest(moto_server)
+    sm = moto_server.client("sagemaker")
+
+    def live_version() -> str:
+        config = sm.describe_endpoint_config(
+            EndpointConfigName=sm.describe_endpoint(EndpointName="tl-r")["EndpointConfigName"]
+        )
+        model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+        return tag_dict(sm.list_tags(ResourceArn=model["ModelArn"])["Tags"])["model-package"]
+
+    with sagemaker_hooks(monkeypatch) as hooks:
+        versions = []
+        for accuracy in (0.8, 0.9):
+            hooks.metrics = {"validation:accuracy": accuracy}
+            moto_server.queue_predictions(["blue", "red", "blue", "red"])
+            run = run_dag(dag, {"endpoint_name": "tl-r"})
+            assert run.state == "success", run.tasks
+            versions.append(run.xcom("record_lineage", "summary")["model_package"])
+        assert live_version() == versions[1]
+
+        jobs = len(hooks.sent("CreateTrainingJob"))
+        moto_server.queue_predictions(["blue", "red", "blue", "red"])
+        back = run_dag(dag, {"endpoint_name": "tl-r", "model_package_arn": versions[0]})
+    assert back.state == "success", back.tasks
+    assert (back.tasks["finetune"], back.tasks["tune"]) == ("skipped", "skipped")
+    assert len(hooks.sent("CreateTrainingJob")) == jobs  # no fine-tune
+    assert live_version() == versions[0]
+    summary = back.xcom("record_lineage", "summary")
+    assert summary["status"] == "deployed" and summary["model_package"] == versions[0]
+    assert "named approved version" in summary["reason"] and summary["accuracy"] == 0.8
