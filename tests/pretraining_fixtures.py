@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -69,3 +70,21 @@ def apply_environ(monkeypatch, env: dict[str, str]) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_config_cache()
+
+
+POD_NAMESPACE = "ml-training"
+POD_LOG = b"[pretrain] 1 worker(s), 101 train / 34 val images\n"
+
+
+@contextlib.contextmanager
+def pod_launcher_pipeline(monkeypatch, tmp_path: Path, small_tree: Path):
+    """``(dag, kube)``: general_pretraining set up for the pod launcher against an in-memory Kubernetes API."""
+    from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, setup_airflow
+    from kube_mock import KubeServer
+
+    apply_environ(monkeypatch, pipeline_environ(tmp_path, small_tree))
+    setup_airflow()
+    dag = load_dagbag(DAGS_FOLDER / "general_pretraining.py").get_dag("general_pretraining")
+    with KubeServer(pod_log=POD_LOG) as kube:
+        kubernetes_connection(kube.url, namespace=POD_NAMESPACE)
+        yield dag, kube

@@ -7,9 +7,8 @@ import threading
 import time
 
 import pytest
-from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
-from kube_mock import KubeServer
-from pretraining_fixtures import apply_environ, pipeline_environ
+from airflow_env import run_dag
+from pretraining_fixtures import POD_NAMESPACE, pod_launcher_pipeline
 
 pytestmark = [pytest.mark.chaos]
 
@@ -20,13 +19,9 @@ def test_the_training_pod_deleted_mid_run(tmp_path, small_tree, s3_endpoint, mon
         "the training pod deleted while the task waits on it (pod launcher, in-memory Kubernetes API)",
         "the task fails saying the pod is gone; the run stops before the sensor; no pod is left",
     )
-    apply_environ(monkeypatch, pipeline_environ(tmp_path, small_tree))
-    setup_airflow()
-    dag = load_dagbag(DAGS_FOLDER / "general_pretraining.py").get_dag("general_pretraining")
-    namespace = "ml-training"
+    namespace = POD_NAMESPACE
     deleted_at: list[float] = []
-    with KubeServer(pod_log=b"[pretrain] 1 worker(s), 101 train / 34 val images\n") as kube:
-        kubernetes_connection(kube.url, namespace=namespace)
+    with pod_launcher_pipeline(monkeypatch, tmp_path, small_tree) as (dag, kube):
 
         def delete_the_pod():
             from kubernetes import client

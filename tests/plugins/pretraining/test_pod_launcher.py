@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from airflow_env import DAGS_FOLDER, kubernetes_connection, load_dagbag, run_dag, setup_airflow
-from kube_mock import KubeServer
+from airflow_env import run_dag
 from kubernetes.client import models as k8s
-from pretraining_fixtures import apply_environ, pipeline_environ
+from pretraining_fixtures import POD_NAMESPACE, pod_launcher_pipeline
 
 from plugins.tlpipe.config import load_config
 from plugins.tlpipe.pretraining.launchers import TrainingPodOperator, pod_failure_reason
@@ -146,13 +145,9 @@ def test_failure_reason_of_a_pod():
 
 
 def test_pod_path_creates_a_pod_and_reports_its_failure(tmp_path, small_tree, s3_endpoint, monkeypatch, capfd):
-    apply_environ(monkeypatch, pipeline_environ(tmp_path, small_tree))
-    setup_airflow()
-    dag = load_dagbag(DAGS_FOLDER / "general_pretraining.py").get_dag("general_pretraining")
-    namespace = "ml-training"
+    namespace = POD_NAMESPACE
     seen: list[dict] = []
-    with KubeServer(pod_log=b"[pretrain] 1 worker(s), 101 train / 34 val images\n") as kube:
-        kubernetes_connection(kube.url, namespace=namespace)
+    with pod_launcher_pipeline(monkeypatch, tmp_path, small_tree) as (dag, kube):
 
         def kill_the_pod():
             pod = kube.wait_for("pods", namespace)
