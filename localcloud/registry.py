@@ -111,7 +111,7 @@ class ModelRegistry:
                 "ModelPackageGroupName": name,
                 "ModelPackageVersion": version,
                 "ModelPackageArn": package_arn(region, name, version),
-                "ModelPackageRegistrationType": body.get("ModelPackageRegistrationType", "Logged"),
+                "ModelPackageRegistrationType": body.get("ModelPackageRegistrationType", "Registered"),
                 "CreationTime": now,
                 "LastModifiedTime": now,
                 "ModelPackageStatus": "Completed",
