@@ -87,6 +87,7 @@ def version_summary(package: Mapping[str, Any]) -> dict:
         "status": package.get("ModelApprovalStatus"),
         "description": package.get("ApprovalDescription"),
         "container": (package.get("InferenceSpecification") or {}).get("Containers", [{}])[0],
+        "metadata": dict(package.get("CustomerMetadataProperties") or {}),
     }
 
 

@@ -127,7 +127,7 @@ def version_outcome(client, arn: str) -> dict:
     """A named Model Registry version as ``training_outcome`` describes a fresh job: its artifact, the metrics
     and the training job recorded when it was registered. It must be Approved."""
     version = registry.approved_version(client, arn)
-    metadata = client.describe_model_package(ModelPackageName=arn).get("CustomerMetadataProperties") or {}
+    metadata = version["metadata"]
     job = metadata.get("training-job")
     described = describe_or_none(client.describe_training_job, TrainingJobName=job) if job else None
     log.info("deploying the named version %s (training job %s), no fine-tune", arn, job)

@@ -178,7 +178,7 @@ def lineage_record(
             "tuning_job": dict(tuning) if tuning else None,  # the search the job won, and every candidate
         },
         "model": {"name": deployment.get("model"), "arn": deployment.get("model_arn")},
-        "model_package": {k: v for k, v in (model_package or {}).items() if k != "container"} or None,
+        "model_package": {k: v for k, v in (model_package or {}).items() if k not in ("container", "metadata")} or None,
         "endpoint_config": {
             "name": deployment.get("endpoint_config"),
             "arn": deployment.get("endpoint_config_arn"),
