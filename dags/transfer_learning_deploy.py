@@ -22,7 +22,9 @@ package group, approved by the gate's verdict; rejected with its reason) → `ap
 (Param `approval: manual`: until a person approves the version) → `deploy.*` (model tagged with its accuracy
 and lineage → a new endpoint config → create the endpoint, or update it when it exists → verify it is
 InService on the new config → smoke test with validation images) → `record_lineage` (S3) →
-`apply_retention`. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
+`apply_retention`. An update is blue/green with the `sagemaker.deployment` traffic routing (Param
+`traffic_routing`: ALL_AT_ONCE, CANARY, LINEAR), and SageMaker rolls it back by itself when one of the endpoint's
+alarms (`deploy.create_alarms`: 5xx errors, p99 model latency) goes into ALARM. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
 endpoint this run created) and fails the run with the reason. `release_endpoint_lock` is the teardown.
 
 **Run summary**: XCom `summary` of `record_lineage` (deployed or rejected) or `rollback`; the lineage record
@@ -49,7 +51,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from plugins.tlpipe import aws
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
-from plugins.tlpipe.deploy import closing, registry, steps
+from plugins.tlpipe.deploy import closing, guardrails, registry, steps
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
@@ -205,6 +207,11 @@ def build_requests(prepared: dict, outcome: dict, version_arn: str, params: dict
         raise AirflowFailException(str(err)) from None
 
 
+@task
+def create_alarms(alarms: list) -> list[str]:
+    return guardrails.put_alarms(aws.cloudwatch_client(get_config().s3.aws_conn_id), alarms)
+
+
 @task(retries=0)
 def verify_endpoint(request: dict, ti=None) -> dict:
     result = steps.verify_endpoint(_sagemaker(), request["EndpointName"], request["EndpointConfigName"])
@@ -356,9 +363,10 @@ def transfer_learning_deploy():
             **AWS,
         )
 
+        alarms = create_alarms(requests["alarms"])
         verified = verify_endpoint(requests["endpoint"])
         smoked = smoke_test(requests["endpoint"], outcome, prepared)
-        model >> endpoint_config >> endpoint >> verified >> smoked
+        model >> endpoint_config >> alarms >> endpoint >> verified >> smoked
 
     lineage = record_lineage(prepared, outcome)
     retention = apply_retention(prepared)

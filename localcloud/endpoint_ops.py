@@ -15,11 +15,12 @@ from . import procs
 from .errors import arn
 from .model_servers import DeployFailure, Variant, VariantProcesses
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL
+from .traffic import RolledBack, TrafficShifting
 
 log = logging.getLogger("localcloud.endpoints")
 
 
-class EndpointOperations(VariantProcesses):
+class EndpointOperations(TrafficShifting, VariantProcesses):
     """The long-running endpoint operations (mixed into ``Endpoints``, whose state they use)."""
 
     def _create_op(self, name: str, cancel: threading.Event) -> None:
@@ -82,22 +83,32 @@ class EndpointOperations(VariantProcesses):
                 reason,
             )
 
-            def rollback(d: dict) -> None:
-                d["EndpointStatus"] = "InService"
-                d["FailureReason"] = reason
-                d["LastModifiedTime"] = time.time()
-                d["_pending"] = None
-                d.pop("PendingDeploymentSummary", None)
-
-            self.state.update(ENDPOINT, name, rollback)
+            self.state.update(ENDPOINT, name, lambda d: _keep_old(d, reason))
             return
         with self._lock:
-            self._check(cancel)
             old = self._routes.get(name.lower(), [])
-            # Traffic moves in one step, only now that every new variant answered /ping.
+        try:
+            # Traffic moves only now that every new variant answered /ping, in the deployment's steps.
+            self._shift_traffic(name, doc, old, variants, cancel)
+        except RolledBack as failure:
+            self._stop_variants(variants)
+            reason = str(failure)
+            log.info("endpoint %s: update to %s rolled back: %s", name, pending_config, reason)
+            self.state.update(ENDPOINT, name, lambda d: _keep_old(d, reason))
+            return
+        except BaseException:
+            with self._lock:
+                self._shifts.pop(name.lower(), None)
+            self._drain(variants)
+            self._stop_variants(variants)
+            raise
+        with self._lock:
+            self._check(cancel)
             self._routes[name.lower()] = variants
+            self._shifts.pop(name.lower(), None)
             self._pending.pop(name.lower(), None)
         # As on SageMaker, the endpoint is InService again once the old fleet is gone.
+        self._drain(old)
         self._stop_variants(old)
         now = time.time()
 
@@ -106,8 +117,10 @@ class EndpointOperations(VariantProcesses):
             d["EndpointConfigName"] = config["EndpointConfigName"]
             d["LastModifiedTime"] = now
             d["_live"] = {"config": config["EndpointConfigName"], "variants": [v.record for v in variants]}
-            d["_pending"] = None
             d["ProductionVariants"] = variant_summaries(variants, now)
+            if (d.get("_pending") or {}).get("deployment"):
+                d["LastDeploymentConfig"] = d["_pending"]["deployment"]
+            d["_pending"] = None
             d.pop("PendingDeploymentSummary", None)
             d.pop("FailureReason", None)
 
@@ -204,6 +217,17 @@ class EndpointOperations(VariantProcesses):
                 }
             )
         return self._relaunch(doc, records, cancel, part="_pending", fresh=True)
+
+
+def _keep_old(d: dict, reason: str) -> None:
+    """A failed or rolled-back update: InService on the old config, FailureReason saying why."""
+    d["EndpointStatus"] = "InService"
+    d["FailureReason"] = reason
+    d["LastModifiedTime"] = time.time()
+    if (d.get("_pending") or {}).get("deployment"):
+        d["LastDeploymentConfig"] = d["_pending"]["deployment"]
+    d["_pending"] = None
+    d.pop("PendingDeploymentSummary", None)
 
 
 def variant_summaries(variants: list[Variant], now: float) -> list[dict]:

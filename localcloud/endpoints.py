@@ -8,12 +8,14 @@ with the reason SageMaker gives.
 
 - CreateEndpoint: ``Creating`` -> ``InService``, or ``Failed`` with ``FailureReason``.
 - UpdateEndpoint is blue/green: ``Updating`` while the new variants start next to the old ones; traffic
-  moves only once every new variant is healthy, then the old processes stop. If the new config never gets
+  moves only once every new variant is healthy, in the steps of the request's ``DeploymentConfig``, with
+  auto-rollback on its alarms (:mod:`localcloud.traffic`), then the old processes stop once idle. If the new config never gets
   healthy, its processes stop, the old ones keep serving, and the endpoint returns to ``InService`` on the
   old ``EndpointConfigName`` with ``FailureReason`` set, as SageMaker reports a failed update.
 - DeleteEndpoint: ``Deleting``, processes stopped, then gone.
 - InvokeEndpoint goes to a live variant (``TargetVariant`` or weighted choice) and returns its body and
-  content type; container errors come back as SageMaker's ``ModelError``.
+  content type; container errors come back as SageMaker's ``ModelError``. Each invocation is a data point
+  of the endpoint's CloudWatch metrics (:mod:`localcloud.metrics`).
 
 A variant's processes and ports are recorded in SQLite; after a restart localcloud adopts a model server
 that is still running and healthy (it outlived a crash) or starts it again from its untarred model, with the
@@ -32,11 +34,21 @@ import urllib3
 
 from .endpoint_ops import EndpointOperations
 from .errors import ACCOUNT_ID, AwsError, arn, validation
+from .metrics import EndpointMetrics
 from .model_servers import LOG_GROUP_PREFIX, Cancelled, Variant
 from .runtime import Runtime
 from .state import ENDPOINT, ENDPOINT_CONFIG
+from .traffic import Shift, check_deployment_config
 
 log = logging.getLogger("localcloud.endpoints")
+
+
+class ContainerError(AwsError):
+    """The model answered with an HTTP error (``model_status``): SageMaker's ModelError."""
+
+    def __init__(self, model_status: int, *args):
+        super().__init__(*args)
+        self.model_status = model_status
 
 
 def not_found_message(region: str, name: str) -> str:
@@ -53,6 +65,8 @@ class Endpoints(EndpointOperations):
         self.root.mkdir(parents=True, exist_ok=True)
         self._routes: dict[str, list[Variant]] = {}
         self._pending: dict[str, list[Variant]] = {}
+        self._shifts: dict[str, Shift] = {}  # a deployment's share of the traffic on its new fleet
+        self.metrics = EndpointMetrics(lambda: runtime.client("cloudwatch"), runtime.shutting_down)
         self._ops: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
@@ -102,12 +116,22 @@ class Endpoints(EndpointOperations):
                 if doc["EndpointStatus"] == "Failed":
                     raise validation(f'Cannot update failed endpoint "{doc["EndpointArn"]}".')
                 raise validation(f'Cannot update in-progress endpoint "{doc["EndpointArn"]}".')
+            deployment = body.get("DeploymentConfig")
+            if body.get("RetainDeploymentConfig") and not deployment:
+                deployment = doc.get("LastDeploymentConfig")
+            capacity = sum(int(v.get("InitialInstanceCount") or 1) for v in config["ProductionVariants"])
+            check_deployment_config(deployment, capacity)
             now = time.time()
 
             def change(d: dict) -> None:
                 d["EndpointStatus"] = "Updating"
                 d["LastModifiedTime"] = now
-                d["_pending"] = {"config": config["EndpointConfigName"], "variants": [], "started": now}
+                d["_pending"] = {
+                    "config": config["EndpointConfigName"],
+                    "variants": [],
+                    "started": now,
+                    "deployment": deployment,
+                }
                 d["PendingDeploymentSummary"] = {
                     "EndpointConfigName": config["EndpointConfigName"],
                     "StartTime": now,
@@ -154,23 +178,52 @@ class Endpoints(EndpointOperations):
 
     def invoke(self, name: str, body: bytes, headers, region: str) -> tuple[bytes, str, str, str | None]:
         """Forward to a live variant; ``headers`` is the request's case-insensitive header mapping."""
-        variants = self._routes.get(name.lower())
-        if not variants:
-            raise AwsError("ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
-        target = headers.get("X-Amzn-SageMaker-Target-Variant")
-        if target:
-            chosen = [v for v in variants if v.name == target]
-            if not chosen:
-                raise AwsError(
-                    "ValidationError",
-                    f'The variant(s) "[{target}]" specified in the request are not valid for endpoint "{name}".',
-                )
-            variant = chosen[0]
-        else:
-            weights = [float(v.record.get("Weight", 1.0)) for v in variants]
-            if sum(weights) <= 0:
-                raise AwsError("ValidationError", f"Endpoint {name} has no variant with a non-zero weight.")
-            variant = random.choices(variants, weights=weights)[0]
+        variant = self._choose_variant(name, headers)
+        started, status = time.monotonic(), 0
+        try:
+            response = self._forward(variant, body, headers, name, region)
+            status = response.status
+        except ContainerError as err:
+            status = err.model_status
+            raise
+        finally:
+            with self._lock:
+                variant.inflight -= 1
+            answered = status != 0
+            self.metrics.record(
+                name, variant.name, status=status, latency_seconds=time.monotonic() - started if answered else None
+            )
+        content_type = response.headers.get("Content-Type") or "application/json"
+        return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+
+    def _choose_variant(self, name: str, headers) -> Variant:
+        """The variant a request goes to, counted in flight at once (a fleet is stopped only once it is idle)."""
+        with self._lock:
+            variants = self._routes.get(name.lower())
+            if not variants:
+                raise AwsError("ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
+            shift = self._shifts.get(name.lower())
+            if shift is not None and random.random() < shift.fraction:
+                variants = shift.variants
+            target = headers.get("X-Amzn-SageMaker-Target-Variant")
+            if target:
+                chosen = [v for v in variants if v.name == target]
+                if not chosen:
+                    raise AwsError(
+                        "ValidationError",
+                        f'The variant(s) "[{target}]" specified in the request are not valid for endpoint "{name}".',
+                    )
+                variant = chosen[0]
+            else:
+                weights = [float(v.record.get("Weight", 1.0)) for v in variants]
+                if sum(weights) <= 0:
+                    raise AwsError("ValidationError", f"Endpoint {name} has no variant with a non-zero weight.")
+                variant = random.choices(variants, weights=weights)[0]
+            variant.inflight += 1
+            return variant
+
+    def _forward(self, variant: Variant, body: bytes, headers, name: str, region: str):
+        """POST to the variant's /invocations; a container error becomes SageMaker's ModelError."""
         forward = {"Content-Type": headers.get("Content-Type") or "application/octet-stream"}
         for header in ("Accept", "X-Amzn-SageMaker-Custom-Attributes"):
             if headers.get(header):
@@ -207,16 +260,17 @@ class Endpoints(EndpointOperations):
         if response.status >= 400:
             text = response.data.decode("utf-8", errors="replace")
             kind = "client" if response.status < 500 else "server"
-            raise AwsError(
+            raise ContainerError(
+                response.status,
                 "ModelError",
                 f'Received {kind} error ({response.status}) from primary with message "{text}". {see}',
                 424,
                 {"OriginalStatusCode": response.status, "OriginalMessage": text, "LogStreamArn": log_arn},
             )
-        content_type = response.headers.get("Content-Type") or "application/json"
-        return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+        return response
 
     def recover(self) -> None:
+        self.metrics.start()
         for doc in self.state.list(ENDPOINT):
             name = doc["EndpointName"]
             status = doc["EndpointStatus"]

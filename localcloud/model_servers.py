@@ -48,6 +48,7 @@ class Variant:
     proc: object | None = None
     stop_tail: threading.Event = field(default_factory=threading.Event)
     tail: threading.Thread | None = None
+    inflight: int = 0  # requests forwarded and not answered yet (Endpoints.invoke, under its lock)
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ The recorder registers a ``before-parameter-build`` handler on every botocore se
 (boto3, the Amazon provider's hooks, aiobotocore), so it sees each operation with the parameters it was called
 with, once per call.
 The mapping from operations to IAM actions and resource ARNs follows the Service Authorization Reference for
-S3, SageMaker, CloudWatch Logs and IAM; an operation it does not know raises, so a new call cannot slip by
+S3, SageMaker, CloudWatch alarms, CloudWatch Logs and IAM; an operation it does not know raises, so a new call cannot slip by
 unchecked. The evaluator implements identity-policy evaluation for Allow/Deny statements with Action,
 Resource and the condition operators the project's policies use; anything else raises.
 """
@@ -130,6 +130,7 @@ SAGEMAKER_NO_RESOURCE = re.compile(r"^(List|Search)")
 SAGEMAKER_STAR_ONLY = {"ListModelPackages", "ListModelPackageGroups"}  # no resource-level permissions
 LOG_GROUP_ACTIONS = {"DescribeLogStreams", "FilterLogEvents", "CreateLogGroup", "CreateLogStream", "DescribeLogGroups"}
 LOG_STREAM_ACTIONS = {"GetLogEvents", "PutLogEvents"}
+CLOUDWATCH_ALARM_ACTIONS = {"PutMetricAlarm", "DescribeAlarms", "DeleteAlarms"}
 NO_PERMISSION = {("sts", "GetCallerIdentity")}  # answered for any valid credentials
 
 
@@ -139,6 +140,10 @@ def s3_arn(bucket: str, key: str | None = None) -> str:
 
 def sagemaker_arn(region: str, account: str, kind: str, name: str) -> str:
     return f"arn:aws:sagemaker:{region}:{account}:{kind}/{name.lower()}"
+
+
+def alarm_arn(region: str, account: str, name: str) -> str:
+    return f"arn:aws:cloudwatch:{region}:{account}:alarm:{name}"
 
 
 def log_group_arn(region: str, account: str, group: str) -> str:
@@ -200,6 +205,11 @@ def iam_requests(call: Call, *, account: str, region: str) -> list[IamRequest]:
             out.append(IamRequest(f"logs:{op}", arn, (), origin))
         else:
             raise KeyError(f"no IAM mapping for {origin}")
+    elif call.service == "monitoring":  # CloudWatch signs as "monitoring"; its IAM prefix is "cloudwatch"
+        if op not in CLOUDWATCH_ALARM_ACTIONS:
+            raise KeyError(f"no IAM mapping for {origin}")
+        names = [p["AlarmName"]] if "AlarmName" in p else list(p.get("AlarmNames") or [])
+        out += [IamRequest(f"cloudwatch:{op}", alarm_arn(region, account, n), (), origin) for n in names]
     elif call.service == "iam":
         if op in ("GetRole", "PassRole"):
             name = p["RoleName"]

@@ -46,7 +46,7 @@ class Running:
             region_name=REGION,
             aws_access_key_id="test",
             aws_secret_access_key="test",
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, **config),
+            config=Config(**{"retries": {"max_attempts": 3, "mode": "standard"}, **config}),
         )
 
     def log_tail(self, lines: int = 40) -> str:

@@ -12,6 +12,7 @@ S3_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 __all__ = [
     "S3_MISSING",
+    "cloudwatch_client",
     "describe_or_none",
     "error_code",
     "paginate",
@@ -26,6 +27,12 @@ def sagemaker_client(conn_id: str):
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
     return SageMakerHook(aws_conn_id=conn_id).conn
+
+
+def cloudwatch_client(conn_id: str):
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=conn_id, client_type="cloudwatch").conn
 
 
 def runtime_client(conn_id: str):

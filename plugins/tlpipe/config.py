@@ -36,6 +36,7 @@ ENV_PREFIX = "TLPIPE__"
 PROFILES = ("local", "production")
 
 Launcher = Literal["auto", "pod", "mpijob", "local"]
+TRAFFIC_ROUTING = ("ALL_AT_ONCE", "CANARY", "LINEAR")  # UpdateEndpoint's blue/green traffic routing types
 ModelArch = Literal[MODEL_ARCHS]
 
 
@@ -239,6 +240,35 @@ class RegistryConfig(Section):
     approval_timeout_minutes: float = Field(default=1440, gt=0)
 
 
+class AlarmsConfig(Section):
+    """The CloudWatch alarms the deploy DAG keeps on the endpoint's metrics; one in ALARM during an update rolls
+    it back. Both watch the variant over both fleets (SageMaker's EndpointName/VariantName dimensions)."""
+
+    period_seconds: int = Field(default=60, ge=10)  # 10, 30 or a multiple of 60 (CloudWatch's rule)
+    evaluation_periods: int = Field(default=1, ge=1)
+    max_5xx_errors: int = Field(default=0, ge=0)  # Invocation5XXErrors per period above this: ALARM
+    max_latency_ms: float | None = Field(default=2000, gt=0)  # p99 ModelLatency above this: ALARM (null: none)
+
+    @field_validator("period_seconds")
+    @classmethod
+    def _period(cls, value: int) -> int:
+        if value not in (10, 30) and value % 60:
+            raise ValueError("a CloudWatch alarm period is 10, 30 or a multiple of 60 seconds")
+        return value
+
+
+class DeploymentConfig(Section):
+    """How an update moves traffic to the new model: UpdateEndpoint's blue/green ``DeploymentConfig``."""
+
+    traffic_routing: Literal[TRAFFIC_ROUTING] = "CANARY"
+    canary_percent: float = Field(default=10, gt=0, le=50)
+    linear_step_percent: float = Field(default=25, ge=10, le=50)
+    wait_interval_seconds: int = Field(default=300, ge=0, le=3600)  # baking after each step
+    termination_wait_seconds: int = Field(default=60, ge=0, le=3600)  # all traffic moved: old fleet kept this long
+    maximum_execution_timeout_seconds: int = Field(default=3600, ge=600, le=28800)
+    alarms: AlarmsConfig = AlarmsConfig()
+
+
 class SageMakerConfig(Section):
     role_arn: str = Field(pattern=r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
     training_image_uri: str
@@ -264,6 +294,7 @@ class SageMakerConfig(Section):
     tuning: TuningConfig = TuningConfig()
     serving_batching: ServingBatchingConfig = ServingBatchingConfig()
     registry: RegistryConfig = RegistryConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
 
     def package_group(self, endpoint: str) -> str:
         """The model package group of an endpoint's versions (default: named after the endpoint)."""

@@ -2,7 +2,8 @@
 
 ``serve.py --model-dir D --port P``: loads ``D/model.json`` (written by ``train.py``) and exits 1 if it cannot,
 as a container with a broken model artifact does; ``GET /ping`` answers 200 (with ``SERVE_READY_FILE`` set,
-503 until that file exists: a model still loading); ``POST /invocations`` classifies raw image bytes
+503 until that file exists: a model still loading); with ``SERVE_DELAY_SECONDS``, every answer waits that
+long first (a slow model); ``POST /invocations`` classifies raw image bytes
 (``application/x-image``) or ``{"instances": [{"b64": ...}]}`` by nearest mean colour.
 """
 
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def main() -> int:
                 self._send(404, {"error": "not found"})
                 return
             data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(float(os.environ.get("SERVE_DELAY_SECONDS") or 0))
             kind = (self.headers.get("Content-Type") or "").split(";")[0]
             try:
                 if kind == "application/json":

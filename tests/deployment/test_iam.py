@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.aws_iam import AwsCallRecorder, Call, IamRequest, Policy, iam_requests, log_group_arn, s3_arn
+from tests.aws_iam import AwsCallRecorder, Call, IamRequest, Policy, alarm_arn, iam_requests, log_group_arn, s3_arn
 from tests.deploy_helpers import ROOT
 
 AWS_DIR = ROOT / "deploy" / "aws"
@@ -422,7 +422,14 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
             pull(p["PrimaryContainer"]["Image"], origin)
             bucket, key = s3_parts(p["PrimaryContainer"]["ModelDataUrl"])
             out.append(IamRequest("s3:GetObject", s3_arn(bucket, key), (), origin))
-        elif str(call) == "sagemaker:CreateEndpoint":
+        if str(call) in ("sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint"):
+            # Deployment guardrails: SageMaker reads the auto-rollback alarms' state with the role.
+            rollback = (p.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration") or {}
+            for alarm in rollback.get("Alarms", []):
+                out.append(
+                    IamRequest("cloudwatch:DescribeAlarms", alarm_arn(region, account, alarm["AlarmName"]), (), origin)
+                )
+        if str(call) == "sagemaker:CreateEndpoint":
             logs(
                 f"/aws/sagemaker/Endpoints/{p['EndpointName']}",
                 "AllTraffic/i-0123456789abcdef0",

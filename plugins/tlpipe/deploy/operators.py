@@ -12,8 +12,8 @@
 ``DeployModelOperator``, ``DeployEndpointConfigOperator`` (``SageMakerModelOperator``, ``…EndpointConfigOperator``)
     Reuse a model/config of the same name that an earlier try created with the same content.
 ``DeployEndpointOperator`` (``SageMakerEndpointOperator``, ``operation="create"``)
-    Create; the provider turns SageMaker's "Cannot create already existing endpoint" into an UpdateEndpoint.
-    A retry that finds the endpoint already on (or moving to) the new config waits instead of updating again.
+    Create; the provider turns SageMaker's "Cannot create already existing endpoint" into an UpdateEndpoint
+    (whose ``DeploymentConfig`` shifts the traffic). A retry that finds the endpoint already on (or moving to) the new config waits instead of updating again.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 from airflow.sdk import Param
 
 from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.deploy.guardrails import ROUTING_TYPES
 from plugins.tlpipe.schemas import whole
 from training.contracts import BASELINE_POLICIES
 
@@ -94,6 +95,14 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             title="Model Registry version",
             description="deploy this approved version (arn:…:model-package/<group>/<n>) instead of fine-tuning: "
             "how a person rolls back to an older model; empty: fine-tune a new one",
+        ),
+        "traffic_routing": Param(
+            sm.deployment.traffic_routing,
+            type="string",
+            enum=list(ROUTING_TYPES),
+            description="how an update moves traffic to the new model: ALL_AT_ONCE, CANARY "
+            f"({sm.deployment.canary_percent:g}% first) or LINEAR ({sm.deployment.linear_step_percent:g}% steps), "
+            f"baking {sm.deployment.wait_interval_seconds} s per step; rolled back when an endpoint alarm fires",
         ),
         "hyperparameters": Param(
             dict(sm.hyperparameters),

@@ -23,7 +23,7 @@ from plugins.tlpipe import aws
 from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.config import PipelineConfig
 from plugins.tlpipe.deploy import decisions as decide
-from plugins.tlpipe.deploy import registry, tuning
+from plugins.tlpipe.deploy import guardrails, registry, tuning
 from plugins.tlpipe.deploy import sagemaker_requests as requests
 from training.contracts import PRIMARY_METRIC
 
@@ -320,16 +320,24 @@ def deploy_requests(
         instance_count=params["serving_instance_count"],
         tag_values={decide.ENDPOINT_TAG: endpoint, "run-id": run_id, "training-job": outcome["job"]},
     )
+    alarms = guardrails.alarm_requests(cfg.sagemaker, endpoint=endpoint)
+    guardrails.check_alarm_requests(alarms)
     endpoint_req = requests.endpoint_request(endpoint_name=endpoint, config_name=names["endpoint_config"])
+    action = gate["endpoint_plan"]["action"]
+    if action == "update":  # a new endpoint has no traffic to shift
+        endpoint_req["DeploymentConfig"] = guardrails.deployment_config(
+            cfg.sagemaker, params["traffic_routing"], [a["AlarmName"] for a in alarms]
+        )
     requests.validate("CreateModel", model)
     requests.validate("CreateEndpointConfig", config)
-    requests.validate("CreateEndpoint", endpoint_req)
+    requests.validate("UpdateEndpoint" if action == "update" else "CreateEndpoint", endpoint_req)
     return {
         "model": model,
         "endpoint_config": config,
+        "alarms": alarms,
         "endpoint": endpoint_req,
         "previous_config": gate["endpoint_plan"]["previous_config"],
-        "action": gate["endpoint_plan"]["action"],
+        "action": action,
     }
 
 

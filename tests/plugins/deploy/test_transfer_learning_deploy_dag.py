@@ -92,6 +92,7 @@ def test_dag_shape(dag):
         "tuning",
         "approval",
         "model_package_arn",
+        "traffic_routing",
         "hyperparameters",
     }
     assert dag.params["endpoint_name"] == cfg.sagemaker.endpoint_name
@@ -114,7 +115,8 @@ def test_task_graph(dag):
     assert down("approval") == {"wait_for_approval", "skip_deployment"}
     assert down("wait_for_approval") == {"deploy.build_requests"}
     assert down("deploy.create_model") == {"deploy.create_endpoint_config"}
-    assert down("deploy.create_endpoint_config") == {"deploy.create_or_update_endpoint"}
+    assert down("deploy.create_endpoint_config") == {"deploy.create_alarms"}
+    assert down("deploy.create_alarms") == {"deploy.create_or_update_endpoint"}
     assert down("deploy.create_or_update_endpoint") == {"deploy.verify_endpoint", "rollback"}
     assert down("deploy.verify_endpoint") == {"deploy.smoke_test", "rollback"}
     assert down("deploy.smoke_test") == {"record_lineage", "rollback"}
