@@ -447,6 +447,17 @@ def test_a_named_approved_version_is_deployed_without_fine_tuning(dag, moto_serv
             assert run.state == "success", run.tasks
             versions.append(run.xcom("record_lineage", "summary")["model_package"])
         assert live_version() == versions[1]
+        # The first run created the endpoint; the second updated it blue/green, rolled back on its alarms.
+        first_create, update = hooks.sent("CreateEndpoint")[-2:]
+        assert "DeploymentConfig" not in first_create
+        deployment = update["DeploymentConfig"]
+        assert deployment["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "CANARY"
+        named = {a["AlarmName"] for a in deployment["AutoRollbackConfiguration"]["Alarms"]}
+        alarms = moto_server.client("cloudwatch").describe_alarms(AlarmNames=sorted(named))["MetricAlarms"]
+        assert {(a["AlarmName"], a["MetricName"]) for a in alarms} == {
+            ("tlpipe-tl-r-5xx-errors", "Invocation5XXErrors"),
+            ("tlpipe-tl-r-model-latency", "ModelLatency"),
+        }
 
         jobs = len(hooks.sent("CreateTrainingJob"))
         moto_server.queue_predictions(["blue", "red", "blue", "red"])
