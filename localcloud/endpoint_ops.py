@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from . import procs
+from .capture import capture_summary
 from .errors import arn
 from .model_servers import DeployFailure, Variant, VariantProcesses
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL
@@ -47,6 +48,7 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
                 d["_live"] = {"config": config["EndpointConfigName"], "variants": [v.record for v in variants]}
                 d["_pending"] = None
                 d["ProductionVariants"] = variant_summaries(variants, now)
+                _set_capture(d, config)
                 d.pop("FailureReason", None)
 
             self.state.update(ENDPOINT, name, change)
@@ -118,6 +120,7 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
             d["LastModifiedTime"] = now
             d["_live"] = {"config": config["EndpointConfigName"], "variants": [v.record for v in variants]}
             d["ProductionVariants"] = variant_summaries(variants, now)
+            _set_capture(d, config)
             if (d.get("_pending") or {}).get("deployment"):
                 d["LastDeploymentConfig"] = d["_pending"]["deployment"]
             d["_pending"] = None
@@ -212,11 +215,20 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
                     "InstanceType": variant.get("InstanceType"),
                     "ServerlessConfig": variant.get("ServerlessConfig"),
                     "HealthTimeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds"),
+                    "DataCapture": config.get("DataCaptureConfig"),
                     "Dir": str(self.root / name.lower() / deployment / variant["VariantName"]),
                     "InstanceId": "i-" + uuid.uuid4().hex[:17],
                 }
             )
         return self._relaunch(doc, records, cancel, part="_pending", fresh=True)
+
+
+def _set_capture(d: dict, config: dict) -> None:
+    summary = capture_summary(config.get("DataCaptureConfig"))
+    if summary:
+        d["DataCaptureConfig"] = summary
+    else:
+        d.pop("DataCaptureConfig", None)
 
 
 def _keep_old(d: dict, reason: str) -> None:

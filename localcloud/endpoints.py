@@ -15,7 +15,8 @@ with the reason SageMaker gives.
 - DeleteEndpoint: ``Deleting``, processes stopped, then gone.
 - InvokeEndpoint goes to a live variant (``TargetVariant`` or weighted choice) and returns its body and
   content type; container errors come back as SageMaker's ``ModelError``. Each invocation is a data point
-  of the endpoint's CloudWatch metrics (:mod:`localcloud.metrics`).
+  of the endpoint's CloudWatch metrics (:mod:`localcloud.metrics`) and, when its config captures data, a
+  sampled JSON Lines record in S3 (:mod:`localcloud.capture`).
 
 A variant's processes and ports are recorded in SQLite; after a restart localcloud adopts a model server
 that is still running and healthy (it outlived a crash) or starts it again from its untarred model, with the
@@ -32,6 +33,7 @@ import time
 
 import urllib3
 
+from .capture import DataCapture
 from .endpoint_ops import EndpointOperations
 from .errors import ACCOUNT_ID, AwsError, arn, validation
 from .metrics import EndpointMetrics
@@ -67,6 +69,7 @@ class Endpoints(EndpointOperations):
         self._pending: dict[str, list[Variant]] = {}
         self._shifts: dict[str, Shift] = {}  # a deployment's share of the traffic on its new fleet
         self.metrics = EndpointMetrics(lambda: runtime.client("cloudwatch"), runtime.shutting_down)
+        self.capture = DataCapture(lambda: runtime.client("s3"), runtime.shutting_down)
         self._ops: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
@@ -194,6 +197,14 @@ class Endpoints(EndpointOperations):
                 name, variant.name, status=status, latency_seconds=time.monotonic() - started if answered else None
             )
         content_type = response.headers.get("Content-Type") or "application/json"
+        self.capture.offer(
+            variant.record.get("DataCapture"),
+            name,
+            variant.name,
+            (body, headers.get("Content-Type") or "application/octet-stream"),
+            (response.data, content_type),
+            time.time(),
+        )
         return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
 
     def _choose_variant(self, name: str, headers) -> Variant:
@@ -271,6 +282,7 @@ class Endpoints(EndpointOperations):
 
     def recover(self) -> None:
         self.metrics.start()
+        self.capture.start()
         for doc in self.state.list(ENDPOINT):
             name = doc["EndpointName"]
             status = doc["EndpointStatus"]
@@ -304,6 +316,7 @@ class Endpoints(EndpointOperations):
             self._pending.clear()
         for variants in groups:
             self._stop_variants(variants)
+        self.capture.stop()  # its last flush: what was captured reaches S3 before the final snapshot
 
     # -- operations (one thread per endpoint at a time) --------------------------------------------------
     def _launch(self, name: str, op) -> None:

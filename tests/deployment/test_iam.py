@@ -422,6 +422,11 @@ def execution_role_requests(calls: list[Call], objects: set[str], values: dict) 
             pull(p["PrimaryContainer"]["Image"], origin)
             bucket, key = s3_parts(p["PrimaryContainer"]["ModelDataUrl"])
             out.append(IamRequest("s3:GetObject", s3_arn(bucket, key), (), origin))
+        if str(call) == "sagemaker:CreateEndpointConfig" and p.get("DataCaptureConfig"):
+            # Data capture: the endpoint writes its sampled requests and responses with the model's role.
+            bucket, key = s3_parts(p["DataCaptureConfig"]["DestinationS3Uri"])
+            capture_key = f"{key.rstrip('/')}/endpoint/AllTraffic/2026/01/01/00/00-00-000-id.jsonl"
+            out.append(IamRequest("s3:PutObject", s3_arn(bucket, capture_key), (), origin))
         if str(call) in ("sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint"):
             # Deployment guardrails: SageMaker reads the auto-rollback alarms' state with the role.
             rollback = (p.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration") or {}

@@ -8,6 +8,9 @@ The alarms watch the endpoint's variant (``EndpointName``/``VariantName``, both 
 ``Invocation5XXErrors`` above ``max_5xx_errors`` per period, and p99 ``ModelLatency`` above ``max_latency_ms``.
 A period without requests is not breaching: a quiet endpoint is not a failing one. The project's own
 verify/smoke test/rollback stays the second line behind them.
+
+Every endpoint config also captures data (``data_capture_config``): the sampled requests and responses as
+SageMaker's JSON Lines under ``<s3 prefix>/data-capture/``, what a person or a monitoring job inspects later.
 """
 
 from __future__ import annotations
@@ -16,12 +19,21 @@ import logging
 from typing import Any, Mapping
 
 from plugins.tlpipe.config import TRAFFIC_ROUTING as ROUTING_TYPES
-from plugins.tlpipe.config import SageMakerConfig
+from plugins.tlpipe.config import S3Config, SageMakerConfig
 from plugins.tlpipe.deploy.sagemaker_requests import VARIANT
+from plugins.tlpipe.sagemaker_config import DataCaptureConfig
 
 log = logging.getLogger(__name__)
 NAMESPACE = "AWS/SageMaker"
-__all__ = ["ROUTING_TYPES", "alarm_requests", "check_alarm_requests", "deployment_config", "put_alarms"]
+DATA_CAPTURE_FOLDER = "data-capture"  # under the pipeline's S3 prefix
+__all__ = [
+    "ROUTING_TYPES",
+    "alarm_requests",
+    "check_alarm_requests",
+    "data_capture_config",
+    "deployment_config",
+    "put_alarms",
+]
 
 
 def alarm_name(prefix: str, endpoint: str, what: str) -> str:
@@ -83,6 +95,19 @@ def deployment_config(sm: SageMakerConfig, routing: str, alarm_names: list[str])
     if alarm_names:
         config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": name} for name in alarm_names]}
     return config
+
+
+def data_capture_config(capture: DataCaptureConfig, s3: S3Config) -> dict | None:
+    """CreateEndpointConfig's ``DataCaptureConfig``: inputs and outputs, JSON bodies kept as text."""
+    if not capture.enabled:
+        return None
+    return {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": capture.sampling_percent,
+        "DestinationS3Uri": s3.uri(DATA_CAPTURE_FOLDER),
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"JsonContentTypes": ["application/json"]},
+    }
 
 
 def _percent(value: float) -> int:

@@ -81,6 +81,20 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             description=f"fine-tune as a SageMaker hyperparameter tuning job ({sm.tuning.strategy}, up to "
             f"{sm.tuning.max_jobs} training jobs over {', '.join(sm.tuning.ranges) or 'no ranges'}) and deploy the best",
         ),
+        **_release_params(sm),
+        "hyperparameters": Param(
+            dict(sm.hyperparameters),
+            type="object",
+            propertyNames={"pattern": HYPERPARAMETER_KEY},
+            additionalProperties={"type": ["string", "number", "integer", "boolean"]},
+            description="training.finetune hyperparameters (see its docstring)",
+        ),
+    }
+
+
+def _release_params(sm) -> dict[str, Param]:
+    """Who approves the model, which registered version goes live, and how traffic moves to it."""
+    return {
         "approval": Param(
             sm.registry.approval,
             type="string",
@@ -103,12 +117,5 @@ def deploy_params(cfg: PipelineConfig) -> dict[str, Param]:
             description="how an update moves traffic to the new model: ALL_AT_ONCE, CANARY "
             f"({sm.deployment.canary_percent:g}% first) or LINEAR ({sm.deployment.linear_step_percent:g}% steps), "
             f"baking {sm.deployment.wait_interval_seconds} s per step; rolled back when an endpoint alarm fires",
-        ),
-        "hyperparameters": Param(
-            dict(sm.hyperparameters),
-            type="object",
-            propertyNames={"pattern": HYPERPARAMETER_KEY},
-            additionalProperties={"type": ["string", "number", "integer", "boolean"]},
-            description="training.finetune hyperparameters (see its docstring)",
         ),
     }

@@ -180,10 +180,18 @@ def model_request(
 
 
 def endpoint_config_request(
-    *, config_name: str, model_name: str, instance_type: str, instance_count: int, tag_values: Mapping[str, Any]
+    *,
+    config_name: str,
+    model_name: str,
+    instance_type: str,
+    instance_count: int,
+    tag_values: Mapping[str, Any],
+    data_capture: Mapping[str, Any] | None = None,
 ) -> dict:
     """CreateEndpointConfig: one variant taking all traffic (a new config per run, so rollback has the old one)."""
+    capture = {"DataCaptureConfig": dict(data_capture)} if data_capture else {}
     return {
+        **capture,
         "EndpointConfigName": config_name,
         "ProductionVariants": [
             {

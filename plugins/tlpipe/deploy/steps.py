@@ -319,6 +319,7 @@ def deploy_requests(
         instance_type=params["serving_instance_type"],
         instance_count=params["serving_instance_count"],
         tag_values={decide.ENDPOINT_TAG: endpoint, "run-id": run_id, "training-job": outcome["job"]},
+        data_capture=guardrails.data_capture_config(cfg.sagemaker.data_capture, cfg.s3),
     )
     alarms = guardrails.alarm_requests(cfg.sagemaker, endpoint=endpoint)
     guardrails.check_alarm_requests(alarms)
