@@ -11,21 +11,17 @@ SageMaker training job and deploys it to a SageMaker real-time endpoint.
 URIs, else the last exported model's (`pretrained/latest.json`).
 
 **Tasks**: `prepare` (inputs, deterministic names, the validated CreateTrainingJob request) → `finetune`
-(SageMakerTrainingOperator: channels `pretrained`, `train`, `validation`; a retry reuses the run's Completed
-job or waits on its running one; killing the task stops the job), or with Param `tuning` `tune`
-(SageMakerTuningOperator over `sagemaker.tuning.ranges`, objective `validation:accuracy`; the best training
-job's model goes on) → `read_metrics` (FinalMetricDataList) →
-`acquire_endpoint_lock` → `quality_gate` (validation accuracy ≥ `quality_threshold` and ≥ the live model's
-`tlpipe:accuracy` tag, and the job's scratch baseline judged by `baseline_policy`, else `skip_deployment` with
-the reason) → `registration_request` → `register_model` (a Model Registry version of the endpoint's model
-package group, approved by the gate's verdict; rejected with its reason) → `approval` → `wait_for_approval`
-(Param `approval: manual`: until a person approves the version) → `deploy.*` (model tagged with its accuracy
-and lineage → a new endpoint config → create the endpoint, or update it when it exists → verify it is
-InService on the new config → smoke test with validation images) → `record_lineage` (S3) →
-`apply_retention`. An update is blue/green with the `sagemaker.deployment` traffic routing (Param
-`traffic_routing`: ALL_AT_ONCE, CANARY, LINEAR), and SageMaker rolls it back by itself when one of the endpoint's
-alarms (`deploy.create_alarms`: 5xx errors, p99 model latency) goes into ALARM. Any failure in `deploy.*` runs `rollback` (back to the previous config, or delete the
-endpoint this run created) and fails the run with the reason. `release_endpoint_lock` is the teardown.
+(SageMakerTrainingOperator; a retry reuses the run's job; killing the task stops it), or with Param `tuning`
+`tune` (SageMakerTuningOperator over `sagemaker.tuning.ranges`) → `read_metrics` → `acquire_endpoint_lock` →
+`quality_gate` (accuracy ≥ `quality_threshold` and ≥ the live model's, the scratch baseline judged by
+`baseline_policy`) → `registration_request` → `register_model` (a Model Registry version, approved or rejected
+by the gate) → `approval` → `wait_for_approval` (Param `approval: manual`: until a person approves) →
+`deploy.*` (model → endpoint config with data capture → `create_alarms` (5xx errors, p99 latency) and
+`release_autoscaling` (only when an update changes the instance type) → create, or update blue/green with
+Param `traffic_routing`, SageMaker rolling back on an alarm → verify it serves the new config →
+`autoscale_endpoint` (`sagemaker.autoscaling`) → smoke test) → `record_lineage` (S3) → `apply_retention`.
+Any failure in `deploy.*` runs `rollback` (the previous config and scalable target, or delete the endpoint
+this run created) and fails the run with the reason. `release_endpoint_lock` is the teardown.
 
 **Run summary**: XCom `summary` of `record_lineage` (deployed or rejected) or `rollback`; the lineage record
 is `s3://<bucket>/<prefix>/lineage/<endpoint>/<training job>.json`; beside it, `<training job>/` holds the
@@ -51,7 +47,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from plugins.tlpipe import aws
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
-from plugins.tlpipe.deploy import closing, guardrails, registry, steps
+from plugins.tlpipe.deploy import autoscaling, closing, guardrails, registry, steps
 from plugins.tlpipe.deploy import decisions as decide
 from plugins.tlpipe.deploy.operators import (
     DeployEndpointConfigOperator,
@@ -72,13 +68,8 @@ AWS = {"aws_conn_id": cfg.s3.aws_conn_id}
 POLL = max(1, int(cfg.airflow.sensor_poke_seconds))
 DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=False)
 BUILD, VERIFY, SMOKE = (SOURCES[fact][0] for fact in ("requests", "verify", "smoke"))
-DEPLOY_TASKS = [
-    "deploy.create_model",
-    "deploy.create_endpoint_config",
-    "deploy.create_or_update_endpoint",
-    VERIFY,
-    SMOKE,
-]
+DEPLOY_TASKS = [f"deploy.{t}" for t in ("create_model", "create_endpoint_config", "create_or_update_endpoint")]
+DEPLOY_TASKS += [VERIFY, "deploy.autoscale_endpoint", SMOKE]
 
 
 def _exporter():
@@ -207,6 +198,23 @@ def build_requests(prepared: dict, outcome: dict, version_arn: str, params: dict
         raise AirflowFailException(str(err)) from None
 
 
+def _autoscaling():
+    return aws.autoscaling_client(get_config().s3.aws_conn_id)
+
+
+@task
+def release_autoscaling(request: dict, config: dict) -> dict | None:
+    instance_type = config["ProductionVariants"][0]["InstanceType"]
+    return autoscaling.release_for_update(
+        _autoscaling(), _sagemaker(), endpoint=request["EndpointName"], instance_type=instance_type
+    )
+
+
+@task
+def autoscale_endpoint(scaling: dict | None) -> dict | None:
+    return autoscaling.apply_scaling(_autoscaling(), scaling)
+
+
 @task
 def create_alarms(alarms: list) -> list[str]:
     return guardrails.put_alarms(aws.cloudwatch_client(get_config().s3.aws_conn_id), alarms)
@@ -286,6 +294,9 @@ def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
         checkpoint_store=_checkpoint_store(),
     )
     ti.xcom_push(key="summary", value=summary)
+    # An update that changed the instance type deregistered the variant's scalable target: put it back.
+    saved = ti.xcom_pull(task_ids="deploy.release_autoscaling")
+    autoscaling.restore_scaling(_autoscaling(), _sagemaker(), prepared["endpoint"], saved)
     raise AirflowFailException(message)
 
 
@@ -364,9 +375,11 @@ def transfer_learning_deploy():
         )
 
         alarms = create_alarms(requests["alarms"])
+        released = release_autoscaling(requests["endpoint"], requests["endpoint_config"])
         verified = verify_endpoint(requests["endpoint"])
+        scaled = autoscale_endpoint(requests["scaling"])
         smoked = smoke_test(requests["endpoint"], outcome, prepared)
-        model >> endpoint_config >> alarms >> endpoint >> verified >> smoked
+        model >> endpoint_config >> [alarms, released] >> endpoint >> verified >> scaled >> smoked
 
     lineage = record_lineage(prepared, outcome)
     retention = apply_retention(prepared)
@@ -376,7 +389,7 @@ def transfer_learning_deploy():
     outcome >> lock >> gate
     approve >> [approved, skip]
     [smoked, skip] >> lineage >> retention
-    [endpoint, verified, smoked] >> undo
+    [endpoint, verified, scaled, smoked] >> undo
     [retention, undo] >> unlock
     lock >> unlock
 

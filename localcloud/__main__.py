@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stop-grace", type=float, default=30.0, help="seconds from SIGTERM to SIGKILL for children")
     parser.add_argument("--health-timeout", type=float, default=600.0, help="default model server /ping timeout")
     parser.add_argument("--invoke-timeout", type=float, default=60.0, help="InvokeEndpoint timeout in seconds")
+    parser.add_argument(
+        "--max-instances", type=int, default=4, help="model server processes per endpoint variant at most"
+    )
     parser.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between S3/Logs snapshots")
     parser.add_argument(
         "--cors-origin",
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_grace=args.stop_grace,
         health_timeout=args.health_timeout,
         invoke_timeout=args.invoke_timeout,
+        max_instances=args.max_instances,
         snapshot_interval=args.snapshot_interval,
         access_key=AccessKey(
             os.environ.get("LOCALCLOUD_ACCESS_KEY_ID") or DEFAULT_ACCESS_KEY_ID,

@@ -203,7 +203,7 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
             if model is None:
                 raise DeployFailure(f'Could not find model "{arn(region, "model", variant["ModelName"])}".')
             container = model.get("PrimaryContainer") or (model.get("Containers") or [{}])[0]
-            records.append(
+            records += self.instance_records(
                 {
                     "VariantName": variant["VariantName"],
                     "ModelName": model["ModelName"],
@@ -216,9 +216,9 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
                     "ServerlessConfig": variant.get("ServerlessConfig"),
                     "HealthTimeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds"),
                     "DataCapture": config.get("DataCaptureConfig"),
-                    "Dir": str(self.root / name.lower() / deployment / variant["VariantName"]),
-                    "InstanceId": "i-" + uuid.uuid4().hex[:17],
-                }
+                },
+                self.root / name.lower() / deployment / variant["VariantName"],
+                self.local_instances(variant.get("InitialInstanceCount"), variant.get("ServerlessConfig")),
             )
         return self._relaunch(doc, records, cancel, part="_pending", fresh=True)
 
@@ -243,8 +243,12 @@ def _keep_old(d: dict, reason: str) -> None:
 
 
 def variant_summaries(variants: list[Variant], now: float) -> list[dict]:
+    """DescribeEndpoint's ProductionVariants: one per variant name, over its instances' processes."""
     out = []
+    first = {}
     for variant in variants:
+        first.setdefault(variant.name, variant)
+    for variant in first.values():
         record = variant.record
         summary = {
             "VariantName": record["VariantName"],
@@ -258,7 +262,7 @@ def variant_summaries(variants: list[Variant], now: float) -> list[dict]:
             summary["CurrentServerlessConfig"] = record["ServerlessConfig"]
             summary["DesiredServerlessConfig"] = record["ServerlessConfig"]
         else:
-            # One local server process stands in for all of a variant's instances.
+            # One local server process per instance, up to localcloud's --max-instances.
             summary["CurrentInstanceCount"] = record.get("InstanceCount") or 1
             summary["DesiredInstanceCount"] = record.get("InstanceCount") or 1
         out.append(summary)

@@ -30,9 +30,12 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 
 import urllib3
 
+from .autoscaling import Autoscaler
+from .capacity import VariantCapacity
 from .capture import DataCapture
 from .endpoint_ops import EndpointOperations
 from .errors import ACCOUNT_ID, AwsError, arn, validation
@@ -57,7 +60,7 @@ def not_found_message(region: str, name: str) -> str:
     return f'Could not find endpoint "{arn(region, "endpoint", name)}".'
 
 
-class Endpoints(EndpointOperations):
+class Endpoints(EndpointOperations, VariantCapacity):
     """SageMaker endpoints: the API, the create/update/delete operations and the routing of invocations."""
 
     def __init__(self, runtime: Runtime):
@@ -70,6 +73,7 @@ class Endpoints(EndpointOperations):
         self._shifts: dict[str, Shift] = {}  # a deployment's share of the traffic on its new fleet
         self.metrics = EndpointMetrics(lambda: runtime.client("cloudwatch"), runtime.shutting_down)
         self.capture = DataCapture(lambda: runtime.client("s3"), runtime.shutting_down)
+        self.autoscaler = Autoscaler(self, lambda: runtime.client("application-autoscaling"), runtime.shutting_down)
         self._ops: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.RLock()
@@ -124,6 +128,7 @@ class Endpoints(EndpointOperations):
                 deployment = doc.get("LastDeploymentConfig")
             capacity = sum(int(v.get("InitialInstanceCount") or 1) for v in config["ProductionVariants"])
             check_deployment_config(deployment, capacity)
+            self._check_scaled_instance_types(doc, config)
             now = time.time()
 
             def change(d: dict) -> None:
@@ -153,6 +158,25 @@ class Endpoints(EndpointOperations):
             self.state.update(ENDPOINT, name, change)
             self._launch(name, self._update_op)
             return doc["EndpointArn"]
+
+    def _check_scaled_instance_types(self, doc: dict, config: dict) -> None:
+        """As on SageMaker, an update may not change the instance type of a variant that Application Auto
+        Scaling scales."""
+        live = {v.name: v.record.get("InstanceType") for v in self._routes.get(doc["EndpointName"].lower(), [])}
+        changed = [
+            v["VariantName"]
+            for v in config["ProductionVariants"]
+            if v["VariantName"] in live and v.get("InstanceType") != live[v["VariantName"]]
+        ]
+        if not changed:
+            return
+        scaled = self.autoscaler.scaled_variants(doc["EndpointName"])
+        blocked = sorted(set(changed) & scaled)
+        if blocked:
+            raise validation(
+                f"The instance type of variant(s) [{', '.join(blocked)}] of endpoint {doc['EndpointName']} cannot "
+                "change while Application Auto Scaling scales them: deregister the scalable target(s) first."
+            )
 
     def delete(self, name: str, region: str) -> None:
         with self._lock:
@@ -224,9 +248,11 @@ class Endpoints(EndpointOperations):
                         "ValidationError",
                         f'The variant(s) "[{target}]" specified in the request are not valid for endpoint "{name}".',
                     )
-                variant = chosen[0]
+                variant = random.choice(chosen)
             else:
-                weights = [float(v.record.get("Weight", 1.0)) for v in variants]
+                # A variant's weight is shared by its instances.
+                instances = Counter(v.name for v in variants)
+                weights = [float(v.record.get("Weight", 1.0)) / instances[v.name] for v in variants]
                 if sum(weights) <= 0:
                     raise AwsError("ValidationError", f"Endpoint {name} has no variant with a non-zero weight.")
                 variant = random.choices(variants, weights=weights)[0]
@@ -283,6 +309,7 @@ class Endpoints(EndpointOperations):
     def recover(self) -> None:
         self.metrics.start()
         self.capture.start()
+        self.autoscaler.start()
         for doc in self.state.list(ENDPOINT):
             name = doc["EndpointName"]
             status = doc["EndpointStatus"]

@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,14 +131,29 @@ class VariantProcesses:
                 if self._pending.get(key) is started:
                     self._pending.pop(key, None)
 
+    def local_instances(self, count: int | None, serverless: dict | None) -> int:
+        """How many server processes stand for a variant's instances (a serverless variant: one)."""
+        if serverless:
+            return 1
+        return max(1, min(int(count or 1), self.runtime.settings.max_instances))
+
+    @staticmethod
+    def instance_records(template: dict, variant_dir: Path, count: int) -> list[dict]:
+        """One process record per instance, each with its own instance id and directory."""
+        records = []
+        for _ in range(count):
+            instance = "i-" + uuid.uuid4().hex[:17]
+            records.append({**template, "InstanceId": instance, "Dir": str(variant_dir / instance)})
+        return records
+
     def _record(self, name: str, part: str, variants: list[Variant]) -> None:
         """Record new processes at once, so a crash cannot leave servers no one knows about."""
 
         def change(d: dict) -> None:
             if d.get(part) is None:
                 return
-            merged = {r["VariantName"]: r for r in d[part]["variants"]}
-            merged.update({v.name: v.record for v in variants})
+            merged = {r["InstanceId"]: r for r in d[part]["variants"]}
+            merged.update({v.record["InstanceId"]: v.record for v in variants})
             d[part]["variants"] = list(merged.values())
 
         self.state.update(ENDPOINT, name, change)

@@ -19,6 +19,7 @@ class Settings:
     stop_grace: float = 30.0  # seconds between SIGTERM and SIGKILL when a job or model server stops
     health_timeout: float = 600.0  # default ContainerStartupHealthCheckTimeoutInSeconds
     invoke_timeout: float = 60.0  # SageMaker's InvokeEndpoint limit
+    max_instances: int = 4  # model server processes per variant at most (one per instance)
     poll_interval: float = 0.5
     snapshot_interval: float = 10.0  # seconds between S3/Logs snapshots while something changed
     access_key: AccessKey = field(default_factory=AccessKey)  # the only credentials requests may be signed with

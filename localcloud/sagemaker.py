@@ -65,6 +65,7 @@ class SageMaker:
             "ListEndpointConfigs": self.list_endpoint_configs,
             "CreateEndpoint": self.create_endpoint,
             "UpdateEndpoint": self.update_endpoint,
+            "UpdateEndpointWeightsAndCapacities": self.update_capacity,
             "DescribeEndpoint": self.describe_endpoint,
             "DeleteEndpoint": self.delete_endpoint,
             "ListEndpoints": self.list_endpoints,
@@ -311,6 +312,9 @@ class SageMaker:
 
     def update_endpoint(self, body: dict, region: str) -> dict:
         return {"EndpointArn": self.endpoints.update(body, region)}
+
+    def update_capacity(self, body: dict, region: str) -> dict:
+        return {"EndpointArn": self.endpoints.update_capacity(body, region)}
 
     def describe_endpoint(self, body: dict, region: str) -> dict:
         doc = self.state.get(ENDPOINT, body["EndpointName"])

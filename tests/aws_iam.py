@@ -10,7 +10,7 @@ The recorder registers a ``before-parameter-build`` handler on every botocore se
 (boto3, the Amazon provider's hooks, aiobotocore), so it sees each operation with the parameters it was called
 with, once per call.
 The mapping from operations to IAM actions and resource ARNs follows the Service Authorization Reference for
-S3, SageMaker, CloudWatch alarms, CloudWatch Logs and IAM; an operation it does not know raises, so a new call cannot slip by
+S3, SageMaker, CloudWatch alarms, Application Auto Scaling, CloudWatch Logs and IAM; an operation it does not know raises, so a new call cannot slip by
 unchecked. The evaluator implements identity-policy evaluation for Allow/Deny statements with Action,
 Resource and the condition operators the project's policies use; anything else raises.
 """
@@ -210,6 +210,19 @@ def iam_requests(call: Call, *, account: str, region: str) -> list[IamRequest]:
             raise KeyError(f"no IAM mapping for {origin}")
         names = [p["AlarmName"]] if "AlarmName" in p else list(p.get("AlarmNames") or [])
         out += [IamRequest(f"cloudwatch:{op}", alarm_arn(region, account, n), (), origin) for n in names]
+    elif call.service == "application-autoscaling":
+        # Scalable targets and policies are authorized against "*": their ARNs carry a random id, not a name.
+        out.append(IamRequest(f"application-autoscaling:{op}", "*", (), origin))
+        if op == "RegisterScalableTarget":  # the first registration creates the service-linked role
+            role = "aws-service-role/sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+            out.append(
+                IamRequest(
+                    "iam:CreateServiceLinkedRole",
+                    f"arn:aws:iam::{account}:role/{role}",
+                    (("iam:AWSServiceName", "sagemaker.application-autoscaling.amazonaws.com"),),
+                    origin,
+                )
+            )
     elif call.service == "iam":
         if op in ("GetRole", "PassRole"):
             name = p["RoleName"]

@@ -12,6 +12,7 @@ S3_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
 __all__ = [
     "S3_MISSING",
+    "autoscaling_client",
     "cloudwatch_client",
     "describe_or_none",
     "error_code",
@@ -33,6 +34,12 @@ def cloudwatch_client(conn_id: str):
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
     return AwsBaseHook(aws_conn_id=conn_id, client_type="cloudwatch").conn
+
+
+def autoscaling_client(conn_id: str):
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=conn_id, client_type="application-autoscaling").conn
 
 
 def runtime_client(conn_id: str):

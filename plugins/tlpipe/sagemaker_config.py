@@ -112,6 +112,24 @@ class DataCaptureConfig(Section):
     sampling_percent: int = Field(default=20, ge=0, le=100)
 
 
+class AutoscalingConfig(Section):
+    """Application Auto Scaling of the endpoint's variant: a scalable target and a target-tracking policy on
+    ``SageMakerVariantInvocationsPerInstance``, put again after every deploy."""
+
+    enabled: bool = True
+    min_instances: int = Field(default=1, ge=1)
+    max_instances: int = Field(default=4, ge=1)
+    invocations_per_instance: float = Field(default=1000, gt=0)  # per minute, the policy's TargetValue
+    scale_in_cooldown_seconds: int = Field(default=300, ge=0)
+    scale_out_cooldown_seconds: int = Field(default=60, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_instances > self.max_instances:
+            raise ValueError("autoscaling.min_instances must not exceed max_instances")
+        return self
+
+
 class SageMakerConfig(Section):
     role_arn: str = Field(pattern=r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
     training_image_uri: str
@@ -139,6 +157,7 @@ class SageMakerConfig(Section):
     registry: RegistryConfig = RegistryConfig()
     deployment: DeploymentConfig = DeploymentConfig()
     data_capture: DataCaptureConfig = DataCaptureConfig()
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
 
     def package_group(self, endpoint: str) -> str:
         """The model package group of an endpoint's versions (default: named after the endpoint)."""

@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping
 from plugins.tlpipe import aws
 from plugins.tlpipe.aws import describe_or_none
 from plugins.tlpipe.config import PipelineConfig
+from plugins.tlpipe.deploy import autoscaling, guardrails, registry, tuning
 from plugins.tlpipe.deploy import decisions as decide
-from plugins.tlpipe.deploy import guardrails, registry, tuning
 from plugins.tlpipe.deploy import sagemaker_requests as requests
 from training.contracts import PRIMARY_METRIC
 
@@ -336,6 +336,7 @@ def deploy_requests(
         "model": model,
         "endpoint_config": config,
         "alarms": alarms,
+        "scaling": autoscaling.scaling_requests(cfg.sagemaker, endpoint=endpoint),
         "endpoint": endpoint_req,
         "previous_config": gate["endpoint_plan"]["previous_config"],
         "action": action,

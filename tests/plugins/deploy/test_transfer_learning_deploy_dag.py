@@ -115,10 +115,12 @@ def test_task_graph(dag):
     assert down("approval") == {"wait_for_approval", "skip_deployment"}
     assert down("wait_for_approval") == {"deploy.build_requests"}
     assert down("deploy.create_model") == {"deploy.create_endpoint_config"}
-    assert down("deploy.create_endpoint_config") == {"deploy.create_alarms"}
+    assert down("deploy.create_endpoint_config") == {"deploy.create_alarms", "deploy.release_autoscaling"}
     assert down("deploy.create_alarms") == {"deploy.create_or_update_endpoint"}
+    assert down("deploy.release_autoscaling") == {"deploy.create_or_update_endpoint"}
     assert down("deploy.create_or_update_endpoint") == {"deploy.verify_endpoint", "rollback"}
-    assert down("deploy.verify_endpoint") == {"deploy.smoke_test", "rollback"}
+    assert down("deploy.verify_endpoint") == {"deploy.autoscale_endpoint", "rollback"}
+    assert down("deploy.autoscale_endpoint") == {"deploy.smoke_test", "rollback"}
     assert down("deploy.smoke_test") == {"record_lineage", "rollback"}
     assert down("skip_deployment") == {"record_lineage"}
     assert down("record_lineage") == {"apply_retention"}
@@ -458,6 +460,20 @@ def test_a_named_approved_version_is_deployed_without_fine_tuning(dag, moto_serv
             ("tlpipe-tl-r-5xx-errors", "Invocation5XXErrors"),
             ("tlpipe-tl-r-model-latency", "ModelLatency"),
         }
+        # The variant stays registered with Application Auto Scaling across the update.
+        aas = moto_server.client("application-autoscaling")
+        [target] = aas.describe_scalable_targets(
+            ServiceNamespace="sagemaker", ResourceIds=["endpoint/tl-r/variant/AllTraffic"]
+        )["ScalableTargets"]
+        assert (target["MinCapacity"], target["MaxCapacity"]) == (1, 2)
+        [policy] = aas.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=target["ResourceId"])[
+            "ScalingPolicies"
+        ]
+        tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+        assert (
+            tracking["PredefinedMetricSpecification"]["PredefinedMetricType"]
+            == "SageMakerVariantInvocationsPerInstance"
+        )
 
         jobs = len(hooks.sent("CreateTrainingJob"))
         moto_server.queue_predictions(["blue", "red", "blue", "red"])
