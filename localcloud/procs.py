@@ -6,6 +6,7 @@ running, and the next localcloud recognises them by pid *and* start time (a recy
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -50,10 +51,20 @@ MAX_BATCH_EVENTS = 10_000
 MAX_BATCH_BYTES = 1_000_000
 
 
+_RECENT_PORTS: collections.deque = collections.deque(maxlen=256)
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A free port, never one handed out recently: a server started a moment ago may not have bound it yet."""
+    with _PORTS_LOCK:
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+            if port not in _RECENT_PORTS:
+                _RECENT_PORTS.append(port)
+                return port
 
 
 def spawn(argv: list[str], env: dict[str, str], cwd: Path, log_path: Path) -> subprocess.Popen:
