@@ -17,7 +17,8 @@ URIs, else the last exported model's (`pretrained/latest.json`).
 `baseline_policy`) → `registration_request` → `register_model` (a Model Registry version, approved or rejected
 by the gate) → `approval` → `wait_for_approval` (Param `approval: manual`: until a person approves) →
 `deploy.*` (model → endpoint config with data capture → `create_alarms` (5xx errors, p99 latency) and
-`release_autoscaling` (only when an update changes the instance type) → create, or update blue/green with
+`release_autoscaling` (only when an update changes the instance type) → `shadow_test` (Param `shadow_test`:
+the new model shadows the live one first; promoted only when it agrees) → create, or update blue/green with
 Param `traffic_routing`, SageMaker rolling back on an alarm → verify it serves the new config →
 `autoscale_endpoint` (`sagemaker.autoscaling`) → smoke test) → `record_lineage` (S3) → `apply_retention`.
 Any failure in `deploy.*` runs `rollback` (the previous config and scalable target, or delete the endpoint
@@ -47,16 +48,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from plugins.tlpipe import aws
 from plugins.tlpipe.assets import pretrained_model_asset
 from plugins.tlpipe.config import get_config
-from plugins.tlpipe.deploy import autoscaling, closing, guardrails, registry, steps
+from plugins.tlpipe.deploy import closing, registry, shadow, steps
 from plugins.tlpipe.deploy import decisions as decide
-from plugins.tlpipe.deploy.operators import (
-    DeployEndpointConfigOperator,
-    DeployEndpointOperator,
-    DeployModelOperator,
-    FinetuneTrainingOperator,
-    FinetuneTuningOperator,
-    RegisterModelVersionOperator,
-)
+from plugins.tlpipe.deploy import operators as ops
+from plugins.tlpipe.deploy import release_steps as release
 from plugins.tlpipe.deploy.params import deploy_params
 from plugins.tlpipe.deploy.run_record import SOURCES, DeployRunResults
 from plugins.tlpipe.deploy.sensors import ModelApprovalSensor
@@ -69,7 +64,7 @@ POLL = max(1, int(cfg.airflow.sensor_poke_seconds))
 DEFERRABLE = conf.getboolean("operators", "default_deferrable", fallback=False)
 BUILD, VERIFY, SMOKE = (SOURCES[fact][0] for fact in ("requests", "verify", "smoke"))
 DEPLOY_TASKS = [f"deploy.{t}" for t in ("create_model", "create_endpoint_config", "create_or_update_endpoint")]
-DEPLOY_TASKS += [VERIFY, "deploy.autoscale_endpoint", SMOKE]
+DEPLOY_TASKS += ["deploy.shadow_test", VERIFY, "deploy.autoscale_endpoint", SMOKE]
 
 
 def _exporter():
@@ -198,26 +193,32 @@ def build_requests(prepared: dict, outcome: dict, version_arn: str, params: dict
         raise AirflowFailException(str(err)) from None
 
 
-def _autoscaling():
-    return aws.autoscaling_client(get_config().s3.aws_conn_id)
-
-
 @task
 def release_autoscaling(request: dict, config: dict) -> dict | None:
-    instance_type = config["ProductionVariants"][0]["InstanceType"]
-    return autoscaling.release_for_update(
-        _autoscaling(), _sagemaker(), endpoint=request["EndpointName"], instance_type=instance_type
-    )
+    return release.release_autoscaling(get_config(), request, config)
 
 
 @task
 def autoscale_endpoint(scaling: dict | None) -> dict | None:
-    return autoscaling.apply_scaling(_autoscaling(), scaling)
+    return release.autoscale(get_config(), scaling)
 
 
 @task
 def create_alarms(alarms: list) -> list[str]:
-    return guardrails.put_alarms(aws.cloudwatch_client(get_config().s3.aws_conn_id), alarms)
+    return release.put_alarms(get_config(), alarms)
+
+
+@task(retries=0)
+def shadow_test(requests: dict, outcome: dict, prepared: dict, params: dict, ti=None) -> dict:
+    validation = outcome.get("domain_validation_uri") or prepared["inputs"]["domain_validation_uri"]
+    try:
+        result = release.shadow_test(get_config(), params, requests, validation, POLL)
+    except shadow.ShadowTestError as err:
+        raise AirflowFailException(str(err)) from None
+    ti.xcom_push(key="result", value=result)
+    if not result["passed"]:
+        raise AirflowFailException(result["reason"])
+    return result
 
 
 @task(retries=0)
@@ -295,8 +296,7 @@ def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
     )
     ti.xcom_push(key="summary", value=summary)
     # An update that changed the instance type deregistered the variant's scalable target: put it back.
-    saved = ti.xcom_pull(task_ids="deploy.release_autoscaling")
-    autoscaling.restore_scaling(_autoscaling(), _sagemaker(), prepared["endpoint"], saved)
+    release.restore_autoscaling(get_config(), prepared["endpoint"], ti.xcom_pull(task_ids="deploy.release_autoscaling"))
     raise AirflowFailException(message)
 
 
@@ -318,7 +318,7 @@ def rollback(prepared: dict, outcome: dict, ti=None, dag_run=None) -> None:
 def transfer_learning_deploy():
     prepared = prepare()
 
-    finetune = FinetuneTrainingOperator(
+    finetune = ops.FinetuneTrainingOperator(
         task_id="finetune",
         config=prepared["training_request"],
         run_artifacts=prepared["run_artifacts"],
@@ -329,7 +329,7 @@ def transfer_learning_deploy():
         **AWS,
     )
 
-    tune = FinetuneTuningOperator(
+    tune = ops.FinetuneTuningOperator(
         task_id="tune",
         config=prepared["tuning_request"],
         check_interval=POLL,
@@ -344,7 +344,7 @@ def transfer_learning_deploy():
 
     lock = acquire_endpoint_lock(prepared["endpoint"])
     gate = quality_gate(outcome, prepared["endpoint"])
-    register = RegisterModelVersionOperator(
+    register = ops.RegisterModelVersionOperator(
         task_id="register_model", config=registration_request(prepared, outcome, gate), **AWS
     )
     approve = approval(register.output, gate)
@@ -360,11 +360,11 @@ def transfer_learning_deploy():
 
     with TaskGroup("deploy"):
         requests = build_requests(prepared, outcome, approved.output)
-        model = DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
-        endpoint_config = DeployEndpointConfigOperator(
+        model = ops.DeployModelOperator(task_id="create_model", config=requests["model"], **AWS)
+        endpoint_config = ops.DeployEndpointConfigOperator(
             task_id="create_endpoint_config", config=requests["endpoint_config"], **AWS
         )
-        endpoint = DeployEndpointOperator(
+        endpoint = ops.DeployEndpointOperator(
             task_id="create_or_update_endpoint",
             config=requests["endpoint"],
             operation="create",
@@ -376,10 +376,11 @@ def transfer_learning_deploy():
 
         alarms = create_alarms(requests["alarms"])
         released = release_autoscaling(requests["endpoint"], requests["endpoint_config"])
+        shadowed = shadow_test(requests, outcome, prepared)
         verified = verify_endpoint(requests["endpoint"])
         scaled = autoscale_endpoint(requests["scaling"])
         smoked = smoke_test(requests["endpoint"], outcome, prepared)
-        model >> endpoint_config >> [alarms, released] >> endpoint >> verified >> scaled >> smoked
+        model >> endpoint_config >> [alarms, released] >> shadowed >> endpoint >> verified >> scaled >> smoked
 
     lineage = record_lineage(prepared, outcome)
     retention = apply_retention(prepared)
@@ -389,7 +390,7 @@ def transfer_learning_deploy():
     outcome >> lock >> gate
     approve >> [approved, skip]
     [smoked, skip] >> lineage >> retention
-    [endpoint, verified, scaled, smoked] >> undo
+    [shadowed, endpoint, verified, scaled, smoked] >> undo
     [retention, undo] >> unlock
     lock >> unlock
 

@@ -60,7 +60,9 @@ def _encode(data: bytes, content_type: str, header: dict) -> tuple[str, str]:
     return base64.b64encode(data).decode("ascii"), "BASE64"
 
 
-def capture_record(config: dict, request: tuple[bytes, str], response: tuple[bytes, str], at: float) -> dict:
+def capture_record(
+    config: dict, request: tuple[bytes, str], response: tuple[bytes, str], at: float, event_id: str | None = None
+) -> dict:
     modes = {
         o["CaptureMode"] for o in config.get("CaptureOptions") or [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]
     }
@@ -76,7 +78,10 @@ def capture_record(config: dict, request: tuple[bytes, str], response: tuple[byt
     when = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
     return {
         "captureData": data,
-        "eventMetadata": {"eventId": str(uuid.uuid4()), "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "eventMetadata": {
+            "eventId": event_id or str(uuid.uuid4()),
+            "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
         "eventVersion": "0",
     }
 
@@ -97,13 +102,22 @@ class DataCapture:
         self._stopping = stopping
         self._thread: threading.Thread | None = None
 
-    def offer(self, config: dict | None, endpoint: str, variant: str, request, response, at: float) -> None:
+    def offer(
+        self,
+        config: dict | None,
+        endpoint: str,
+        variant: str,
+        request,
+        response,
+        at: float,
+        event_id: str | None = None,
+    ) -> None:
         """Capture one successful invocation when the variant's config captures and the sample says so."""
         if not config or not config.get("EnableCapture", True):
             return
         if random.random() * 100 >= float(config["InitialSamplingPercentage"]):
             return
-        record = capture_record(config, request, response, at)
+        record = capture_record(config, request, response, at, event_id)
         key = (config["DestinationS3Uri"], endpoint, variant)
         with self._lock:
             self._buffers[key].append((at, record))

@@ -49,6 +49,7 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
                 d["_pending"] = None
                 d["ProductionVariants"] = variant_summaries(variants, now)
                 _set_capture(d, config)
+                _set_shadows(d, variants, now)
                 d.pop("FailureReason", None)
 
             self.state.update(ENDPOINT, name, change)
@@ -121,6 +122,7 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
             d["_live"] = {"config": config["EndpointConfigName"], "variants": [v.record for v in variants]}
             d["ProductionVariants"] = variant_summaries(variants, now)
             _set_capture(d, config)
+            _set_shadows(d, variants, now)
             if (d.get("_pending") or {}).get("deployment"):
                 d["LastDeploymentConfig"] = d["_pending"]["deployment"]
             d["_pending"] = None
@@ -198,7 +200,8 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
         region = doc["_region"]
         deployment = uuid.uuid4().hex[:12]
         records = []
-        for variant in config["ProductionVariants"]:
+        shadows = [{**v, "_shadow": True} for v in config.get("ShadowProductionVariants") or []]
+        for variant in config["ProductionVariants"] + shadows:
             model = self.state.get(MODEL, variant["ModelName"])
             if model is None:
                 raise DeployFailure(f'Could not find model "{arn(region, "model", variant["ModelName"])}".')
@@ -216,11 +219,20 @@ class EndpointOperations(TrafficShifting, VariantProcesses):
                     "ServerlessConfig": variant.get("ServerlessConfig"),
                     "HealthTimeout": variant.get("ContainerStartupHealthCheckTimeoutInSeconds"),
                     "DataCapture": config.get("DataCaptureConfig"),
+                    "Shadow": bool(variant.get("_shadow")),
                 },
                 self.root / name.lower() / deployment / variant["VariantName"],
                 self.local_instances(variant.get("InitialInstanceCount"), variant.get("ServerlessConfig")),
             )
         return self._relaunch(doc, records, cancel, part="_pending", fresh=True)
+
+
+def _set_shadows(d: dict, variants: list[Variant], now: float) -> None:
+    summaries = variant_summaries(variants, now, shadow=True)
+    if summaries:
+        d["ShadowProductionVariants"] = summaries
+    else:
+        d.pop("ShadowProductionVariants", None)
 
 
 def _set_capture(d: dict, config: dict) -> None:
@@ -242,12 +254,14 @@ def _keep_old(d: dict, reason: str) -> None:
     d.pop("PendingDeploymentSummary", None)
 
 
-def variant_summaries(variants: list[Variant], now: float) -> list[dict]:
-    """DescribeEndpoint's ProductionVariants: one per variant name, over its instances' processes."""
+def variant_summaries(variants: list[Variant], now: float, shadow: bool = False) -> list[dict]:
+    """DescribeEndpoint's ProductionVariants (or ShadowProductionVariants): one per variant name, over its
+    instances' processes."""
     out = []
     first = {}
     for variant in variants:
-        first.setdefault(variant.name, variant)
+        if bool(variant.record.get("Shadow")) == shadow:
+            first.setdefault(variant.name, variant)
     for variant in first.values():
         record = variant.record
         summary = {

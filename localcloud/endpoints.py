@@ -30,6 +30,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import Counter
 
 import urllib3
@@ -42,6 +43,7 @@ from .errors import ACCOUNT_ID, AwsError, arn, validation
 from .metrics import EndpointMetrics
 from .model_servers import LOG_GROUP_PREFIX, Cancelled, Variant
 from .runtime import Runtime
+from .shadow import ShadowTraffic, production
 from .state import ENDPOINT, ENDPOINT_CONFIG
 from .traffic import Shift, check_deployment_config
 
@@ -60,7 +62,7 @@ def not_found_message(region: str, name: str) -> str:
     return f'Could not find endpoint "{arn(region, "endpoint", name)}".'
 
 
-class Endpoints(EndpointOperations, VariantCapacity):
+class Endpoints(EndpointOperations, VariantCapacity, ShadowTraffic):
     """SageMaker endpoints: the API, the create/update/delete operations and the routing of invocations."""
 
     def __init__(self, runtime: Runtime):
@@ -205,7 +207,7 @@ class Endpoints(EndpointOperations, VariantCapacity):
 
     def invoke(self, name: str, body: bytes, headers, region: str) -> tuple[bytes, str, str, str | None]:
         """Forward to a live variant; ``headers`` is the request's case-insensitive header mapping."""
-        variant = self._choose_variant(name, headers)
+        variant, fleet = self._choose_variant(name, headers)
         started, status = time.monotonic(), 0
         try:
             response = self._forward(variant, body, headers, name, region)
@@ -221,6 +223,7 @@ class Endpoints(EndpointOperations, VariantCapacity):
                 name, variant.name, status=status, latency_seconds=time.monotonic() - started if answered else None
             )
         content_type = response.headers.get("Content-Type") or "application/json"
+        event_id = str(uuid.uuid4())  # the capture records of this request, the live model's and its shadow's
         self.capture.offer(
             variant.record.get("DataCapture"),
             name,
@@ -228,18 +231,22 @@ class Endpoints(EndpointOperations, VariantCapacity):
             (body, headers.get("Content-Type") or "application/octet-stream"),
             (response.data, content_type),
             time.time(),
+            event_id=event_id,
         )
+        self._mirror(name, fleet, body, headers, event_id)
         return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
 
-    def _choose_variant(self, name: str, headers) -> Variant:
-        """The variant a request goes to, counted in flight at once (a fleet is stopped only once it is idle)."""
+    def _choose_variant(self, name: str, headers) -> tuple[Variant, list[Variant]]:
+        """The production variant a request goes to and its fleet; counted in flight at once (a fleet is stopped
+        only once it is idle)."""
         with self._lock:
-            variants = self._routes.get(name.lower())
-            if not variants:
+            fleet = self._routes.get(name.lower())
+            if not fleet:
                 raise AwsError("ValidationError", f"Endpoint {name} of account {ACCOUNT_ID} not found.")
             shift = self._shifts.get(name.lower())
             if shift is not None and random.random() < shift.fraction:
-                variants = shift.variants
+                fleet = shift.variants
+            variants = production(fleet)
             target = headers.get("X-Amzn-SageMaker-Target-Variant")
             if target:
                 chosen = [v for v in variants if v.name == target]
@@ -257,7 +264,7 @@ class Endpoints(EndpointOperations, VariantCapacity):
                     raise AwsError("ValidationError", f"Endpoint {name} has no variant with a non-zero weight.")
                 variant = random.choices(variants, weights=weights)[0]
             variant.inflight += 1
-            return variant
+            return variant, fleet
 
     def _forward(self, variant: Variant, body: bytes, headers, name: str, region: str):
         """POST to the variant's /invocations; a container error becomes SageMaker's ModelError."""
@@ -343,6 +350,7 @@ class Endpoints(EndpointOperations, VariantCapacity):
             self._pending.clear()
         for variants in groups:
             self._stop_variants(variants)
+        self._stop_mirroring()
         self.capture.stop()  # its last flush: what was captured reaches S3 before the final snapshot
 
     # -- operations (one thread per endpoint at a time) --------------------------------------------------

@@ -259,8 +259,8 @@ class SageMaker:
         if body.get("AsyncInferenceConfig"):
             raise validation("localcloud serves real-time endpoints: AsyncInferenceConfig is not supported.")
         seen: set[str] = set()
-        variants = []
-        for variant in body["ProductionVariants"]:
+        variants, shadows = [], []
+        for variant in body["ProductionVariants"] + (body.get("ShadowProductionVariants") or []):
             if variant["VariantName"] in seen:
                 raise validation(f"The variant name(s) [{variant['VariantName']}] are not unique.")
             seen.add(variant["VariantName"])
@@ -275,11 +275,15 @@ class SageMaker:
                 )
             if self.state.get(MODEL, variant["ModelName"]) is None:
                 raise validation(f'Could not find model "{arn(region, "model", variant["ModelName"])}".')
-            variants.append({"InitialVariantWeight": 1.0, **variant})
+            (variants if len(variants) < len(body["ProductionVariants"]) else shadows).append(
+                {"InitialVariantWeight": 1.0, **variant}
+            )
         config_arn = arn(region, "endpoint-config", name)
         now = time.time()
         doc = {k: v for k, v in body.items() if k != "Tags"}
         doc.update({"EndpointConfigArn": config_arn, "CreationTime": now, "ProductionVariants": variants})
+        if shadows:
+            doc["ShadowProductionVariants"] = shadows
         if not self.state.insert(ENDPOINT_CONFIG, name, config_arn, now, doc):
             raise validation(f'Cannot create already existing endpoint configuration "{config_arn}".')
         if body.get("Tags"):

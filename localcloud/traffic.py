@@ -100,7 +100,7 @@ class TrafficShifting:
         alarms = [a["AlarmName"] for a in (deployment or {}).get("AutoRollbackConfiguration", {}).get("Alarms", [])]
         timeout = policy.get("MaximumExecutionTimeoutInSeconds")
         deadline = doc["_pending"]["started"] + float(timeout) if timeout else None
-        capacity = sum(int(v.record.get("InstanceCount") or 1) for v in new)
+        capacity = sum(int(v.record.get("InstanceCount") or 1) for v in new if not v.record.get("Shadow"))
         key = name.lower()
         try:
             for fraction, wait in traffic_steps(deployment, capacity):

@@ -130,6 +130,19 @@ class AutoscalingConfig(Section):
         return self
 
 
+class ShadowConfig(Section):
+    """The shadow test before promotion (Param ``shadow_test``): the new model runs as a shadow variant beside the
+    live one and is promoted only when it agrees with it on the same traffic."""
+
+    enabled: bool = False
+    sampling_percent: float = Field(default=100, gt=0, le=100)  # share of the live traffic copied to the shadow
+    min_requests: int = Field(default=100, ge=1)  # requests answered by both before a verdict
+    min_agreement: float = Field(default=0.95, ge=0, le=1)  # share of them with the same top-1 answer
+    max_latency_ratio: float = Field(default=1.5, gt=0)  # shadow's average model latency over the live one's
+    duration_seconds: int = Field(default=1800, ge=0)  # how long to wait for min_requests
+    replay_images: int = Field(default=0, ge=0)  # validation images the DAG sends itself (0: live traffic only)
+
+
 class SageMakerConfig(Section):
     role_arn: str = Field(pattern=r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
     training_image_uri: str
@@ -158,6 +171,7 @@ class SageMakerConfig(Section):
     deployment: DeploymentConfig = DeploymentConfig()
     data_capture: DataCaptureConfig = DataCaptureConfig()
     autoscaling: AutoscalingConfig = AutoscalingConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
     def package_group(self, endpoint: str) -> str:
         """The model package group of an endpoint's versions (default: named after the endpoint)."""

@@ -181,6 +181,7 @@ def _record(
         gate=gate.get("decision"),
         deployment=results.deployment() if results.deployed else {"endpoint": prepared["endpoint"]},
         smoke_test=results.smoke,
+        shadow_test=results.shadow,
         rollback=rollback,
         tuning=outcome.get("tuning"),
         model_package=results.registration,
@@ -231,7 +232,7 @@ def failure_reason(states: Mapping[str, str], results: DeployRunResults) -> str:
         if state != "failed":
             continue
         key = task_id.rsplit(".", 1)[-1]
-        check = {"verify_endpoint": "verify", "smoke_test": "smoke"}.get(key)
+        check = {"verify_endpoint": "verify", "smoke_test": "smoke", "shadow_test": "shadow"}.get(key)
         detail = results.reason(check) if check else None
         reasons.append(f"{task_id} failed" + (f": {detail}" if detail else " (see its log)"))
     return "; ".join(reasons) or "a deploy task did not succeed"

@@ -110,6 +110,13 @@ def _release_params(sm) -> dict[str, Param]:
             description="deploy this approved version (arn:…:model-package/<group>/<n>) instead of fine-tuning: "
             "how a person rolls back to an older model; empty: fine-tune a new one",
         ),
+        "shadow_test": Param(
+            sm.shadow.enabled,
+            type="boolean",
+            description="before an update, run the new model as a shadow variant beside the live one and promote "
+            f"it only when it agrees on ≥ {sm.shadow.min_agreement:.0%} of {sm.shadow.min_requests} requests and is "
+            f"at most {sm.shadow.max_latency_ratio:g}× slower",
+        ),
         "traffic_routing": Param(
             sm.deployment.traffic_routing,
             type="string",

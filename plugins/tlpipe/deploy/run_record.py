@@ -21,6 +21,7 @@ SOURCES: dict[str, tuple[str, str]] = {
     "endpoint": ("deploy.create_or_update_endpoint", "return_value"),
     "verify": ("deploy.verify_endpoint", "result"),
     "smoke": ("deploy.smoke_test", "result"),
+    "shadow": ("deploy.shadow_test", "result"),
 }
 
 
@@ -37,6 +38,7 @@ class DeployRunResults(BaseModel):
     endpoint: dict[str, Any] | None = None
     verify: dict[str, Any] | None = None
     smoke: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None  # the shadow test's comparison (ran: False when none was asked)
 
     @classmethod
     def from_xcoms(cls, pull: Callable[[str, str], Any]) -> "DeployRunResults":
@@ -54,7 +56,7 @@ class DeployRunResults(BaseModel):
         return (self.training or {}).get("training_job") or {}
 
     def reason(self, check: str) -> str | None:
-        """Why the ``verify`` or ``smoke`` check ended as it did (None when it did not run)."""
+        """Why the ``verify``, ``smoke`` or ``shadow`` check ended as it did (None when it did not run)."""
         return (getattr(self, check) or {}).get("reason")
 
     def deployment(self) -> dict:

@@ -92,6 +92,7 @@ def test_dag_shape(dag):
         "tuning",
         "approval",
         "model_package_arn",
+        "shadow_test",
         "traffic_routing",
         "hyperparameters",
     }
@@ -116,8 +117,9 @@ def test_task_graph(dag):
     assert down("wait_for_approval") == {"deploy.build_requests"}
     assert down("deploy.create_model") == {"deploy.create_endpoint_config"}
     assert down("deploy.create_endpoint_config") == {"deploy.create_alarms", "deploy.release_autoscaling"}
-    assert down("deploy.create_alarms") == {"deploy.create_or_update_endpoint"}
-    assert down("deploy.release_autoscaling") == {"deploy.create_or_update_endpoint"}
+    assert down("deploy.create_alarms") == {"deploy.shadow_test"}
+    assert down("deploy.release_autoscaling") == {"deploy.shadow_test"}
+    assert down("deploy.shadow_test") == {"deploy.create_or_update_endpoint", "rollback"}
     assert down("deploy.create_or_update_endpoint") == {"deploy.verify_endpoint", "rollback"}
     assert down("deploy.verify_endpoint") == {"deploy.autoscale_endpoint", "rollback"}
     assert down("deploy.autoscale_endpoint") == {"deploy.smoke_test", "rollback"}

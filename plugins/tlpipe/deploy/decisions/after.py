@@ -136,6 +136,7 @@ def lineage_record(
     gate: Mapping[str, Any] | None = None,
     deployment: Mapping[str, Any] | None = None,
     smoke_test: Mapping[str, Any] | None = None,
+    shadow_test: Mapping[str, Any] | None = None,
     rollback: Mapping[str, Any] | None = None,
     tuning: Mapping[str, Any] | None = None,
     model_package: Mapping[str, Any] | None = None,
@@ -191,7 +192,12 @@ def lineage_record(
             "action": deployment.get("action"),
             "previous_config": deployment.get("previous_config"),
         },
-        "metrics": {"training": dict(metrics), "gate": dict(gate or {}), "smoke_test": dict(smoke_test or {})},
+        "metrics": {
+            "training": dict(metrics),
+            "gate": dict(gate or {}),
+            "smoke_test": dict(smoke_test or {}),
+            "shadow_test": dict(shadow_test or {}),
+        },
         "rollback": dict(rollback) if rollback else None,
     }
 
@@ -218,6 +224,7 @@ def run_summary(record: Mapping[str, Any], lineage_uri: str | None) -> dict:
         "baseline": (gate.get("baseline") or {}).get("reason"),
         "smoke_accuracy": smoke.get("accuracy"),
         "latency_p95_ms": smoke.get("latency_p95_ms"),
+        "shadow_agreement": record["metrics"].get("shadow_test", {}).get("agreement"),
         "lineage_uri": lineage_uri,
         "artifacts": dict(record.get("artifacts") or {}),
     }
