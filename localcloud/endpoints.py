@@ -208,33 +208,39 @@ class Endpoints(EndpointOperations, VariantCapacity, ShadowTraffic):
     def invoke(self, name: str, body: bytes, headers, region: str) -> tuple[bytes, str, str, str | None]:
         """Forward to a live variant; ``headers`` is the request's case-insensitive header mapping."""
         variant, fleet = self._choose_variant(name, headers)
+        response = self._forward_measured(variant, body, headers, name, region)
+        event_id = str(uuid.uuid4())  # the capture records of this request, the live model's and its shadow's
+        self._capture(name, variant, body, headers, response, event_id)
+        self._mirror(name, fleet, body, headers, event_id)
+        content_type = response.headers.get("Content-Type") or "application/json"
+        return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
+
+    def _forward_measured(self, variant: Variant, body: bytes, headers, name: str, region: str):
+        """Forward to ``variant`` (counted in flight by the caller), recording the status and latency."""
         started, status = time.monotonic(), 0
         try:
             response = self._forward(variant, body, headers, name, region)
             status = response.status
+            return response
         except ContainerError as err:
             status = err.model_status
             raise
         finally:
             with self._lock:
                 variant.inflight -= 1
-            answered = status != 0
-            self.metrics.record(
-                name, variant.name, status=status, latency_seconds=time.monotonic() - started if answered else None
-            )
-        content_type = response.headers.get("Content-Type") or "application/json"
-        event_id = str(uuid.uuid4())  # the capture records of this request, the live model's and its shadow's
+            latency = time.monotonic() - started if status else None  # none for a request no model answered
+            self.metrics.record(name, variant.name, status=status, latency_seconds=latency)
+
+    def _capture(self, name: str, variant: Variant, body: bytes, headers, response, event_id: str) -> None:
         self.capture.offer(
             variant.record.get("DataCapture"),
             name,
             variant.name,
             (body, headers.get("Content-Type") or "application/octet-stream"),
-            (response.data, content_type),
+            (response.data, response.headers.get("Content-Type") or "application/json"),
             time.time(),
             event_id=event_id,
         )
-        self._mirror(name, fleet, body, headers, event_id)
-        return response.data, content_type, variant.name, response.headers.get("X-Amzn-SageMaker-Custom-Attributes")
 
     def _choose_variant(self, name: str, headers) -> tuple[Variant, list[Variant]]:
         """The production variant a request goes to and its fleet; counted in flight at once (a fleet is stopped

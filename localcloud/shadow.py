@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .model_servers import Variant
@@ -63,30 +62,12 @@ class ShadowTraffic:
         self._mirror_pool.submit(self._shadow_call, name, target, body, forward, event_id)
 
     def _shadow_call(self, name: str, variant: Variant, body: bytes, headers: dict, event_id: str) -> None:
-        started, status, response = time.monotonic(), 0, None
         try:
-            response = self._forward(variant, body, headers, name, variant.record.get("_region", "us-east-1"))
-            status = response.status
+            response = self._forward_measured(variant, body, headers, name, variant.record.get("_region", "us-east-1"))
         except Exception as err:  # noqa: BLE001 - a failing shadow never reaches a client; its metrics show it
-            status = getattr(err, "model_status", 0)
             log.debug("endpoint %s: shadow %s failed: %s", name, variant.name, err)
-        finally:
-            with self._lock:
-                variant.inflight -= 1
-        answered = status != 0
-        self.metrics.record(
-            name, variant.name, status=status, latency_seconds=time.monotonic() - started if answered else None
-        )
-        if response is not None:
-            self.capture.offer(
-                variant.record.get("DataCapture"),
-                name,
-                variant.name,
-                (body, headers.get("Content-Type") or "application/octet-stream"),
-                (response.data, response.headers.get("Content-Type") or "application/json"),
-                time.time(),
-                event_id=event_id,
-            )
+            return
+        self._capture(name, variant, body, headers, response, event_id)
 
     def _stop_mirroring(self) -> None:
         if self._mirror_pool is not None:

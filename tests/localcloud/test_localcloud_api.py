@@ -31,6 +31,14 @@ from localcloud_fixtures import (
 BUCKET = "tlpipe-localcloud-api"
 
 
+def ensure_bucket(s3) -> None:
+    """The tests' bucket, made by whichever localcloud test comes first."""
+    try:
+        s3.head_bucket(Bucket=BUCKET)
+    except ClientError:
+        s3.create_bucket(Bucket=BUCKET)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 from localcloud_fixtures import COLOURS, image_bytes, wait_for_endpoint
-from test_localcloud_api import BUCKET, deployable, error_of, server_processes, unique
+from test_localcloud_api import deployable, ensure_bucket, error_of, server_processes, unique
 
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
@@ -16,10 +16,7 @@ DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 @pytest.fixture(scope="module")
 def clients(localcloud_server):
     out = {n: localcloud_server.client(n) for n in ("s3", "sagemaker", "sagemaker-runtime", "application-autoscaling")}
-    try:
-        out["s3"].head_bucket(Bucket=BUCKET)
-    except ClientError:
-        out["s3"].create_bucket(Bucket=BUCKET)
+    ensure_bucket(out["s3"])
     return out
 
 

@@ -8,9 +8,8 @@ import json
 import re
 import time
 
-from botocore.exceptions import ClientError
 from localcloud_fixtures import COLOURS, ROLE_ARN, TEST_IMAGE, image_bytes, wait_for_endpoint
-from test_localcloud_api import BUCKET, model_tarball, unique
+from test_localcloud_api import BUCKET, ensure_bucket, model_tarball, unique
 
 KEY = re.compile(
     r"^capture/(?P<endpoint>[^/]+)/AllTraffic/\d{4}/\d{2}/\d{2}/\d{2}/\d{2}-\d{2}-\d{3}-[0-9a-f-]{36}\.jsonl$"
@@ -18,10 +17,7 @@ KEY = re.compile(
 
 
 def captured_endpoint(sm, s3, sampling: int, enable: bool = True) -> str:
-    try:
-        s3.head_bucket(Bucket=BUCKET)
-    except ClientError:
-        s3.create_bucket(Bucket=BUCKET)
+    ensure_bucket(s3)
     model = unique("model-capture")
     url = model_tarball(s3, f"models/{model}/model.tar.gz", "7")
     sm.create_model(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from localcloud_fixtures import ROLE_ARN, TEST_IMAGE, wait_for_endpoint
-from test_localcloud_api import BUCKET, classify, deployable, model_tarball, unique
+from test_localcloud_api import classify, deployable, ensure_bucket, model_tarball, unique
 
 pytestmark = pytest.mark.chaos
 
@@ -44,10 +44,7 @@ def test_an_update_to_a_model_failing_ping_under_traffic(localcloud_server, tmp_
     )
     sm, s3 = localcloud_server.client("sagemaker"), localcloud_server.client("s3")
     runtime = localcloud_server.client("sagemaker-runtime")
-    try:
-        s3.head_bucket(Bucket=BUCKET)
-    except Exception:  # noqa: BLE001 - not made yet by the other localcloud tests
-        s3.create_bucket(Bucket=BUCKET)
+    ensure_bucket(s3)
     name = unique("endpoint-chaos")
     config_v1 = deployable(sm, s3, "1")
     sm.create_endpoint(EndpointName=name, EndpointConfigName=config_v1)

@@ -10,7 +10,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 from localcloud_fixtures import COLOURS, image_bytes, wait_for_endpoint
-from test_localcloud_api import BUCKET, deployable, error_of, unique
+from test_localcloud_api import deployable, ensure_bucket, error_of, unique
 
 VARIANT = "AllTraffic"
 
@@ -21,10 +21,7 @@ def clients(localcloud_server):
     out = {name: localcloud_server.client(name) for name in names}
     # One attempt per request: a retry would hide a failed invocation from the client's count.
     out["once"] = localcloud_server.client("sagemaker-runtime", retries={"max_attempts": 1, "mode": "standard"})
-    try:
-        out["s3"].head_bucket(Bucket=BUCKET)
-    except ClientError:  # not made yet by the other localcloud tests
-        out["s3"].create_bucket(Bucket=BUCKET)
+    ensure_bucket(out["s3"])
     return out
 
 

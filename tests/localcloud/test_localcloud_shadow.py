@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from botocore.exceptions import ClientError
 from localcloud_fixtures import COLOURS, ROLE_ARN, TEST_IMAGE, image_bytes, upload_dataset, wait_for_endpoint
-from test_localcloud_api import BUCKET, deployable, model_tarball, unique
+from test_localcloud_api import BUCKET, deployable, ensure_bucket, model_tarball, unique
 
 from plugins.tlpipe.config import load_config
 from plugins.tlpipe.deploy import shadow
@@ -20,10 +19,7 @@ SWAPPED = {"red": COLOURS["blue"], "green": COLOURS["red"], "blue": COLOURS["gre
 @pytest.fixture(scope="module")
 def clients(localcloud_server):
     out = {n: localcloud_server.client(n) for n in ("s3", "sagemaker", "sagemaker-runtime", "cloudwatch")}
-    try:
-        out["s3"].head_bucket(Bucket=BUCKET)
-    except ClientError:
-        out["s3"].create_bucket(Bucket=BUCKET)
+    ensure_bucket(out["s3"])
     upload_dataset(out["s3"], BUCKET, f"{PREFIX}/data")
     return out
 
